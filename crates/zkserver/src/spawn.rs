@@ -1,0 +1,79 @@
+//! Starts child processes that cannot outlive the process that started them.
+//!
+//! Each server runs in a process group of its own, so that a kill reaches the JVM and
+//! anything it forked. On Linux the child also gets `PR_SET_PDEATHSIG`: if our process
+//! dies without running its destructors (SIGKILL, an aborted test binary), the kernel
+//! kills the server too. That signal fires when the *thread* that forked the child
+//! exits, not the process, so every child is forked by one thread that lives as long
+//! as the process does.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+type Request = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// Spawns `command` in a new process group, from the process-lifetime spawner thread.
+pub(crate) fn spawn(mut command: Command) -> io::Result<Child> {
+    command.process_group(0);
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe and touch no memory of ours.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died between fork and prctl.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    let (reply, answer) = mpsc::channel();
+    spawner()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .send((command, reply))
+        .map_err(|_| io::Error::other("the process spawner thread has stopped"))?;
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("the process spawner thread has stopped"))?
+}
+
+fn spawner() -> &'static Mutex<mpsc::Sender<Request>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("zkserver-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in incoming {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("cannot start the process spawner thread");
+        Mutex::new(requests)
+    })
+}
+
+/// Sends `signal` to the process group led by `pid`.
+pub(crate) fn signal_group(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: killpg has no memory-safety preconditions.
+    if unsafe { libc::killpg(pid as libc::pid_t, signal) } == 0 {
+        Ok(())
+    } else {
+        let err = io::Error::last_os_error();
+        // The group is already gone: nothing left to signal.
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    }
+}
