@@ -1,0 +1,109 @@
+//! Load never turns into an error: the window makes callers wait.
+
+use coord::CreateMode;
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::{connect, payload, runtime};
+
+#[test]
+fn a_hundred_thousand_creates_issued_at_once_all_succeed_on_one_session() {
+    const N: usize = 100_000;
+    let zk = testkit::Zk::standalone();
+    runtime().block_on(async {
+        let client = connect(&zk, |c| c.window = 1000).await;
+        let first_session = *client.session().borrow();
+        client.ensure_path("/load").await.unwrap();
+        let paths: Vec<String> = (0..N).map(|i| format!("/load/n{i}")).collect();
+        // One task issues every request at once; the window holds all but 1000 back.
+        let mut pending: FuturesUnordered<_> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let client = &client;
+                async move {
+                    client
+                        .create(path, &payload(i), CreateMode::Persistent)
+                        .await
+                }
+            })
+            .collect();
+        let mut peak_in_flight = 0;
+        let mut ok = 0;
+        while let Some(result) = pending.next().await {
+            result.unwrap();
+            ok += 1;
+            peak_in_flight = peak_in_flight.max(client.in_flight());
+        }
+        assert_eq!(ok, N);
+        assert!(peak_in_flight <= 1000, "window exceeded: {peak_in_flight}");
+        assert_eq!(
+            client.session_stats(),
+            coord::SessionStats::default(),
+            "a reconnect happened"
+        );
+        assert_eq!(*client.session().borrow(), first_session);
+        assert_eq!(client.children("/load").await.unwrap().len(), N);
+        let (data, _) = client.get("/load/n99999").await.unwrap().unwrap();
+        assert_eq!(data, payload(99_999));
+    });
+}
+
+#[test]
+fn a_burst_survives_a_killed_leader_and_loses_nothing() {
+    const N: usize = 50_000;
+    let mut zk = testkit::Zk::ensemble();
+    let rt = runtime();
+    let client = rt.block_on(connect(&zk, |c| c.window = 500));
+    rt.block_on(client.ensure_path("/burst")).unwrap();
+    let burst = {
+        let client = client.clone();
+        rt.spawn(async move {
+            let paths: Vec<String> = (0..N).map(|i| format!("/burst/n{i}")).collect();
+            let results: Vec<_> = paths
+                .iter()
+                .enumerate()
+                .map(|(i, path)| {
+                    let client = &client;
+                    async move {
+                        client
+                            .create(path, &payload(i), CreateMode::Persistent)
+                            .await
+                    }
+                })
+                .collect::<FuturesUnordered<_>>()
+                .collect()
+                .await;
+            results
+        })
+    };
+    // Wait until the burst is well under way, then kill the leader with SIGKILL.
+    rt.block_on(async {
+        while client.children("/burst").await.unwrap().len() < N / 10 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    let leader = zk.leader().expect("a leader");
+    zk.server(leader).kill().unwrap();
+    let results = rt.block_on(burst).unwrap();
+    let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} failed, first: {:?}",
+        failures.len(),
+        failures[0]
+    );
+    assert!(
+        client.session_stats().disconnects >= 1,
+        "the kill did not disturb the client"
+    );
+    zk.server(leader).start().unwrap();
+    zk.wait_ready();
+    rt.block_on(async {
+        let children = client.children("/burst").await.unwrap();
+        assert_eq!(children.len(), N);
+        for i in [0, N / 2, N - 1] {
+            let (data, _) = client.get(&format!("/burst/n{i}")).await.unwrap().unwrap();
+            assert_eq!(data, payload(i));
+        }
+    });
+}

@@ -1,0 +1,98 @@
+//! Session expiry is seen at once, ephemerals bound to the old session are gone, and a
+//! new session takes over without the caller building anything.
+
+use std::time::Duration;
+
+use coord::{CreateMode, Error, SessionState};
+
+use crate::{connect, runtime};
+
+#[test]
+fn an_expired_session_is_published_and_replaced() {
+    let mut zk = testkit::Zk::standalone();
+    let rt = runtime();
+    let client = rt.block_on(connect(&zk, |c| c.session_timeout = Duration::from_secs(2)));
+    rt.block_on(async {
+        client
+            .create("/mine", b"", CreateMode::Ephemeral)
+            .await
+            .unwrap();
+        client
+            .create("/kept", b"persistent", CreateMode::Persistent)
+            .await
+            .unwrap();
+    });
+    let first = *client.session().borrow();
+    assert_eq!(first.generation, 1);
+    let mut session = client.session();
+
+    // Freeze the server past the session timeout: when it thaws, it expires the session.
+    zk.server(0).pause().unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                session.changed().await.unwrap();
+                if session.borrow().state == SessionState::Disconnected {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("the client saw the connection drop");
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    zk.server(0).resume().unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let now = *session.borrow_and_update();
+                if now.generation == 2 && now.state == SessionState::Connected {
+                    break;
+                }
+                session.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("a new session was built");
+    });
+    let second = *client.session().borrow();
+    assert_ne!(second.id, first.id);
+    assert_eq!(client.session_stats().expiries, 1);
+    assert_eq!(client.ephemerals_held(), 0);
+    rt.block_on(async {
+        // The old session's ephemeral is gone; persistent data is not.
+        assert_eq!(client.exists("/mine").await.unwrap(), None);
+        assert_eq!(client.get("/kept").await.unwrap().unwrap().0, b"persistent");
+        // The new session works, ephemerals included.
+        client
+            .create("/mine", b"", CreateMode::Ephemeral)
+            .await
+            .unwrap();
+        assert_eq!(
+            client
+                .exists("/mine")
+                .await
+                .unwrap()
+                .unwrap()
+                .ephemeral_owner,
+            second.id
+        );
+    });
+}
+
+#[test]
+fn close_ends_the_session_and_its_ephemerals_at_once() {
+    let zk = testkit::Zk::standalone();
+    runtime().block_on(async {
+        let a = connect(&zk, |_| {}).await;
+        let b = connect(&zk, |_| {}).await;
+        a.create("/a-was-here", b"", CreateMode::Ephemeral)
+            .await
+            .unwrap();
+        a.close().await;
+        assert!(matches!(a.get("/a-was-here").await, Err(Error::Closed)));
+        assert_eq!(a.session().borrow().state, SessionState::Closed);
+        // Gone without waiting for a session timeout.
+        assert_eq!(b.exists("/a-was-here").await.unwrap(), None);
+    });
+}
