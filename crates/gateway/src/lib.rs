@@ -2,3 +2,5 @@
 //!
 //! **Invariant:** never talks to ZooKeeper (no dependency on `coord`).
 //! **Invariant:** the on-disk snapshot is loaded before the listener binds (invariant 1).
+
+pub mod snapshot;
