@@ -134,6 +134,12 @@ impl Zk {
     /// Refused with [`Error::NodeTooLarge`] (naming the first node) when the whole
     /// transaction is over the size limit; a failed operation is reported with its node.
     pub async fn multi(&self, ops: Vec<Op>) -> Result<()> {
+        self.multi_bound(ops, None).await
+    }
+
+    /// [`Zk::multi`], refused with [`Error::SessionExpired`] unless it runs on session
+    /// generation `bound` (when given): work tied to a session must not cross an expiry.
+    pub(crate) async fn multi_bound(&self, ops: Vec<Op>, bound: Option<u64>) -> Result<()> {
         let encoded = ops
             .into_iter()
             .map(|op| self.encode_op(op))
@@ -154,7 +160,7 @@ impl Zk {
             0 => None,
             n => Some(self.reserve_ephemerals(first.op.path(), n)?),
         };
-        match self.commit(&encoded).await {
+        match self.commit(&encoded, bound).await {
             Ok(()) => {
                 self.settle(&encoded);
                 Ok(())
@@ -211,15 +217,19 @@ impl Zk {
     }
 
     /// Sends one transaction, retrying across connection losses.
-    async fn commit(&self, ops: &[Encoded]) -> Result<(), Failure> {
+    ///
+    /// A transaction that creates ephemerals stays on the session of its first attempt;
+    /// with `bound`, on that session generation.
+    async fn commit(&self, ops: &[Encoded], bound: Option<u64>) -> Result<(), Failure> {
         let path = ops[0].op.path();
         let has_ephemeral = ops.iter().any(Encoded::is_ephemeral);
+        let session_bound = has_ephemeral || bound.is_some();
         let mut retry = Retry::new(self, "multi", path);
-        let mut generation = None;
+        let mut generation = bound;
         loop {
             let _bulk = self.inner().multi_window.acquire().await;
             let slot = self.slot().await.map_err(Failure::All)?;
-            if has_ephemeral && *generation.get_or_insert(slot.generation) != slot.generation {
+            if session_bound && *generation.get_or_insert(slot.generation) != slot.generation {
                 return Err(Failure::All(retry.expired()));
             }
             let mut writer = slot.client.new_multi_writer();
@@ -252,7 +262,7 @@ impl Zk {
                     ));
                 }
                 Err(zkc::MultiWriteError::RequestFailed { source })
-                    if has_ephemeral && source == ZkError::SessionExpired =>
+                    if session_bound && source == ZkError::SessionExpired =>
                 {
                     return Err(Failure::All(retry.expired()));
                 }
@@ -320,7 +330,7 @@ async fn commit_chunk(zk: Zk, mut ops: Vec<Encoded>) -> BatchOutcome {
         },
     };
     while !ops.is_empty() {
-        match zk.commit(&ops).await {
+        match zk.commit(&ops, None).await {
             Ok(()) => {
                 zk.settle(&ops);
                 outcome.succeeded += ops.len();

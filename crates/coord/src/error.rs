@@ -62,6 +62,15 @@ pub enum Error {
         /// ZooKeeper's answer.
         source: ZkError,
     },
+    /// A write fenced on an ownership was refused: the owner lost it (its session
+    /// expired, or another member claimed the node since).
+    #[error("refused a write fenced on {path}: this member no longer owns it (claimed at epoch {epoch})")]
+    Fenced {
+        /// The owned node.
+        path: String,
+        /// The epoch of the lost claim.
+        epoch: i32,
+    },
     /// The layer was closed.
     #[error("the ZooKeeper client is closed")]
     Closed,
@@ -103,6 +112,7 @@ impl Error {
             Error::SessionExpired { .. } => "session_expired",
             Error::Unavailable { .. } => "unavailable",
             Error::Zk { .. } => "zk",
+            Error::Fenced { .. } => "fenced",
             Error::Closed => "closed",
         }
     }

@@ -6,18 +6,29 @@
 //! survives connection losses and session expiries. Bulk writes go through
 //! [`Zk::write_many`] as `multi` transactions under the size limit.
 //!
+//! Recipes on top: [`Membership`] (an ephemeral node per member, the live set watched),
+//! ownership ([`Zk::claim`], [`Zk::fenced`], [`Zk::release`]: an ephemeral `&owner`
+//! child with an epoch that fences writes), and [`TreeCache`] (a subtree in memory from
+//! one persistent recursive watch and a pipelined walk).
+//!
 //! Built on the `zookeeper-client` crate; the wire protocol is not re-implemented.
 
 #![warn(missing_docs)]
 
 mod batch;
+pub mod cache;
 pub mod codec;
 mod config;
 mod error;
+mod membership;
 pub mod metrics;
+mod ownership;
 mod zk;
 
 pub use batch::{BatchOutcome, Op};
+pub use cache::TreeCache;
 pub use config::{Config, DEFAULT_JUTE_MAXBUFFER, REQUEST_OVERHEAD_BYTES};
 pub use error::{Error, Result, ZkError};
-pub use zk::{CreateMode, Session, SessionState, SessionStats, Stat, Zk};
+pub use membership::Membership;
+pub use ownership::{Claim, OWNER_NODE};
+pub use zk::{CreateMode, Session, SessionState, SessionStats, Stat, Watch, Zk};

@@ -67,6 +67,17 @@ pub enum SessionState {
     Closed,
 }
 
+/// A one-shot watch set by a read; resolves on the next event for its node or session.
+#[derive(Debug)]
+pub struct Watch(zkc::OneshotWatcher);
+
+impl Watch {
+    /// Waits for the event. A session expiry also fires it (the watch is then gone).
+    pub async fn changed(self) {
+        self.0.changed().await;
+    }
+}
+
 /// A snapshot of the session, published on every change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
@@ -344,6 +355,67 @@ impl Zk {
             drop(slot);
             match result {
                 Ok(children) => return Ok(children).inspect(|_| retry.done()),
+                Err(err) => retry.failed(err).await?,
+            }
+        }
+    }
+
+    /// The names of a node's children and a one-shot watch that fires on the next
+    /// change to them (or to the session). A missing node is an error.
+    pub async fn children_watch(&self, path: &str) -> Result<(Vec<String>, Watch)> {
+        let mut retry = Retry::new(self, "children", path);
+        loop {
+            let slot = self.slot().await?;
+            let result = slot.client.list_and_watch_children(path).await;
+            drop(slot);
+            match result {
+                Ok((children, watcher)) => {
+                    retry.done();
+                    return Ok((children, Watch(watcher)));
+                }
+                Err(err) => retry.failed(err).await?,
+            }
+        }
+    }
+
+    /// A node's stat (or `None`) and a one-shot watch that fires when it is created,
+    /// changed or deleted (or on a session event).
+    pub async fn exists_watch(&self, path: &str) -> Result<(Option<Stat>, Watch)> {
+        let mut retry = Retry::new(self, "exists", path);
+        loop {
+            let slot = self.slot().await?;
+            let result = slot.client.check_and_watch_stat(path).await;
+            drop(slot);
+            match result {
+                Ok((stat, watcher)) => {
+                    retry.done();
+                    return Ok((stat, Watch(watcher)));
+                }
+                Err(err) => retry.failed(err).await?,
+            }
+        }
+    }
+
+    /// A persistent recursive watch on `path` (ZooKeeper 3.6+ `addWatch`), with the
+    /// session generation it belongs to: it ends with that session.
+    pub(crate) async fn recursive_watch(
+        &self,
+        path: &str,
+    ) -> Result<(zkc::PersistentWatcher, u64)> {
+        let mut retry = Retry::new(self, "watch", path);
+        loop {
+            let slot = self.slot().await?;
+            let generation = slot.generation;
+            let result = slot
+                .client
+                .watch(path, zkc::AddWatchMode::PersistentRecursive)
+                .await;
+            drop(slot);
+            match result {
+                Ok(watcher) => {
+                    retry.done();
+                    return Ok((watcher, generation));
+                }
                 Err(err) => retry.failed(err).await?,
             }
         }

@@ -1,7 +1,9 @@
 //! The ZooKeeper layer against real ZooKeeper servers from `testkit`.
 
 mod batch;
+mod cache;
 mod load;
+mod recipes;
 mod session;
 mod size;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use coord::{CreateMode, Error, SessionState};
+use coord::{CreateMode, Error, Membership, SessionState, TreeCache};
 
 use crate::{connect, runtime};
 
@@ -12,7 +12,7 @@ fn an_expired_session_is_published_and_replaced() {
     let mut zk = testkit::Zk::standalone();
     let rt = runtime();
     let client = rt.block_on(connect(&zk, |c| c.session_timeout = Duration::from_secs(2)));
-    rt.block_on(async {
+    let (membership, cache) = rt.block_on(async {
         client
             .create("/mine", b"", CreateMode::Ephemeral)
             .await
@@ -21,6 +21,11 @@ fn an_expired_session_is_published_and_replaced() {
             .create("/kept", b"persistent", CreateMode::Persistent)
             .await
             .unwrap();
+        let membership = Membership::join(&client, "/members", "me", b"")
+            .await
+            .unwrap();
+        let cache = TreeCache::start(&client, "/kept", None).await.unwrap();
+        (membership, cache)
     });
     let first = *client.session().borrow();
     assert_eq!(first.generation, 1);
@@ -77,6 +82,34 @@ fn an_expired_session_is_published_and_replaced() {
                 .ephemeral_owner,
             second.id
         );
+
+        // The recipes re-establish what they held: the member node is back on the new
+        // session, and the cache follows the tree again.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Ok(Some(stat)) = client.exists("/members/me").await {
+                    if stat.ephemeral_owner == second.id {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the member re-registered");
+        assert_eq!(*membership.members().borrow(), ["me"]);
+        client
+            .set("/kept", b"changed after expiry", None)
+            .await
+            .unwrap();
+        let mut status = cache.status();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while cache.get("/kept").unwrap().data.unwrap().as_ref() != b"changed after expiry" {
+                status.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the cache follows the new session");
     });
 }
 

@@ -1,0 +1,432 @@
+//! A tree cache: every node under a root, in memory, kept current by one persistent
+//! recursive watch (ZooKeeper 3.6+ `addWatch`) and filled by a pipelined walk.
+//!
+//! The watch is set before the walk, so nothing that happens during the walk is missed.
+//! An event makes the cache re-read its node (batched and pipelined), so the cache
+//! converges on what ZooKeeper holds whatever order events and reads come back in.
+//! Events during a disconnection can be lost (ZOOKEEPER-4698), so a reconnection
+//! triggers a full re-walk that is diffed against the cache; a session expiry sets a
+//! new watch on the new session and re-walks too.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use zookeeper_client as zkc;
+
+use crate::codec::DecodeError;
+use crate::error::{Error, Result};
+use crate::zk::{SessionState, Zk};
+
+/// One cached node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The decoded payload, or why it could not be decoded.
+    pub data: Result<Arc<[u8]>, DecodeError>,
+    /// The node's data version.
+    pub version: i32,
+    /// The zxid of the node's last change.
+    pub mzxid: i64,
+}
+
+/// A change the cache applied, as the node's state after it: applying a change twice,
+/// or after reading the tree that already holds it, is harmless.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The node was created or changed.
+    Upsert {
+        /// The node.
+        path: String,
+        /// Its new state.
+        entry: Entry,
+    },
+    /// The node was deleted.
+    Remove {
+        /// The node.
+        path: String,
+    },
+}
+
+/// How far the cache is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStatus {
+    /// The initial walk finished.
+    pub loaded: bool,
+    /// Nodes cached.
+    pub nodes: usize,
+    /// Full re-walks after a reconnection or an expiry.
+    pub reloads: u64,
+    /// The largest zxid seen in a node's stat.
+    pub max_zxid: i64,
+}
+
+type Tree = BTreeMap<String, Entry>;
+
+/// Requests a walk or a refresh keeps in flight (each also passes the layer's window).
+const READ_CONCURRENCY: usize = 2048;
+
+/// The cache of the tree under one root.
+#[derive(Debug)]
+pub struct TreeCache {
+    tree: Arc<RwLock<Tree>>,
+    status: watch::Receiver<CacheStatus>,
+    task: JoinHandle<()>,
+}
+
+impl TreeCache {
+    /// Sets the watch, walks the tree under `root`, and returns once it is loaded.
+    /// Every later change is applied in the background and, when `changes` is given,
+    /// sent there (a slow receiver slows the cache, it does not lose changes).
+    pub async fn start(
+        zk: &Zk,
+        root: &str,
+        changes: Option<mpsc::Sender<Change>>,
+    ) -> Result<TreeCache> {
+        let (events, incoming) = mpsc::unbounded_channel();
+        let generation = watch_into(zk, root, events.clone()).await?;
+        let tree = Arc::new(RwLock::new(walk(zk, root).await?));
+        let max_zxid = {
+            let tree = tree.read().unwrap_or_else(|p| p.into_inner());
+            tree.values().map(|e| e.mzxid).max().unwrap_or(0)
+        };
+        let (status_tx, status) = watch::channel(CacheStatus {
+            max_zxid,
+            ..CacheStatus::default()
+        });
+        let keeper = Keeper {
+            zk: zk.clone(),
+            root: root.to_string(),
+            tree: Arc::clone(&tree),
+            status: status_tx,
+            changes,
+            events,
+            generation,
+            reloads: 0,
+        };
+        keeper.publish();
+        let task = tokio::spawn(keeper.run(incoming));
+        Ok(TreeCache { tree, status, task })
+    }
+
+    /// A cached node.
+    pub fn get(&self, path: &str) -> Option<Entry> {
+        self.read().get(path).cloned()
+    }
+
+    /// The names of a cached node's children, sorted.
+    pub fn children(&self, path: &str) -> Vec<String> {
+        let prefix = if path == "/" {
+            "/".to_string()
+        } else {
+            format!("{path}/")
+        };
+        self.read()
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter_map(|(p, _)| {
+                let rest = &p[prefix.len()..];
+                (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
+            })
+            .collect()
+    }
+
+    /// Nodes cached.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether nothing is cached (not even the root).
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Runs `f` on the whole cached tree, under a read lock: keep it short.
+    pub fn with_tree<R>(&self, f: impl FnOnce(&BTreeMap<String, Entry>) -> R) -> R {
+        f(&self.read())
+    }
+
+    /// The cache's progress; `.changed()` wakes on every update.
+    pub fn status(&self) -> watch::Receiver<CacheStatus> {
+        self.status.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tree> {
+        self.tree.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for TreeCache {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sets a persistent recursive watch on `root` and pumps its events into `events`
+/// until the session ends (after which the watcher must not be polled again).
+async fn watch_into(
+    zk: &Zk,
+    root: &str,
+    events: mpsc::UnboundedSender<zkc::WatchedEvent>,
+) -> Result<u64> {
+    let (mut watcher, generation) = zk.recursive_watch(root).await?;
+    tokio::spawn(async move {
+        loop {
+            let event = watcher.changed().await;
+            let terminal = event.event_type == zkc::EventType::Session
+                && matches!(
+                    event.session_state,
+                    zkc::SessionState::Expired
+                        | zkc::SessionState::Closed
+                        | zkc::SessionState::AuthFailed
+                );
+            if events.send(event).is_err() || terminal {
+                return;
+            }
+        }
+    });
+    Ok(generation)
+}
+
+fn child_path(parent: &str, child: &str) -> String {
+    if parent == "/" {
+        format!("/{child}")
+    } else {
+        format!("{parent}/{child}")
+    }
+}
+
+/// Reads a node and, when it has any, its children's names.
+async fn read_node(zk: &Zk, path: String) -> Result<(String, Option<(Entry, Vec<String>)>)> {
+    let Some((raw, stat)) = zk.get_raw(&path).await? else {
+        return Ok((path, None));
+    };
+    let children = if stat.num_children > 0 {
+        match zk.children(&path).await {
+            Ok(children) => children,
+            Err(err) if err.is_no_node() => Vec::new(),
+            Err(err) => return Err(err),
+        }
+    } else {
+        Vec::new()
+    };
+    let data = zk
+        .decode(&path, &raw)
+        .map(Arc::from)
+        .map_err(|err| match err {
+            Error::Decode { source, .. } => source,
+            other => DecodeError::Corrupt(other.to_string()),
+        });
+    if let Err(err) = &data {
+        tracing::warn!(zk.path = %path, %err, "cached node cannot be decoded");
+    }
+    let entry = Entry {
+        data,
+        version: stat.version,
+        mzxid: stat.mzxid,
+    };
+    Ok((path, Some((entry, children))))
+}
+
+/// Reads every node under `root`, `READ_CONCURRENCY` requests at a time.
+async fn walk(zk: &Zk, root: &str) -> Result<Tree> {
+    let mut tree = Tree::new();
+    let mut queue = vec![root.to_string()];
+    let mut pending = FuturesUnordered::new();
+    loop {
+        while pending.len() < READ_CONCURRENCY {
+            let Some(path) = queue.pop() else { break };
+            pending.push(read_node(zk, path));
+        }
+        let Some(read) = pending.next().await else {
+            return Ok(tree);
+        };
+        let (path, node) = read?;
+        if let Some((entry, children)) = node {
+            queue.extend(children.iter().map(|c| child_path(&path, c)));
+            tree.insert(path, entry);
+        }
+    }
+}
+
+struct Keeper {
+    zk: Zk,
+    root: String,
+    tree: Arc<RwLock<Tree>>,
+    status: watch::Sender<CacheStatus>,
+    changes: Option<mpsc::Sender<Change>>,
+    events: mpsc::UnboundedSender<zkc::WatchedEvent>,
+    generation: u64,
+    reloads: u64,
+}
+
+impl Keeper {
+    async fn run(mut self, mut incoming: mpsc::UnboundedReceiver<zkc::WatchedEvent>) {
+        let mut dirty = HashSet::new();
+        let mut reload = false;
+        while let Some(first) = incoming.recv().await {
+            let mut next = Some(first);
+            // Take every event already queued, so a burst becomes one pipelined refresh.
+            while let Some(event) = next.take().or_else(|| incoming.try_recv().ok()) {
+                match (event.event_type, event.session_state) {
+                    (zkc::EventType::Session, zkc::SessionState::Disconnected) => {}
+                    (zkc::EventType::Session, zkc::SessionState::SyncConnected)
+                    | (zkc::EventType::Session, zkc::SessionState::ConnectedReadOnly) => {
+                        // Events may have been lost while disconnected (ZOOKEEPER-4698).
+                        reload = true;
+                    }
+                    (zkc::EventType::Session, _) => {
+                        if !self.rewatch().await {
+                            return;
+                        }
+                        reload = true;
+                    }
+                    (_, _) => {
+                        dirty.insert(event.path);
+                    }
+                }
+            }
+            if reload {
+                reload = false;
+                dirty.clear();
+                self.reload().await;
+            } else if !dirty.is_empty() {
+                self.refresh(std::mem::take(&mut dirty)).await;
+            }
+        }
+    }
+
+    /// After an expiry: waits for the new session and sets the watch on it.
+    async fn rewatch(&mut self) -> bool {
+        let mut session = self.zk.session();
+        loop {
+            let now = *session.borrow_and_update();
+            if now.state == SessionState::Closed {
+                return false;
+            }
+            if now.state == SessionState::Connected && now.generation > self.generation {
+                match watch_into(&self.zk, &self.root, self.events.clone()).await {
+                    Ok(generation) => {
+                        self.generation = generation;
+                        return true;
+                    }
+                    Err(Error::Closed) => return false,
+                    Err(err) => {
+                        tracing::warn!(zk.path = %self.root, %err, "cannot set the cache's watch; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+            if session.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Re-reads changed nodes and applies them. (A recursive watch reports every
+    /// descendant of a created or deleted subtree, so no walk is needed here.)
+    async fn refresh(&mut self, paths: HashSet<String>) {
+        if !self.try_refresh(paths).await {
+            return self.reload().await;
+        }
+        self.publish();
+    }
+
+    /// Applies fresh reads of `paths`; `false` when a read failed.
+    async fn try_refresh(&self, paths: HashSet<String>) -> bool {
+        let mut reads: FuturesUnordered<_> = FuturesUnordered::new();
+        let mut queue: Vec<String> = paths.into_iter().collect();
+        loop {
+            while reads.len() < READ_CONCURRENCY {
+                let Some(path) = queue.pop() else { break };
+                reads.push(read_node(&self.zk, path));
+            }
+            let Some(read) = reads.next().await else {
+                break;
+            };
+            match read {
+                Ok((path, Some((entry, _children)))) => self.upsert(path, entry).await,
+                Ok((path, None)) => self.remove(path).await,
+                Err(err) => {
+                    tracing::warn!(%err, "cache refresh failed; re-walking the tree");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Re-walks the whole tree and applies the difference.
+    async fn reload(&mut self) {
+        let fresh = loop {
+            match walk(&self.zk, &self.root).await {
+                Ok(tree) => break tree,
+                Err(Error::Closed) => return,
+                Err(err) => {
+                    tracing::warn!(zk.path = %self.root, %err, "cannot re-walk the cached tree; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        self.reloads += 1;
+        let gone: Vec<String> = {
+            let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+            tree.keys()
+                .filter(|p| !fresh.contains_key(*p))
+                .cloned()
+                .collect()
+        };
+        for path in gone {
+            self.remove(path).await;
+        }
+        for (path, entry) in fresh {
+            let same = {
+                let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+                tree.get(&path) == Some(&entry)
+            };
+            if !same {
+                self.upsert(path, entry).await;
+            }
+        }
+        self.publish();
+    }
+
+    async fn upsert(&self, path: String, entry: Entry) {
+        {
+            let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+            if tree.get(&path) == Some(&entry) {
+                return;
+            }
+            tree.insert(path.clone(), entry.clone());
+        }
+        self.status
+            .send_modify(|s| s.max_zxid = s.max_zxid.max(entry.mzxid));
+        if let Some(changes) = &self.changes {
+            let _ = changes.send(Change::Upsert { path, entry }).await;
+        }
+    }
+
+    async fn remove(&self, path: String) {
+        let removed = {
+            let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+            tree.remove(&path).is_some()
+        };
+        if removed {
+            if let Some(changes) = &self.changes {
+                let _ = changes.send(Change::Remove { path }).await;
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let nodes = self.tree.read().unwrap_or_else(|p| p.into_inner()).len();
+        self.status.send_modify(|s| {
+            s.loaded = true;
+            s.nodes = nodes;
+            s.reloads = self.reloads;
+        });
+    }
+}
