@@ -18,6 +18,7 @@ mod domain;
 mod health;
 mod id;
 mod json;
+pub mod route;
 pub mod shard;
 
 pub use app::{App, FieldError, MAX_BACKENDS, MAX_DOMAINS};
@@ -25,6 +26,7 @@ pub use backend::{Backend, BackendError};
 pub use domain::{normalize_host, Domain, DomainError};
 pub use health::{HealthCheck, HttpPath, HttpPathError};
 pub use id::{AppId, IdError, MemberId};
+pub use route::{Route, StreamLine};
 pub use shard::ShardId;
 
 #[cfg(test)]

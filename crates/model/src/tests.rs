@@ -1112,3 +1112,65 @@ fn rendezvous_removing_a_member_moves_only_its_shards() {
         }
     }
 }
+
+mod route_stream {
+    use crate::{Route, StreamLine};
+
+    fn route() -> Route {
+        Route {
+            app: "shop".parse().unwrap(),
+            domains: vec![
+                "shop.example.com".parse().unwrap(),
+                "*.shop.example.com".parse().unwrap(),
+            ],
+            backends: vec![crate::Backend::new("10.0.0.1:8080", 3).unwrap()],
+            fail_open: false,
+        }
+    }
+
+    #[test]
+    fn lines_are_readable_json_and_round_trip() {
+        let lines = [
+            StreamLine::Snapshot {
+                version: 7,
+                routes: 1,
+            },
+            StreamLine::Route(route()),
+            StreamLine::Ready { version: 7 },
+            StreamLine::Resume { version: 7 },
+            StreamLine::Upsert {
+                version: 9,
+                route: route(),
+            },
+            StreamLine::Remove {
+                version: 10,
+                app: "shop".parse().unwrap(),
+            },
+            StreamLine::Ping { version: 10 },
+        ];
+        for line in &lines {
+            let bytes = line.to_line();
+            assert_eq!(bytes.last(), Some(&b'\n'));
+            assert_eq!(&StreamLine::parse(&bytes).unwrap(), line);
+        }
+        assert_eq!(
+            String::from_utf8(StreamLine::Route(route()).to_line()).unwrap(),
+            "{\"type\":\"route\",\"app\":\"shop\",\"domains\":[\"shop.example.com\",\"*.shop.example.com\"],\"backends\":[{\"addr\":\"10.0.0.1:8080\",\"weight\":3}],\"fail_open\":false}\n"
+        );
+    }
+
+    #[test]
+    fn unknown_or_invalid_lines_are_errors() {
+        assert!(StreamLine::parse(b"{\"type\":\"teleport\",\"version\":1}").is_err());
+        assert!(StreamLine::parse(b"{\"type\":\"ping\"}").is_err());
+        assert!(StreamLine::parse(b"{\"type\":\"ping\",\"version\":1,\"extra\":2}").is_err());
+        assert!(
+            StreamLine::parse(b"{\"type\":\"remove\",\"version\":1,\"app\":\"Bad_Id\"}").is_err()
+        );
+        assert!(StreamLine::parse(
+            b"{\"type\":\"route\",\"app\":\"a\",\"domains\":[\"UPPER.example\"],\"backends\":[]}"
+        )
+        .is_err());
+        assert!(StreamLine::parse(b"not json").is_err());
+    }
+}
