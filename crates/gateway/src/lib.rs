@@ -4,3 +4,6 @@
 //! **Invariant:** the on-disk snapshot is loaded before the listener binds (invariant 1).
 
 pub mod snapshot;
+pub mod table;
+
+pub use table::RouteTable;

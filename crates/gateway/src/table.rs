@@ -1,0 +1,297 @@
+//! The route table: host name → route, immutable once built, cheap to change.
+//!
+//! Exact host names and wildcard domains (`*.example.com`, which matches exactly one
+//! more label: `a.example.com`, not `example.com` nor `a.b.example.com`) live in two
+//! maps, so a lookup is at most two hash probes and never allocates.
+//!
+//! Each map is split into [`BUCKETS`] buckets behind `Arc`s. A table is cloned by
+//! cloning those pointers, and a change copies only the buckets it touches: applying
+//! a delta to a million routes copies about 1/256 of them, not all of them, and every
+//! other bucket stays shared with the table readers still hold.
+//!
+//! Two applications claiming one domain (the orchestrator refuses that, but a table
+//! must survive anything) resolve to the one written last; removing the other then
+//! leaves the domain alone.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::Arc;
+
+use model::{AppId, Route};
+
+/// Buckets per map.
+pub const BUCKETS: usize = 256;
+
+/// A hash map split into copy-on-write buckets.
+#[derive(Debug, Clone)]
+struct Sharded<K, V> {
+    hasher: RandomState,
+    buckets: Vec<Arc<HashMap<K, V>>>,
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Sharded<K, V> {
+    fn new(hasher: RandomState) -> Self {
+        Sharded {
+            hasher,
+            buckets: (0..BUCKETS).map(|_| Arc::default()).collect(),
+        }
+    }
+
+    fn bucket<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
+        (self.hasher.hash_one(key) as usize) % BUCKETS
+    }
+
+    fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.buckets[self.bucket(key)].get(key)
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        let i = self.bucket(&key);
+        Arc::make_mut(&mut self.buckets[i]).insert(key, value);
+    }
+
+    fn remove_if<Q>(&mut self, key: &Q, keep: impl FnOnce(&V) -> bool) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let i = self.bucket(key);
+        match self.buckets[i].get(key) {
+            Some(v) if !keep(v) => Arc::make_mut(&mut self.buckets[i]).remove(key),
+            _ => None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.buckets.iter().map(|b| b.len()).sum()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.buckets.iter().flat_map(|b| b.values())
+    }
+
+    #[cfg(test)]
+    fn shares_buckets_with(&self, other: &Self) -> usize {
+        self.buckets
+            .iter()
+            .zip(&other.buckets)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count()
+    }
+}
+
+/// An immutable route table at a version. Clone it to change it; readers of the
+/// original are not disturbed.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    version: u64,
+    /// Exact host name → route.
+    exact: Sharded<String, Arc<Route>>,
+    /// Wildcard suffix (`example.com` for `*.example.com`) → route.
+    wildcard: Sharded<String, Arc<Route>>,
+    /// Application → its route, to find the domains an update or removal replaces.
+    apps: Sharded<AppId, Arc<Route>>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTable::empty()
+    }
+}
+
+impl RouteTable {
+    /// A table with no routes, at version 0.
+    pub fn empty() -> RouteTable {
+        let hasher = RandomState::new();
+        RouteTable {
+            version: 0,
+            exact: Sharded::new(hasher.clone()),
+            wildcard: Sharded::new(hasher.clone()),
+            apps: Sharded::new(hasher),
+        }
+    }
+
+    /// A table holding `routes`, at `version`.
+    pub fn from_routes(version: u64, routes: impl IntoIterator<Item = Route>) -> RouteTable {
+        let mut table = RouteTable::empty();
+        for route in routes {
+            table.upsert(route);
+        }
+        table.version = version;
+        table
+    }
+
+    /// The version of the last change applied.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Sets the version (after applying a batch of changes).
+    pub fn set_version(&mut self, version: u64) {
+        self.version = version;
+    }
+
+    /// Applications routed.
+    pub fn len(&self) -> usize {
+        self.apps.len()
+    }
+
+    /// Whether no application is routed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Host names and wildcards routed.
+    pub fn domain_count(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
+    }
+
+    /// The route for a normalised host (lowercase, no port, no trailing dot; see
+    /// `model::normalize_host`): an exact name first, then a wildcard one label up.
+    pub fn lookup(&self, host: &str) -> Option<&Arc<Route>> {
+        if let Some(route) = self.exact.get(host) {
+            return Some(route);
+        }
+        let (_, parent) = host.split_once('.')?;
+        self.wildcard.get(parent)
+    }
+
+    /// The route of an application.
+    pub fn app(&self, app: &AppId) -> Option<&Arc<Route>> {
+        self.apps.get(app)
+    }
+
+    /// Every route, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.apps.values()
+    }
+
+    /// Adds or replaces an application's route.
+    pub fn upsert(&mut self, route: Route) {
+        let route = Arc::new(route);
+        if let Some(old) = self.apps.get(&route.app).cloned() {
+            self.unlink(&old, Some(&route));
+        }
+        for domain in &route.domains {
+            match domain.suffix() {
+                Some(suffix) => self.wildcard.insert(suffix.to_string(), Arc::clone(&route)),
+                None => self
+                    .exact
+                    .insert(domain.as_str().to_string(), Arc::clone(&route)),
+            }
+        }
+        self.apps.insert(route.app.clone(), route);
+    }
+
+    /// Removes an application's route; returns whether it was there.
+    pub fn remove(&mut self, app: &AppId) -> bool {
+        match self.apps.remove_if(app, |_| false) {
+            Some(old) => {
+                self.unlink(&old, None);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes `old`'s domains that still point at its application and that `new`
+    /// (its replacement, if any) does not keep.
+    fn unlink(&mut self, old: &Route, new: Option<&Route>) {
+        for domain in &old.domains {
+            if new.is_some_and(|new| new.domains.contains(domain)) {
+                continue;
+            }
+            let someone_else = |current: &Arc<Route>| current.app != old.app;
+            match domain.suffix() {
+                Some(suffix) => self.wildcard.remove_if(suffix, someone_else),
+                None => self.exact.remove_if(domain.as_str(), someone_else),
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::Backend;
+
+    fn route(app: &str, domains: &[&str]) -> Route {
+        Route {
+            app: app.parse().unwrap(),
+            domains: domains.iter().map(|d| d.parse().unwrap()).collect(),
+            backends: vec![Backend::new("127.0.0.1:8080", 1).unwrap()],
+            fail_open: false,
+        }
+    }
+
+    fn app_of<'a>(table: &'a RouteTable, host: &str) -> Option<&'a str> {
+        table.lookup(host).map(|r| r.app.as_str())
+    }
+
+    #[test]
+    fn exact_names_win_over_wildcards_and_wildcards_match_one_label() {
+        let table = RouteTable::from_routes(
+            1,
+            [
+                route("wild", &["*.example.com"]),
+                route("exact", &["www.example.com"]),
+                route("apex", &["example.com"]),
+            ],
+        );
+        assert_eq!(app_of(&table, "www.example.com"), Some("exact"));
+        assert_eq!(app_of(&table, "shop.example.com"), Some("wild"));
+        assert_eq!(app_of(&table, "example.com"), Some("apex"));
+        assert_eq!(app_of(&table, "a.b.example.com"), None);
+        assert_eq!(app_of(&table, "example.org"), None);
+        assert_eq!(app_of(&table, "com"), None);
+        assert_eq!(table.len(), 3);
+        assert_eq!(table.domain_count(), 3);
+    }
+
+    #[test]
+    fn an_update_replaces_an_apps_domains_and_a_removal_drops_them() {
+        let mut table = RouteTable::from_routes(1, [route("a", &["a.test", "old.test"])]);
+        table.upsert(route("a", &["a.test", "new.test"]));
+        assert_eq!(app_of(&table, "a.test"), Some("a"));
+        assert_eq!(app_of(&table, "new.test"), Some("a"));
+        assert_eq!(app_of(&table, "old.test"), None);
+        assert!(table.remove(&"a".parse().unwrap()));
+        assert!(!table.remove(&"a".parse().unwrap()));
+        assert!(table.is_empty());
+        assert_eq!(table.domain_count(), 0);
+    }
+
+    #[test]
+    fn a_domain_claimed_twice_goes_to_the_last_writer_and_survives_the_others_removal() {
+        let mut table = RouteTable::from_routes(1, [route("first", &["shared.test"])]);
+        table.upsert(route("second", &["shared.test"]));
+        assert_eq!(app_of(&table, "shared.test"), Some("second"));
+        table.remove(&"first".parse().unwrap());
+        assert_eq!(app_of(&table, "shared.test"), Some("second"));
+    }
+
+    #[test]
+    fn a_change_copies_only_the_buckets_it_touches() {
+        let routes = (0..10_000).map(|i| route(&format!("app{i}"), &[&format!("app{i}.test")]));
+        let before = RouteTable::from_routes(1, routes);
+        let mut after = before.clone();
+        after.upsert(route("app5", &["app5.test", "more.test"]));
+        after.set_version(2);
+        // One exact bucket or two, one app bucket, no wildcard bucket were copied.
+        assert!(after.exact.shares_buckets_with(&before.exact) >= BUCKETS - 2);
+        assert_eq!(after.apps.shares_buckets_with(&before.apps), BUCKETS - 1);
+        assert_eq!(
+            after.wildcard.shares_buckets_with(&before.wildcard),
+            BUCKETS
+        );
+        // The reader of the old table sees the old table.
+        assert_eq!(app_of(&before, "more.test"), None);
+        assert_eq!(app_of(&after, "more.test"), Some("app5"));
+        assert_eq!((before.version(), after.version()), (1, 2));
+    }
+}
