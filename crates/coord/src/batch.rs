@@ -64,19 +64,44 @@ impl Op {
     }
 }
 
-/// What a bulk write did: how many operations landed, and each one that did not.
+/// What a bulk write did: how many operations (or groups) landed, and each one that
+/// did not.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
-    /// Operations applied.
+    /// Operations (for [`Zk::write_groups`], groups) applied.
     pub succeeded: usize,
-    /// Operations refused, with the node and the reason.
-    pub failed: Vec<(String, Error)>,
+    /// Operations (groups) refused.
+    pub failed: Vec<Refused>,
+}
+
+/// One operation, or group, that a bulk write could not apply.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// Its position in the input, from 0.
+    pub index: usize,
+    /// The node of the refused operation (for a group, the one ZooKeeper refused).
+    pub path: String,
+    /// Why.
+    pub error: Error,
 }
 
 impl BatchOutcome {
     fn merge(&mut self, other: BatchOutcome) {
         self.succeeded += other.succeeded;
         self.failed.extend(other.failed);
+    }
+}
+
+/// Operations that must land together, and their position in the input.
+#[derive(Debug)]
+struct Group {
+    index: usize,
+    ops: Vec<Encoded>,
+}
+
+impl Group {
+    fn size(&self) -> usize {
+        self.ops.iter().map(Encoded::size).sum()
     }
 }
 
@@ -160,9 +185,10 @@ impl Zk {
             0 => None,
             n => Some(self.reserve_ephemerals(first.op.path(), n)?),
         };
-        match self.commit(&encoded, bound).await {
+        let refs: Vec<&Encoded> = encoded.iter().collect();
+        match self.commit(&refs, bound).await {
             Ok(()) => {
-                self.settle(&encoded);
+                self.settle(refs.iter().copied());
                 Ok(())
             }
             Err(Failure::Op(index, err)) => Err(err).inspect_err(|_| {
@@ -180,32 +206,41 @@ impl Zk {
     where
         I: IntoIterator<Item = Op>,
     {
+        self.write_groups(ops.into_iter().map(|op| vec![op])).await
+    }
+
+    /// Like [`Zk::write_many`], for groups of operations that must land together: a
+    /// group is applied whole or reported whole (by its index), never half.
+    pub async fn write_groups<I>(&self, groups: I) -> BatchOutcome
+    where
+        I: IntoIterator<Item = Vec<Op>>,
+    {
         let mut outcome = BatchOutcome::default();
         let mut tasks = JoinSet::new();
         let max_ops = self.config().multi_ops.max(1);
         let max_in_flight = self.config().multi_in_flight.max(1);
         let limit = self.multi_limit();
-        let mut chunk: Vec<Encoded> = Vec::with_capacity(max_ops);
-        let mut bytes = 0;
-        for op in ops {
-            let path = op.path().to_string();
-            let encoded = match self.encode_op(op) {
-                Ok(encoded) => encoded,
-                Err(err) => {
-                    outcome.failed.push((path, err));
+        let mut chunk: Vec<Group> = Vec::new();
+        let (mut chunk_ops, mut chunk_bytes) = (0, 0);
+        for (index, ops) in groups.into_iter().enumerate() {
+            let group = match self.encode_group(index, ops) {
+                Ok(group) => group,
+                Err(refused) => {
+                    outcome.failed.push(refused);
                     continue;
                 }
             };
-            if !chunk.is_empty() && (chunk.len() >= max_ops || bytes + encoded.size() > limit) {
+            let (ops, bytes) = (group.ops.len(), group.size());
+            if !chunk.is_empty() && (chunk_ops + ops > max_ops || chunk_bytes + bytes > limit) {
                 while tasks.len() >= max_in_flight {
                     outcome.merge(joined(tasks.join_next().await));
                 }
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(max_ops));
-                tasks.spawn(commit_chunk(self.clone(), full));
-                bytes = 0;
+                tasks.spawn(commit_chunk(self.clone(), std::mem::take(&mut chunk)));
+                (chunk_ops, chunk_bytes) = (0, 0);
             }
-            bytes += encoded.size();
-            chunk.push(encoded);
+            chunk_ops += ops;
+            chunk_bytes += bytes;
+            chunk.push(group);
         }
         if !chunk.is_empty() {
             tasks.spawn(commit_chunk(self.clone(), chunk));
@@ -216,13 +251,45 @@ impl Zk {
         outcome
     }
 
+    fn encode_group(&self, index: usize, ops: Vec<Op>) -> Result<Group, Refused> {
+        let mut encoded = Vec::with_capacity(ops.len());
+        for op in ops {
+            let path = op.path().to_string();
+            match self.encode_op(op) {
+                Ok(op) => encoded.push(op),
+                Err(error) => return Err(Refused { index, path, error }),
+            }
+        }
+        let group = Group {
+            index,
+            ops: encoded,
+        };
+        if group.size() > self.multi_limit() {
+            let path = group
+                .ops
+                .first()
+                .map(|e| e.op.path().to_string())
+                .unwrap_or_default();
+            return Err(Refused {
+                index,
+                path: path.clone(),
+                error: Error::NodeTooLarge {
+                    path,
+                    size_bytes: group.size(),
+                    limit_bytes: self.multi_limit(),
+                },
+            });
+        }
+        Ok(group)
+    }
+
     /// Sends one transaction, retrying across connection losses.
     ///
     /// A transaction that creates ephemerals stays on the session of its first attempt;
     /// with `bound`, on that session generation.
-    async fn commit(&self, ops: &[Encoded], bound: Option<u64>) -> Result<(), Failure> {
+    async fn commit(&self, ops: &[&Encoded], bound: Option<u64>) -> Result<(), Failure> {
         let path = ops[0].op.path();
-        let has_ephemeral = ops.iter().any(Encoded::is_ephemeral);
+        let has_ephemeral = ops.iter().any(|op| op.is_ephemeral());
         let session_bound = has_ephemeral || bound.is_some();
         let mut retry = Retry::new(self, "multi", path);
         let mut generation = bound;
@@ -233,7 +300,7 @@ impl Zk {
                 return Err(Failure::All(retry.expired()));
             }
             let mut writer = slot.client.new_multi_writer();
-            for (index, op) in ops.iter().enumerate() {
+            for (index, op) in ops.iter().copied().enumerate() {
                 if let Err(source) = op.add_to(&mut writer) {
                     return Err(Failure::Op(index, retry.refused(source)));
                 }
@@ -248,7 +315,7 @@ impl Zk {
                 Err(zkc::MultiWriteError::OperationFailed { index, source }) => {
                     if index == first_verifiable(ops)
                         && retry.after_loss()
-                        && self.applied(&ops[index]).await
+                        && self.applied(ops[index]).await
                     {
                         retry.done();
                         return Ok(());
@@ -274,13 +341,18 @@ impl Zk {
     }
 
     /// Books a committed transaction's ephemeral creates and deletes.
-    fn settle(&self, ops: &[Encoded]) {
+    fn settle<'e>(&self, ops: impl Iterator<Item = &'e Encoded>) {
         for op in ops {
-            if let Op::Delete { path, .. } = &op.op {
-                self.release_ephemeral(path);
+            match &op.op {
+                Op::Delete { path, .. } => self.release_ephemeral(path),
+                Op::Create {
+                    path,
+                    mode: CreateMode::Ephemeral,
+                    ..
+                } => self.hold_ephemerals([path.as_str()]),
+                _ => {}
             }
         }
-        self.hold_ephemerals(ops.iter().filter(|e| e.is_ephemeral()).map(|e| e.op.path()));
     }
 
     /// Whether `op` is visibly applied: the check made after a lost connection.
@@ -300,7 +372,7 @@ impl Zk {
 }
 
 /// The index of the first operation whose effect can be read back (not a check).
-fn first_verifiable(ops: &[Encoded]) -> usize {
+fn first_verifiable(ops: &[&Encoded]) -> usize {
     ops.iter()
         .position(|op| !matches!(op.op, Op::Check { .. }))
         .unwrap_or(0)
@@ -313,36 +385,72 @@ enum Failure {
     All(Error),
 }
 
-/// Commits a chunk; a refused operation is set aside and the rest committed again.
-async fn commit_chunk(zk: Zk, mut ops: Vec<Encoded>) -> BatchOutcome {
+/// Commits a chunk; a refused group is set aside and the rest committed again.
+async fn commit_chunk(zk: Zk, mut groups: Vec<Group>) -> BatchOutcome {
     let mut outcome = BatchOutcome::default();
-    let ephemerals = ops.iter().filter(|e| e.is_ephemeral()).count();
+    let ephemerals = groups
+        .iter()
+        .flat_map(|g| &g.ops)
+        .filter(|e| e.is_ephemeral())
+        .count();
+    let first_path = groups[0].ops[0].op.path().to_string();
     let _reservation = match ephemerals {
         0 => None,
-        n => match zk.reserve_ephemerals(ops[0].op.path(), n) {
+        n => match zk.reserve_ephemerals(&first_path, n) {
             Ok(reservation) => Some(reservation),
-            Err(err) => {
-                for op in ops {
-                    outcome.failed.push((op.op.path().to_string(), err.clone()));
+            Err(error) => {
+                for group in groups {
+                    let path = group.ops[0].op.path().to_string();
+                    let error = error.clone();
+                    outcome.failed.push(Refused {
+                        index: group.index,
+                        path,
+                        error,
+                    });
                 }
                 return outcome;
             }
         },
     };
-    while !ops.is_empty() {
+    while !groups.is_empty() {
+        let ops: Vec<&Encoded> = groups.iter().flat_map(|g| &g.ops).collect();
         match zk.commit(&ops, None).await {
             Ok(()) => {
-                zk.settle(&ops);
-                outcome.succeeded += ops.len();
+                zk.settle(ops.iter().copied());
+                outcome.succeeded += groups.len();
                 break;
             }
-            Err(Failure::Op(index, err)) => {
-                let refused = ops.remove(index);
-                outcome.failed.push((refused.op.path().to_string(), err));
+            Err(Failure::Op(op_index, error)) => {
+                // Find the group the refused operation belongs to and set it aside.
+                let mut at = op_index;
+                let position = groups
+                    .iter()
+                    .position(|g| {
+                        if at < g.ops.len() {
+                            true
+                        } else {
+                            at -= g.ops.len();
+                            false
+                        }
+                    })
+                    .expect("the refused operation is in the chunk");
+                let refused = groups.remove(position);
+                let path = refused.ops[at].op.path().to_string();
+                outcome.failed.push(Refused {
+                    index: refused.index,
+                    path,
+                    error,
+                });
             }
-            Err(Failure::All(err)) => {
-                for op in ops.drain(..) {
-                    outcome.failed.push((op.op.path().to_string(), err.clone()));
+            Err(Failure::All(error)) => {
+                for group in groups.drain(..) {
+                    let path = group.ops[0].op.path().to_string();
+                    let error = error.clone();
+                    outcome.failed.push(Refused {
+                        index: group.index,
+                        path,
+                        error,
+                    });
                 }
             }
         }

@@ -25,7 +25,7 @@ pub mod metrics;
 mod ownership;
 mod zk;
 
-pub use batch::{BatchOutcome, Op};
+pub use batch::{BatchOutcome, Op, Refused};
 pub use cache::TreeCache;
 pub use config::{Config, DEFAULT_JUTE_MAXBUFFER, REQUEST_OVERHEAD_BYTES};
 pub use error::{Error, Result, ZkError};

@@ -36,7 +36,7 @@ fn write_many_applies_every_op_and_reports_each_refusal() {
         let mut failed: Vec<_> = outcome
             .failed
             .iter()
-            .map(|(p, e)| (p.as_str(), e))
+            .map(|r| (r.path.as_str(), &r.error))
             .collect();
         failed.sort_by_key(|(p, _)| *p);
         assert_eq!(failed.len(), 3, "{failed:?}");
@@ -122,5 +122,54 @@ fn a_multi_is_all_or_nothing() {
         assert!(err.is_bad_version(), "{err:?}");
         assert_eq!(client.get("/guarded").await.unwrap().unwrap().0, b"v1");
         assert_eq!(client.exists("/side-effect").await.unwrap(), None);
+    });
+}
+
+#[test]
+fn write_groups_applies_each_group_whole_or_not_at_all() {
+    let zk = testkit::Zk::standalone();
+    runtime().block_on(async {
+        let client = connect(&zk, |c| c.multi_ops = 10).await;
+        client.ensure_path("/apps").await.unwrap();
+        client.ensure_path("/domains").await.unwrap();
+        client
+            .create("/domains/taken.test", b"other", CreateMode::Persistent)
+            .await
+            .unwrap();
+        // Each app is its node plus its domain's node: both or neither.
+        let app = |name: &str, domain: &str| {
+            vec![
+                Op::Create {
+                    path: format!("/apps/{name}"),
+                    payload: name.as_bytes().to_vec(),
+                    mode: CreateMode::Persistent,
+                },
+                Op::Create {
+                    path: format!("/domains/{domain}"),
+                    payload: name.as_bytes().to_vec(),
+                    mode: CreateMode::Persistent,
+                },
+            ]
+        };
+        let mut groups: Vec<Vec<Op>> = (0..100)
+            .map(|i| app(&format!("a{i}"), &format!("a{i}.test")))
+            .collect();
+        groups.insert(42, app("thief", "taken.test"));
+        let outcome = client.write_groups(groups).await;
+        assert_eq!(outcome.succeeded, 100);
+        assert_eq!(outcome.failed.len(), 1);
+        let refused = &outcome.failed[0];
+        assert_eq!(
+            (refused.index, refused.path.as_str()),
+            (42, "/domains/taken.test")
+        );
+        assert!(refused.error.is_node_exists(), "{:?}", refused.error);
+        assert_eq!(
+            client.exists("/apps/thief").await.unwrap(),
+            None,
+            "half a group landed"
+        );
+        assert_eq!(client.children("/apps").await.unwrap().len(), 100);
+        assert_eq!(client.children("/domains").await.unwrap().len(), 101);
     });
 }
