@@ -16,7 +16,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -119,10 +119,19 @@ pub(crate) struct Inner {
     largest_payload: AtomicUsize,
 }
 
+/// The ephemeral nodes this session holds, by a hash of their path: 8 bytes each,
+/// whatever the path's length, since a benchmark session may hold a million.
 #[derive(Default)]
 struct Ephemerals {
-    held: HashSet<String>,
+    held: HashSet<u64>,
     creating: usize,
+}
+
+fn path_key(path: &str) -> u64 {
+    // A fixed-key hash: the same path must give the same key in every call.
+    let mut hasher = std::hash::DefaultHasher::new();
+    path.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl std::fmt::Debug for Zk {
@@ -221,7 +230,21 @@ impl Zk {
                 .window
                 .acquire_many(self.inner.config.window as u32)
                 .await;
+            // Dropping the last client sends the close; its state says when it is done,
+            // so that on return the session's ephemerals are gone.
+            let mut states = client.state_watcher();
             drop(client);
+            let closed = async {
+                loop {
+                    if states.changed().await == zkc::SessionState::Closed {
+                        return;
+                    }
+                }
+            };
+            let timeout = self.inner.config.session_timeout;
+            if tokio::time::timeout(timeout, closed).await.is_err() {
+                tracing::warn!("ZooKeeper did not confirm the session's close");
+            }
         }
     }
 
@@ -574,7 +597,7 @@ impl Zk {
             .ephemerals
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        e.held.extend(paths.into_iter().map(str::to_string));
+        e.held.extend(paths.into_iter().map(path_key));
     }
 
     pub(crate) fn release_ephemeral(&self, path: &str) {
@@ -583,7 +606,7 @@ impl Zk {
             .ephemerals
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        e.held.remove(path);
+        e.held.remove(&path_key(path));
     }
 
     pub(crate) fn inner(&self) -> &Inner {
@@ -685,8 +708,14 @@ impl<'a> Retry<'a> {
     pub(crate) async fn failed(&mut self, err: ZkError) -> Result<()> {
         let deadline = self.started + self.zk.inner.config.retry_for;
         match err {
-            ZkError::ConnectionLoss | ZkError::Timeout | ZkError::Throttled => {
-                self.lost |= err == ZkError::ConnectionLoss || err == ZkError::Timeout;
+            // zookeeper-client reports an I/O failure of the connection (a reset by a
+            // killed server) as `Custom`: the request's outcome is as unknown as after
+            // a connection loss, and it is retried the same way.
+            ZkError::ConnectionLoss
+            | ZkError::Timeout
+            | ZkError::Throttled
+            | ZkError::Custom(_) => {
+                self.lost |= !matches!(err, ZkError::Throttled);
                 metrics::counter!(m::ZK_RETRIES, "reason" => "connection_loss").increment(1);
                 if Instant::now() >= deadline {
                     return Err(self.unavailable(err));

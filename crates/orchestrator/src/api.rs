@@ -318,6 +318,7 @@ async fn routes(
     };
     let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
     metrics::gauge!(crate::metrics::ROUTE_SUBSCRIBERS).increment(1.0);
+    let mut stopping = shared.stopping.clone();
     tokio::spawn(async move {
         let _gauge = Decrement;
         if !start.send(version, &sender).await {
@@ -346,6 +347,8 @@ async fn routes(
                     }
                 }
                 _ = sender.closed() => return,
+                // Stopping: end the stream so the gateway fails over at once.
+                _ = async { let _ = stopping.wait_for(|s| *s).await; } => return,
             }
         }
     });

@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     cache_loaded: AtomicBool,
     serving: AtomicBool,
     prometheus: Option<PrometheusHandle>,
+    /// Becomes true when the orchestrator stops: long-lived route streams end then.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Shared {
@@ -65,6 +67,9 @@ impl Shared {
             return Some("loading applications from ZooKeeper".into());
         }
         let shards = self.shards.status();
+        if !shards.settled && shards.target == 0 {
+            return Some("joining the member group".into());
+        }
         if !shards.settled {
             return Some(format!(
                 "claiming shards: {} of {} owned",
@@ -137,7 +142,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     )
     .await?;
     let (applied, _) = watch::channel(0);
+    let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
+        stopping: stopped.clone(),
         state: RwLock::new(State::new(layout.clone())),
         layout,
         zk,
@@ -151,7 +158,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         prometheus,
         config,
     });
-    let (stop, stopped) = watch::channel(false);
 
     // Serve at once: /healthz and /readyz answer while the rest loads, and /v1/routes
     // says 503 until everything is ready.
