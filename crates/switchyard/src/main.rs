@@ -6,7 +6,7 @@ mod cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Switchyard: the routing control plane and edge of a PaaS region.
 #[derive(Debug, Parser)]
@@ -20,10 +20,16 @@ struct Cli {
 enum Command {
     /// Run a whole local region on this machine until Ctrl-C.
     Up(cmd::up::Args),
+    /// Run an orchestrator: the app registry, shard owner and route server.
+    Orchestrator(cmd::orchestrator::Args),
+    /// Measure Switchyard's parts against their peers, side by side on this machine.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The matches are kept: a config file's values yield to flags given explicitly.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
@@ -33,6 +39,10 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Up(args) => cmd::up::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
+        Command::Orchestrator(args) => {
+            cmd::orchestrator::run(args, matches.subcommand_matches("orchestrator"))
+        }
     };
     match result {
         Ok(code) => code,
