@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audit;
 mod batch;
 pub mod cache;
 pub mod codec;
@@ -25,6 +26,7 @@ pub mod metrics;
 mod ownership;
 mod zk;
 
+pub use audit::{AuditOptions, AuditReport, NodeSize};
 pub use batch::{BatchOutcome, Op, Refused};
 pub use cache::TreeCache;
 pub use config::{Config, DEFAULT_JUTE_MAXBUFFER, REQUEST_OVERHEAD_BYTES};

@@ -167,3 +167,53 @@ fn the_ephemeral_budget_refuses_one_too_many() {
         assert_eq!(client.ephemerals_held(), 5);
     });
 }
+
+#[test]
+fn the_audit_names_nodes_near_the_limit_and_the_widest_parents() {
+    let zk = testkit::Zk::start(|c| c.jute_maxbuffer = 200_000);
+    runtime().block_on(async {
+        let client = connect(&zk, |c| c.jute_maxbuffer = 200_000).await;
+        client.ensure_path("/region/wide").await.unwrap();
+        for i in 0..300 {
+            client
+                .create(
+                    &format!("/region/wide/child-{i:05}"),
+                    b"",
+                    CreateMode::Persistent,
+                )
+                .await
+                .unwrap();
+        }
+        // 190,000 bytes of noise is 95 % of the limit once encoded: over 90 %.
+        client
+            .create("/region/fat", &noise(190_000), CreateMode::Persistent)
+            .await
+            .unwrap();
+        client
+            .create("/region/slim", &noise(1_000), CreateMode::Persistent)
+            .await
+            .unwrap();
+        let options = coord::AuditOptions {
+            root: "/region".into(),
+            threshold: 0.9,
+            top: 3,
+            concurrency: 64,
+        };
+        let mut seen = 0;
+        let report = client.audit(&options, |n| seen = n).await.unwrap();
+        assert_eq!(report.nodes, 2 + 300 + 2);
+        assert_eq!(seen, report.nodes);
+        assert!(report.alarming());
+        assert_eq!(report.over.len(), 1, "{:?}", report.over);
+        assert_eq!(report.over[0].path, "/region/fat");
+        assert_eq!(report.largest[0].path, "/region/fat");
+        assert_eq!(report.largest[1].path, "/region/slim");
+        assert_eq!(report.widest[0].path, "/region/wide");
+        assert_eq!(report.widest[0].children, 300);
+
+        // Below the threshold, nothing alarms.
+        client.delete("/region/fat", None).await.unwrap();
+        let report = client.audit(&options, |_| {}).await.unwrap();
+        assert!(!report.alarming(), "{:?}", report.over);
+    });
+}
