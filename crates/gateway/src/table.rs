@@ -15,8 +15,12 @@
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
+
+/// A fast, per-table randomly seeded hasher: host names are not secret, but a seed per
+/// process keeps a crafted set of names from piling into one bucket everywhere.
+type RandomState = foldhash::fast::RandomState;
 
 use model::{AppId, Route};
 
@@ -27,15 +31,65 @@ pub const BUCKETS: usize = 256;
 #[derive(Debug, Clone)]
 struct Sharded<K, V> {
     hasher: RandomState,
-    buckets: Vec<Arc<HashMap<K, V>>>,
+    buckets: Vec<Arc<HashMap<K, V, RandomState>>>,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Sharded<K, V> {
     fn new(hasher: RandomState) -> Self {
         Sharded {
+            buckets: (0..BUCKETS)
+                .map(|_| Arc::new(HashMap::with_hasher(hasher.clone())))
+                .collect(),
             hasher,
-            buckets: (0..BUCKETS).map(|_| Arc::default()).collect(),
         }
+    }
+
+    /// A map of `entries`, later entries winning over earlier ones with the same key,
+    /// built bucket by bucket on up to `threads` threads.
+    fn build(hasher: RandomState, entries: Vec<(K, V)>, threads: usize) -> Self
+    where
+        K: Send + Sync,
+        V: Send + Sync,
+    {
+        let mut per_bucket: Vec<Vec<(K, V)>> = (0..BUCKETS).map(|_| Vec::new()).collect();
+        for (key, value) in entries {
+            let i = (hasher.hash_one(&key) as usize) % BUCKETS;
+            per_bucket[i].push((key, value));
+        }
+        let build_one = |entries: Vec<(K, V)>| {
+            let mut map = HashMap::with_capacity_and_hasher(entries.len(), hasher.clone());
+            map.extend(entries);
+            Arc::new(map)
+        };
+        let threads = threads.clamp(1, BUCKETS);
+        let buckets = if threads == 1 {
+            per_bucket.into_iter().map(build_one).collect()
+        } else {
+            let per_thread = BUCKETS.div_ceil(threads);
+            let mut groups = Vec::new();
+            let mut rest = per_bucket.into_iter();
+            loop {
+                let group: Vec<_> = rest.by_ref().take(per_thread).collect();
+                if group.is_empty() {
+                    break;
+                }
+                groups.push(group);
+            }
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = groups
+                    .into_iter()
+                    .map(|group| {
+                        let build_one = &build_one;
+                        scope.spawn(move || group.into_iter().map(build_one).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("a table builder thread panicked"))
+                    .collect()
+            })
+        };
+        Sharded { hasher, buckets }
     }
 
     fn bucket<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
@@ -107,7 +161,7 @@ impl Default for RouteTable {
 impl RouteTable {
     /// A table with no routes, at version 0.
     pub fn empty() -> RouteTable {
-        let hasher = RandomState::new();
+        let hasher = RandomState::default();
         RouteTable {
             version: 0,
             exact: Sharded::new(hasher.clone()),
@@ -116,14 +170,50 @@ impl RouteTable {
         }
     }
 
-    /// A table holding `routes`, at `version`.
+    /// A table holding `routes`, at `version`: the same table as upserting them one by
+    /// one in order (a later route of an app replaces an earlier one; a domain claimed
+    /// twice goes to the later claimant), built in bulk on every core.
     pub fn from_routes(version: u64, routes: impl IntoIterator<Item = Route>) -> RouteTable {
-        let mut table = RouteTable::empty();
-        for route in routes {
-            table.upsert(route);
+        // The last route of each app wins; drop the earlier ones first, so no domain of a
+        // replaced route survives.
+        let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
+        let mut last: HashMap<&AppId, usize, RandomState> =
+            HashMap::with_capacity_and_hasher(routes.len(), RandomState::default());
+        for (i, route) in routes.iter().enumerate() {
+            last.insert(&route.app, i);
         }
-        table.version = version;
-        table
+        let keep: Vec<bool> = {
+            let mut keep = vec![false; routes.len()];
+            for i in last.values() {
+                keep[*i] = true;
+            }
+            keep
+        };
+        drop(last);
+        let routes: Vec<Arc<Route>> = routes
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(route, keep)| keep.then_some(route))
+            .collect();
+        let (mut exact, mut wildcard) = (Vec::with_capacity(routes.len()), Vec::new());
+        for route in &routes {
+            for domain in &route.domains {
+                match domain.suffix() {
+                    Some(suffix) => wildcard.push((suffix.to_string(), Arc::clone(route))),
+                    None => exact.push((domain.as_str().to_string(), Arc::clone(route))),
+                }
+            }
+        }
+        let apps: Vec<(AppId, Arc<Route>)> =
+            routes.into_iter().map(|r| (r.app.clone(), r)).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let hasher = RandomState::default();
+        RouteTable {
+            version,
+            exact: Sharded::build(hasher.clone(), exact, threads),
+            wildcard: Sharded::build(hasher.clone(), wildcard, threads),
+            apps: Sharded::build(hasher, apps, threads),
+        }
     }
 
     /// The version of the last change applied.
@@ -273,6 +363,41 @@ mod tests {
         assert_eq!(app_of(&table, "shared.test"), Some("second"));
         table.remove(&"first".parse().unwrap());
         assert_eq!(app_of(&table, "shared.test"), Some("second"));
+    }
+
+    #[test]
+    fn a_bulk_build_is_the_same_table_as_upserts_in_order() {
+        let routes = vec![
+            route("a", &["a.test", "old-a.test"]),
+            route("b", &["b.test", "*.shared.test"]),
+            route("c", &["c.test", "*.shared.test"]),
+            route("a", &["a.test", "new-a.test"]),
+            route("d", &["b.test"]),
+        ];
+        let bulk = RouteTable::from_routes(7, routes.clone());
+        let mut one_by_one = RouteTable::empty();
+        for route in routes {
+            one_by_one.upsert(route);
+        }
+        for host in [
+            "a.test",
+            "old-a.test",
+            "new-a.test",
+            "b.test",
+            "c.test",
+            "x.shared.test",
+            "nope.test",
+        ] {
+            assert_eq!(app_of(&bulk, host), app_of(&one_by_one, host), "{host}");
+        }
+        assert_eq!(app_of(&bulk, "old-a.test"), None);
+        assert_eq!(app_of(&bulk, "x.shared.test"), Some("c"));
+        assert_eq!(app_of(&bulk, "b.test"), Some("d"));
+        assert_eq!(
+            (bulk.len(), bulk.domain_count()),
+            (one_by_one.len(), one_by_one.domain_count())
+        );
+        assert_eq!(bulk.version(), 7);
     }
 
     #[test]

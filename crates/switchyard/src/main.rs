@@ -24,6 +24,8 @@ enum Command {
     Orchestrator(cmd::orchestrator::Args),
     /// Measure Switchyard's parts against their peers, side by side on this machine.
     Bench(cmd::bench::Args),
+    /// Run a gateway: the HTTP edge, serving its last-known-good table from disk.
+    Gateway(cmd::gateway::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => cmd::up::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Gateway(args) => cmd::gateway::run(args, matches.subcommand_matches("gateway")),
         Command::Orchestrator(args) => {
             cmd::orchestrator::run(args, matches.subcommand_matches("orchestrator"))
         }

@@ -1,6 +1,7 @@
 //! One module per subcommand, each a thin call into a library.
 
 pub mod bench;
+pub mod gateway;
 pub mod orchestrator;
 pub mod up;
 

@@ -1,5 +1,8 @@
 //! The `switchyard` binary as an operator runs it: real processes, real ports.
 
+mod gateway;
+mod orchestrator;
+
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Command, Stdio};

@@ -1,0 +1,169 @@
+//! The admin API, on its own address (loopback by default): health, readiness,
+//! Prometheus metrics, route look-ups, and the held updates an operator confirms.
+//!
+//! | | |
+//! | --- | --- |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 once a table is loaded (from disk or an orchestrator), else 503 and why |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /routes/{host}` | the route a request for `host` takes, as JSON; 404 if none |
+//! | `GET /admin/held` | `{"held": null}`, or the held update |
+//! | `POST /admin/confirm` | body `{"version": V}`: applies the held update `V` names |
+//!
+//! Errors are JSON: `{"error": "<code>", "detail": "<what to do>"}`. There is no
+//! authentication: whoever reaches this address can confirm a deletion.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::sync::{ConfirmError, Control};
+
+/// Serves the admin API on `listener` until `shutdown` resolves.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    control: Arc<Control>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(control))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/routes/{host}", get(route))
+        .route("/admin/held", get(held))
+        .route("/admin/confirm", post(confirm))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(control)
+}
+
+/// A JSON error body with its status.
+fn error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
+    let body = json!({ "error": code, "detail": detail.into() });
+    (status, Json(body)).into_response()
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(control): State<Arc<Control>>) -> Response {
+    match control.readiness() {
+        Ok(()) => {
+            let table = control.table().load();
+            Json(json!({
+                "ready": true,
+                "table_version": table.version(),
+                "routes": table.len(),
+                "staleness_seconds": control.staleness().as_secs_f64(),
+            }))
+            .into_response()
+        }
+        Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why),
+    }
+}
+
+async fn metrics(State(control): State<Arc<Control>>) -> Response {
+    let text = control.render_metrics();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn route(State(control): State<Arc<Control>>, Path(host): Path<String>) -> Response {
+    let Some(normalized) = model::normalize_host(&host) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_host",
+            format!("{host:?} is not a host name a request could carry"),
+        );
+    };
+    let table = control.table().load();
+    match table.lookup(&normalized) {
+        Some(route) => Json(route.as_ref().clone()).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            format!(
+                "no route for {normalized} in the table at version {}",
+                table.version()
+            ),
+        ),
+    }
+}
+
+async fn held(State(control): State<Arc<Control>>) -> Json<serde_json::Value> {
+    Json(json!({ "held": control.held() }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
+    version: u64,
+}
+
+async fn confirm(State(control): State<Arc<Control>>, body: Bytes) -> Response {
+    let version = match serde_json::from_slice::<ConfirmBody>(&body) {
+        Ok(body) => body.version,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("expected {{\"version\": <the held version from GET /admin/held>}}: {e}"),
+            )
+        }
+    };
+    match control.confirm(version) {
+        Ok((version, routes)) => Json(json!({
+            "applied": { "table_version": version, "routes": routes }
+        }))
+        .into_response(),
+        Err(ConfirmError::NothingHeld) => error(
+            StatusCode::NOT_FOUND,
+            "nothing_held",
+            "no route table update is held",
+        ),
+        Err(ConfirmError::OtherVersion(held)) => error(
+            StatusCode::CONFLICT,
+            "version_mismatch",
+            format!(
+                "version {version} does not name the held update (versions {} to {}): check GET /admin/held again",
+                held.version, held.latest_version
+            ),
+        ),
+    }
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint: /healthz, /readyz, /metrics, /routes/{host}, /admin/held, /admin/confirm",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "POST /admin/confirm; GET for everything else",
+    )
+}

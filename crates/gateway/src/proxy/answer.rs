@@ -1,0 +1,67 @@
+//! The proxy's own answers: one mapping from what went wrong to a status and a short
+//! plain-text body that says which.
+//!
+//! **Invariant:** a body names at most the normalised host the client sent, never a
+//! backend's address or an internal error.
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Response, StatusCode};
+
+use super::body::ResponseBody;
+
+/// Why a request was not forwarded, or not answered by a backend.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// No `Host` header (nor URI authority), or one that is not a host name.
+    BadHost,
+    /// No route for this (normalised) host.
+    NoRoute(String),
+    /// The route has no backend to send to.
+    NoBackend(String),
+    /// `CONNECT`: this is a reverse proxy, not a forward one.
+    ConnectMethod,
+    /// No connection to a backend could be made.
+    Connect,
+    /// The backend's connection failed (reset, closed, unparsable answer).
+    Backend,
+    /// The backend did not send its response head in time.
+    Timeout,
+}
+
+impl Failure {
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            Failure::BadHost => StatusCode::BAD_REQUEST,
+            Failure::NoRoute(_) => StatusCode::NOT_FOUND,
+            Failure::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
+            Failure::Connect | Failure::Backend => StatusCode::BAD_GATEWAY,
+            Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn body(self) -> Bytes {
+        match self {
+            Failure::BadHost => Bytes::from_static(b"missing or invalid Host header\n"),
+            Failure::NoRoute(host) => format!("no route for host {host}\n").into(),
+            Failure::NoBackend(host) => format!("no backend available for host {host}\n").into(),
+            Failure::ConnectMethod => Bytes::from_static(b"CONNECT is not supported\n"),
+            Failure::Connect => Bytes::from_static(b"could not connect to a backend\n"),
+            Failure::Backend => Bytes::from_static(b"backend connection failed\n"),
+            Failure::Timeout => Bytes::from_static(b"backend did not answer in time\n"),
+        }
+    }
+
+    /// The answer to send the client.
+    pub(super) fn response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let mut response = Response::new(ResponseBody::full(self.body()));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}

@@ -1,0 +1,224 @@
+//! The bodies on the request path, both streamed frame by frame.
+//!
+//! A [`ResponseBody`] is what a client reads: a short answer of the proxy's own, or a
+//! backend's body, which hands its backend connection back to the pool the moment it
+//! ends. A [`RequestBody`] is what a backend reads: the client's body, noting its
+//! progress for the first-byte timeout.
+//! **Invariant:** a backend connection returns to its pool only after both its
+//! response and its request body ended; a body that errs or is dropped early takes
+//! its connection with it.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::forward::RequestGuard;
+use super::upstream::{BackendConn, Lease};
+
+/// A response body for the client.
+pub(super) struct ResponseBody {
+    inner: Inner,
+    /// The backend connection and in-flight lease, released when the body ends.
+    pooled: Option<Pooled>,
+    /// Ends the request (metrics, idle accounting) when the body is dropped.
+    request: Option<RequestGuard>,
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Backend(Incoming),
+}
+
+/// What a backend's response body holds on to until it ends.
+pub(super) struct Pooled {
+    pub(super) conn: BackendConn,
+    pub(super) lease: Lease,
+    /// The request body's progress, if it had one: the connection is reusable only
+    /// once it was sent whole.
+    pub(super) request_body: Option<Arc<Progress>>,
+}
+
+impl Pooled {
+    fn release(self) {
+        if self.request_body.as_ref().is_none_or(|p| p.is_done()) {
+            self.lease.upstream().checkin(self.conn);
+        }
+    }
+}
+
+impl ResponseBody {
+    pub(super) fn full(data: Bytes) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Full(Some(data)),
+            pooled: None,
+            request: None,
+        }
+    }
+
+    pub(super) fn empty() -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Full(None),
+            pooled: None,
+            request: None,
+        }
+    }
+
+    pub(super) fn backend(body: Incoming, pooled: Pooled) -> ResponseBody {
+        if body.is_end_stream() {
+            // Nothing to read (HEAD, 204, 304, an empty body): hyper may never poll.
+            pooled.release();
+            return ResponseBody {
+                inner: Inner::Backend(body),
+                pooled: None,
+                request: None,
+            };
+        }
+        ResponseBody {
+            inner: Inner::Backend(body),
+            pooled: Some(pooled),
+            request: None,
+        }
+    }
+
+    /// Keeps the request open until this body is dropped.
+    pub(super) fn attach(&mut self, request: RequestGuard) {
+        self.request = Some(request);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match &mut this.inner {
+            Inner::Full(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+            Inner::Backend(body) => {
+                let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                let ended = match &frame {
+                    None => true,
+                    Some(Ok(_)) => body.is_end_stream(),
+                    Some(Err(_)) => {
+                        // The connection is broken: drop it, and the lease with it.
+                        this.pooled = None;
+                        false
+                    }
+                };
+                if ended {
+                    if let Some(pooled) = this.pooled.take() {
+                        pooled.release();
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(data) => data.is_none(),
+            Inner::Backend(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Inner::Backend(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A client's request body on its way to a backend.
+pub(super) struct RequestBody {
+    inner: Incoming,
+    progress: Option<Arc<Progress>>,
+}
+
+impl RequestBody {
+    pub(super) fn new(inner: Incoming, progress: Option<Arc<Progress>>) -> RequestBody {
+        RequestBody { inner, progress }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(progress) = &this.progress {
+            match &frame {
+                None => progress.finish(),
+                Some(Ok(_)) if this.inner.is_end_stream() => progress.finish(),
+                Some(Ok(_)) => progress.touch(),
+                Some(Err(_)) => {}
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How far a request body has gone: when a frame last went through, and whether it
+/// ended.
+#[derive(Debug)]
+pub(super) struct Progress {
+    last_ms: AtomicU64,
+    done: AtomicBool,
+}
+
+impl Progress {
+    pub(super) fn new() -> Progress {
+        Progress {
+            last_ms: AtomicU64::new(now_ms()),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(now_ms(), Relaxed);
+    }
+
+    fn finish(&self) {
+        self.touch();
+        self.done.store(true, Relaxed);
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        self.done.load(Relaxed)
+    }
+
+    /// How much of `timeout` is left, counted from the last frame sent; `None` when
+    /// nothing is.
+    pub(super) fn left_of(&self, timeout: Duration) -> Option<Duration> {
+        let since = Duration::from_millis(now_ms().saturating_sub(self.last_ms.load(Relaxed)));
+        timeout.checked_sub(since).filter(|left| !left.is_zero())
+    }
+}
+
+/// Milliseconds since the first call: a clock cheap to store in an atomic.
+pub(super) fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}

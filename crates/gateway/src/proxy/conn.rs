@@ -1,0 +1,118 @@
+//! A client connection: HTTP/1.1 or HTTP/2 (prior knowledge), told apart by its first
+//! bytes and served by hyper, closed when idle, shut down gracefully on a drain.
+//!
+//! **Invariant:** every client connection (and every tunnel made from one) holds a
+//! receiver of the drain channel until it is gone, so `serve` knows when the last one
+//! has finished.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::idle::{Activity, IdleTimer, Watched};
+use super::{forward, Proxy};
+
+/// Where the proxy is in its life, as told to each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Serving,
+    /// Finish what is in flight, take nothing new.
+    Draining,
+    /// The drain ran out: close now.
+    Abort,
+}
+
+/// What the requests of one client connection share.
+pub(super) struct ClientConn {
+    pub(super) proxy: Arc<Proxy>,
+    /// The client's address, ready for `X-Forwarded-For`.
+    pub(super) client_ip: HeaderValue,
+    /// Bytes written, requests begun and ended; a request waiting for its response
+    /// head holds the connection.
+    pub(super) activity: Arc<Activity>,
+    pub(super) drain: watch::Receiver<Phase>,
+}
+
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        self.proxy.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Resolves when the drain runs out (or `serve` is gone).
+pub(super) async fn aborted(drain: &mut watch::Receiver<Phase>) {
+    let _ = drain.wait_for(|phase| *phase == Phase::Abort).await;
+}
+
+/// Serves one accepted connection until it closes, idles out or is drained.
+pub(super) async fn serve(
+    proxy: Arc<Proxy>,
+    server: Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut drain: watch::Receiver<Phase>,
+) {
+    // Small responses must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    proxy.connections_open.fetch_add(1, Relaxed);
+    let idle_timeout = proxy.config.idle_timeout;
+    let client_ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+        .expect("an IP address is a valid header value");
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(Watched::writes_only(stream, Arc::clone(&activity)));
+    let conn = Arc::new(ClientConn {
+        proxy,
+        client_ip,
+        activity,
+        drain: drain.clone(),
+    });
+
+    let service = {
+        let conn = Arc::clone(&conn);
+        service_fn(move |req| {
+            let conn = Arc::clone(&conn);
+            async move { Ok::<_, Infallible>(forward::handle(conn, req).await) }
+        })
+    };
+    let mut http = pin!(server.serve_connection_with_upgrades(io, service));
+    let mut idle = IdleTimer::new(idle_timeout);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = http.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, %peer, "client connection ended with an error");
+                }
+                break;
+            }
+            () = idle.expired(&conn.activity) => {
+                // Idle twice over (a graceful close that did not finish, say a
+                // request head that never completed): just drop it.
+                if closing {
+                    break;
+                }
+                http.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            changed = drain.changed() => match changed.map(|()| *drain.borrow_and_update()) {
+                Ok(Phase::Serving) => {}
+                Ok(Phase::Draining) => {
+                    if !closing {
+                        http.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+                Ok(Phase::Abort) | Err(_) => break,
+            },
+        }
+    }
+}

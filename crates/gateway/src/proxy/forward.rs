@@ -1,0 +1,261 @@
+//! One request through the proxy: find its route by host, pick a backend, rewrite the
+//! request, send it on a pooled (or new) connection, and stream the answer back.
+//!
+//! Retries. A request is re-sent only when no backend can have seen it:
+//! - a pooled connection that turns out closed hands the request back unsent (hyper's
+//!   `try_send_request`), and it goes on another connection to the same backend,
+//!   whatever its method;
+//! - a failed connect is retried once on another backend of the route, for an
+//!   idempotent method (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) without a body.
+//!
+//! A request that failed after its bytes were written is answered 502 and never
+//! re-sent. **Invariant:** no request reaches a backend twice through the proxy.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::{Body, Incoming};
+use tokio::time::Instant;
+
+use super::answer::Failure;
+use super::body::{Pooled, Progress, RequestBody, ResponseBody};
+use super::conn::ClientConn;
+use super::upstream::{BackendConn, Lease, Upstream};
+use super::{headers, tunnel, Proxy};
+
+/// A request in flight, from its head to the end of its response (or its tunnel),
+/// counted in the in-flight gauge.
+pub(super) struct RequestGuard {
+    conn: Arc<ClientConn>,
+}
+
+impl RequestGuard {
+    fn new(conn: Arc<ClientConn>) -> RequestGuard {
+        conn.activity.touch();
+        conn.proxy.metrics.in_flight.increment(1.0);
+        RequestGuard { conn }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.conn.proxy.metrics.in_flight.decrement(1.0);
+        self.conn.activity.touch();
+    }
+}
+
+/// Answers one request: the backend's response, or the proxy's own.
+pub(super) async fn handle(
+    conn: Arc<ClientConn>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let mut request = Some(RequestGuard::new(Arc::clone(&conn)));
+    let mut response = match forward(&conn, req, &mut request).await {
+        Ok(response) => response,
+        Err(failure) => {
+            tracing::debug!(?failure, "request not forwarded");
+            failure.response()
+        }
+    };
+    conn.proxy.metrics.count(response.status());
+    if let Some(request) = request {
+        response.body_mut().attach(request);
+    }
+    response
+}
+
+async fn forward(
+    conn: &Arc<ClientConn>,
+    mut req: Request<Incoming>,
+    request: &mut Option<RequestGuard>,
+) -> Result<Response<ResponseBody>, Failure> {
+    let proxy = &*conn.proxy;
+    if req.method() == Method::CONNECT {
+        return Err(Failure::ConnectMethod);
+    }
+    let raw_host = headers::raw_host(&req).ok_or(Failure::BadHost)?;
+    let host = raw_host
+        .to_str()
+        .ok()
+        .and_then(model::normalize_host)
+        .ok_or(Failure::BadHost)?;
+    let upstream = {
+        // The table guard is not held across an await.
+        let table = proxy.table.load();
+        let route = table
+            .lookup(&host)
+            .ok_or_else(|| Failure::NoRoute(host.to_string()))?;
+        proxy
+            .upstreams
+            .pick(&route.backends, None)
+            .ok_or_else(|| Failure::NoBackend(host.to_string()))?
+    };
+
+    let upgrade = headers::is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    headers::prepare_request(&mut req, &conn.client_ip, raw_host.clone(), upgrade);
+    let retry_elsewhere = is_idempotent(req.method()) && req.body().is_end_stream();
+    let progress = (!req.body().is_end_stream()).then(|| Arc::new(Progress::new()));
+    let req = req.map(|body| RequestBody::new(body, progress.clone()));
+
+    let started = Instant::now();
+    // Waiting for a head is bounded by the first-byte timeout, not the idle one.
+    let waiting = conn.activity.hold();
+    let (mut response, backend_conn, lease) = exchange(
+        proxy,
+        upstream,
+        req,
+        retry_elsewhere,
+        &host,
+        progress.as_deref(),
+    )
+    .await?;
+    drop(waiting);
+    proxy.metrics.upstream_duration(started.elapsed());
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A 101 nobody asked for cannot be passed on.
+        let client_upgrade = client_upgrade.ok_or(Failure::Backend)?;
+        let backend_upgrade = hyper::upgrade::on(&mut response);
+        headers::strip_hop_by_hop(response.headers_mut(), true);
+        let request = request.take().expect("the request guard is taken once");
+        tunnel::spawn(
+            Arc::clone(conn),
+            client_upgrade,
+            backend_upgrade,
+            backend_conn,
+            lease,
+            request,
+        );
+        return Ok(response.map(|_| ResponseBody::empty()));
+    }
+
+    headers::strip_hop_by_hop(response.headers_mut(), false);
+    Ok(response.map(|body| {
+        let pooled = Pooled {
+            conn: backend_conn,
+            lease,
+            request_body: progress,
+        };
+        ResponseBody::backend(body, pooled)
+    }))
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+/// Sends `req` to `upstream` (or, after a failed connect, once to another backend of
+/// the route of `host`) and waits for the response head.
+async fn exchange(
+    proxy: &Proxy,
+    upstream: Arc<Upstream>,
+    mut req: Request<RequestBody>,
+    retry_elsewhere: bool,
+    host: &str,
+    progress: Option<&Progress>,
+) -> Result<(Response<Incoming>, BackendConn, Lease), Failure> {
+    let mut lease = Lease::new(upstream);
+    let mut retried = false;
+    loop {
+        while let Some(mut conn) = lease.upstream().checkout() {
+            if conn.sender.ready().await.is_err() {
+                continue;
+            }
+            match send(proxy, &mut conn, req, progress).await {
+                Sent::Response(response) => return Ok((response, conn, lease)),
+                // Closed under us before the request was written: try another.
+                Sent::Unsent(unsent) => req = unsent,
+                Sent::Failed(failure) => return Err(failure),
+            }
+        }
+        match proxy.upstreams.connect(lease.upstream()).await {
+            Ok(mut conn) => {
+                return match send(proxy, &mut conn, req, progress).await {
+                    Sent::Response(response) => Ok((response, conn, lease)),
+                    Sent::Unsent(_) => Err(Failure::Backend),
+                    Sent::Failed(failure) => Err(failure),
+                };
+            }
+            Err(error) => {
+                tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
+                if retry_elsewhere && !retried {
+                    retried = true;
+                    if let Some(other) = another_backend(proxy, host, lease.upstream()) {
+                        lease = Lease::new(other);
+                        continue;
+                    }
+                }
+                return Err(Failure::Connect);
+            }
+        }
+    }
+}
+
+/// Another backend of the route of `host` than `failed`, from the table as it is now.
+fn another_backend(proxy: &Proxy, host: &str, failed: &Upstream) -> Option<Arc<Upstream>> {
+    let table = proxy.table.load();
+    let route = table.lookup(host)?;
+    proxy.upstreams.pick(&route.backends, Some(failed))
+}
+
+enum Sent {
+    Response(Response<Incoming>),
+    Unsent(Request<RequestBody>),
+    Failed(Failure),
+}
+
+async fn send(
+    proxy: &Proxy,
+    conn: &mut BackendConn,
+    req: Request<RequestBody>,
+    progress: Option<&Progress>,
+) -> Sent {
+    let response = conn.sender.try_send_request(req);
+    match first_byte(response, proxy.config.first_byte_timeout, progress).await {
+        None => Sent::Failed(Failure::Timeout),
+        Some(Ok(response)) => Sent::Response(response),
+        Some(Err(mut error)) => match error.take_message() {
+            Some(req) => Sent::Unsent(req),
+            None => {
+                tracing::debug!(error = %error.error(), "backend request failed");
+                Sent::Failed(Failure::Backend)
+            }
+        },
+    }
+}
+
+/// `response`, unless it takes longer than `timeout`: counted from when the request
+/// body was last sent a frame (a long upload is not a slow backend), or from now for a
+/// request without a body. `None` on timeout.
+async fn first_byte<F: Future>(
+    response: F,
+    timeout: Duration,
+    progress: Option<&Progress>,
+) -> Option<F::Output> {
+    let mut response = pin!(response);
+    let mut deadline = pin!(tokio::time::sleep(timeout));
+    loop {
+        tokio::select! {
+            biased;
+            output = response.as_mut() => return Some(output),
+            () = deadline.as_mut() => {
+                match progress.and_then(|progress| progress.left_of(timeout)) {
+                    Some(left) => deadline.as_mut().reset(Instant::now() + left),
+                    None => return None,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Header rewriting at the proxy: which host a request is for, and what the backend
+//! is told about it (`X-Forwarded-*`, `Via`).
+//!
+//! **Invariant:** hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and the headers it
+//! names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`,
+//! `Upgrade`) never cross the proxy in either direction, except `Upgrade` (with
+//! `Connection: upgrade`) on an upgrade and its `101` answer.
+
+use http::header::{
+    Entry, HeaderName, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
+};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Request, Uri, Version};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The host a request is for, as sent: the URI's authority (HTTP/2, or an HTTP/1
+/// request in absolute form, where it overrides `Host`), else the `Host` header.
+pub(super) fn raw_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if let Some(authority) = req.uri().authority() {
+        let host = authority.as_str();
+        let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
+        return HeaderValue::from_str(host).ok();
+    }
+    req.headers().get(HOST).cloned()
+}
+
+/// Whether a request asks to switch protocols (an HTTP/1.1 `Upgrade`, as WebSocket
+/// does).
+pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+/// Removes hop-by-hop headers; with `upgrade`, keeps `Upgrade` and sets
+/// `Connection: upgrade` instead.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages have none: one pass over the names, no hashing, says so.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    if headers.contains_key(CONNECTION) {
+        let mut values = headers.get_all(CONNECTION).iter();
+        // Nearly always one value: no allocation then.
+        let first = values.next().cloned();
+        let rest: Vec<HeaderValue> = values.cloned().collect();
+        for value in first.iter().chain(&rest) {
+            for token in value.to_str().unwrap_or_default().split(',') {
+                let token = token.trim();
+                if token.is_empty() || (upgrade && token.eq_ignore_ascii_case("upgrade")) {
+                    continue;
+                }
+                headers.remove(token);
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+    ]
+    .contains(&name)
+}
+
+/// Turns a client's request into the one its backend gets: hop-by-hop headers
+/// stripped, `Host` set to the host it was routed by, `X-Forwarded-For` appended with
+/// the client's address, `X-Forwarded-Proto` and `X-Forwarded-Host` set, `Via`
+/// appended; HTTP/1.1 in origin form, whatever the client spoke.
+pub(super) fn prepare_request<B>(
+    req: &mut Request<B>,
+    client_ip: &HeaderValue,
+    host: HeaderValue,
+    upgrade: bool,
+) {
+    let via = HeaderValue::from_static(match req.version() {
+        Version::HTTP_09 | Version::HTTP_10 => "1.0 switchyard",
+        Version::HTTP_2 => "2 switchyard",
+        _ => "1.1 switchyard",
+    });
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    // Room for what is added below: one allocation at most.
+    headers.reserve(5);
+    headers.insert(HOST, host.clone());
+    append(headers, &X_FORWARDED_FOR, client_ip.clone());
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(&X_FORWARDED_HOST, host);
+    append(headers, &VIA, via);
+
+    if req.uri().authority().is_some() || req.uri().scheme().is_some() {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+    }
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// Appends `value` to a comma-separated list header, as one line.
+fn append(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    match headers.entry(name) {
+        Entry::Vacant(entry) => {
+            entry.insert(value);
+        }
+        Entry::Occupied(mut entry) => {
+            let mut joined = Vec::new();
+            for old in entry.iter() {
+                joined.extend_from_slice(old.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(value.as_bytes());
+            match HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+                Ok(joined) => {
+                    entry.insert(joined);
+                }
+                Err(_) => entry.append(value),
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The proxy's request path: accept, route by Host, forward to a backend, stream back.
+//!
+//! **Invariant:** no body is ever buffered whole, in either direction, and no lock is
+//! held across an `.await`.
+//!
+//! Where things are: `conn` serves a client connection (HTTP/1.1 or HTTP/2, idle and
+//! drain handling), `forward` one request (routing, rewriting, retries), `upstream`
+//! the backends (connection pools, in-flight counts, ejection, the balancer), `body`
+//! the streaming bodies, `headers` the header rewriting, `tunnel` upgraded connections,
+//! `idle` idle timeouts, `answer` the proxy's own status pages and `metrics` the metric
+//! names.
+
+mod answer;
+mod body;
+mod conn;
+mod forward;
+mod headers;
+mod idle;
+pub mod metrics;
+mod tunnel;
+mod upstream;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use self::conn::Phase;
+use self::metrics::Metrics;
+use self::upstream::Upstreams;
+use crate::RouteTable;
+
+/// Timeouts and limits of the request path.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Connecting to a backend.
+    pub connect_timeout: Duration,
+    /// From sending a request to a backend to its response head. While a request body
+    /// is still being sent, counted from its last frame instead.
+    pub first_byte_timeout: Duration,
+    /// A client or backend connection with nothing to do: a client connection that
+    /// wrote nothing (and has no request waiting for its response head), a backend
+    /// connection or tunnel that moved no byte. It is closed between one and two of
+    /// these after it went quiet (a half-read request head on a client connection:
+    /// up to three). Zero: never.
+    pub idle_timeout: Duration,
+    /// How long a stopping gateway lets requests in flight finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_timeout: Duration::from_secs(3),
+            first_byte_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How the proxy treats backends: passive ejection and connection pooling.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// Consecutive failed connects after which a backend is skipped (at least 1).
+    pub eject_after_failures: u32,
+    /// How long an ejected backend is skipped (unless all of a route's are). After it,
+    /// one more failed connect ejects the backend again; a good one clears it.
+    pub eject_cooldown: Duration,
+    /// Idle connections kept per backend address; more are closed after use.
+    pub max_idle_per_backend: usize,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            eject_after_failures: 3,
+            eject_cooldown: Duration::from_secs(10),
+            max_idle_per_backend: 1024,
+        }
+    }
+}
+
+/// The reverse proxy.
+///
+/// Metric handles are registered in [`Proxy::new`]: install the metrics recorder
+/// before creating the proxy (see [`metrics`] for the names).
+pub struct Proxy {
+    table: Arc<ArcSwap<RouteTable>>,
+    config: ProxyConfig,
+    upstreams: Upstreams,
+    metrics: Metrics,
+    connections_open: AtomicUsize,
+}
+
+/// A snapshot of the proxy's state, for the admin side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyStats {
+    /// Client connections open, upgraded ones included.
+    pub connections_open: usize,
+    /// Backend addresses the proxy keeps state for (pools, ejection).
+    pub backends: usize,
+}
+
+/// The state of one backend address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStats {
+    /// `host:port`.
+    pub addr: String,
+    /// Requests (and tunnels) in flight to it.
+    pub in_flight: usize,
+    /// Open connections waiting in its pool.
+    pub idle_connections: usize,
+    /// Connects attempted.
+    pub connects_total: u64,
+    /// Connects failed.
+    pub connect_failures_total: u64,
+    /// Whether it is skipped now after consecutive connect failures.
+    pub ejected: bool,
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy that routes with whatever table `table` holds at each request.
+    pub fn new(table: Arc<ArcSwap<RouteTable>>, config: ProxyConfig) -> Proxy {
+        Proxy::with_backend_config(table, config, BackendConfig::default())
+    }
+
+    /// [`Proxy::new`], with backends treated as `backends` says.
+    pub fn with_backend_config(
+        table: Arc<ArcSwap<RouteTable>>,
+        config: ProxyConfig,
+        backends: BackendConfig,
+    ) -> Proxy {
+        Proxy {
+            upstreams: Upstreams::new(&config, &backends),
+            metrics: Metrics::new(),
+            table,
+            config,
+            connections_open: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts of connections and backends.
+    pub fn stats(&self) -> ProxyStats {
+        ProxyStats {
+            connections_open: self.connections_open.load(Relaxed),
+            backends: self.upstreams.len(),
+        }
+    }
+
+    /// The state of the backend at `addr` (`host:port`, as in the route table), if the
+    /// proxy has sent to it lately.
+    pub fn backend(&self, addr: &str) -> Option<BackendStats> {
+        self.upstreams.find(addr).map(|upstream| upstream.stats())
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves, then stops
+    /// accepting and lets requests in flight finish (at most `drain_timeout`).
+    ///
+    /// The listener is used as given (the caller binds it, with `SO_REUSEPORT` if a
+    /// new process is to start beside this one) and closed when `shutdown` resolves,
+    /// so new connections are refused from then on. Keep-alive connections are closed
+    /// after their current request; HTTP/2 ones get a GOAWAY. When the drain runs
+    /// out, whatever is left (slow responses, upgraded connections) is cut. Errors
+    /// accepting a connection (a full file table, say) are logged and waited out, not
+    /// returned.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> io::Result<()> {
+        let (drain_tx, drain_rx) = watch::channel(Phase::Serving);
+        let server = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let sweeper = tokio::spawn(sweep(Arc::downgrade(&self), self.config.idle_timeout));
+
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.as_mut() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        tokio::spawn(conn::serve(
+                            Arc::clone(&self),
+                            Arc::clone(&server),
+                            stream,
+                            peer,
+                            drain_rx.clone(),
+                        ));
+                    }
+                    Err(error) => accept_failed(error).await,
+                },
+            }
+        }
+
+        drop(listener);
+        drop(drain_rx);
+        let _ = drain_tx.send(Phase::Draining);
+        let drained = tokio::time::timeout(self.config.drain_timeout, drain_tx.closed()).await;
+        if drained.is_err() {
+            tracing::warn!(
+                connections = self.connections_open.load(Relaxed),
+                "drain timed out; closing the connections left"
+            );
+            let _ = drain_tx.send(Phase::Abort);
+            // Aborted connections go at once; this only bounds a straggler.
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain_tx.closed()).await;
+        }
+        sweeper.abort();
+        self.upstreams.close_idle();
+        Ok(())
+    }
+}
+
+async fn accept_failed(error: io::Error) {
+    match error.kind() {
+        // The client gave up before we got to it: nothing to wait out.
+        io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::Interrupted => {}
+        // Out of file descriptors or memory: accepting again at once would spin.
+        _ => {
+            tracing::warn!(%error, "accepting a connection failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Every idle period, drops closed pooled connections and forgets unused backends.
+async fn sweep(proxy: Weak<Proxy>, period: Duration) {
+    if period.is_zero() {
+        return;
+    }
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        ticks.tick().await;
+        match proxy.upgrade() {
+            Some(proxy) => proxy.upstreams.sweep(),
+            None => return,
+        }
+    }
+}

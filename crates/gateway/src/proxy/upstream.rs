@@ -1,0 +1,460 @@
+//! Backends as the request path sees them: one [`Upstream`] per address, with its pool
+//! of idle HTTP/1.1 connections, its requests in flight and its ejection state; and
+//! the balancer that picks one of a route's backends for a request.
+//!
+//! Balancing is the power of two choices, weighted: draw two backends at random with
+//! probability proportional to their weights, keep the one with fewer requests in
+//! flight per unit of weight (ties to the first draw). Idle, that is exactly weighted
+//! random; under load it steers away from slow or stuck backends. It needs no state
+//! per route (a table holds a million of them, immutable), only the in-flight count
+//! per backend address, which every route to that address shares.
+//!
+//! **Invariant:** no lock here is held across an `.await`; the pools and the registry
+//! are plain mutexes and read-write locks held for a push, a pop or a lookup.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use model::Backend;
+use tokio::net::TcpStream;
+
+use super::body::{now_ms, RequestBody};
+use super::{BackendConfig, BackendStats, ProxyConfig};
+
+/// Registry shards: lookups of different backends rarely meet on one lock.
+const SHARDS: usize = 16;
+
+type Shard = HashMap<Box<str>, Arc<Upstream>, BuildHasherDefault<FxHasher>>;
+
+/// Every backend address the proxy has sent to lately.
+pub(super) struct Upstreams {
+    shards: Box<[RwLock<Shard>]>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    eject_after_failures: u32,
+    eject_cooldown: Duration,
+    max_idle: usize,
+    client: http1::Builder,
+}
+
+/// One backend address.
+pub(super) struct Upstream {
+    addr: Box<str>,
+    in_flight: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    /// [`now_ms`] until which the backend is skipped; 0 when it never was.
+    ejected_until_ms: AtomicU64,
+    connects: AtomicU64,
+    connect_failures: AtomicU64,
+    /// Idle connections, most recently used last (reused first, so the surplus ages
+    /// out).
+    idle: Mutex<Vec<BackendConn>>,
+    max_idle: usize,
+}
+
+/// An HTTP/1.1 connection to a backend, driven by a task of its own, which ends
+/// (closing the socket) when the sender is dropped or the backend closes.
+///
+/// It has no idle timer of its own: in the pool, the sweep closes it once it has been
+/// idle for the idle timeout; in use, a wait for a response head is bounded by the
+/// first-byte timeout, and a stalled response body by the client connection's idle
+/// timeout (nothing reaches the client).
+pub(super) struct BackendConn {
+    pub(super) sender: http1::SendRequest<RequestBody>,
+    /// [`now_ms`] when it last went back to the pool.
+    idle_since_ms: u64,
+}
+
+/// Counts a request in flight to an upstream for as long as it lives.
+pub(super) struct Lease(Arc<Upstream>);
+
+impl Lease {
+    pub(super) fn new(upstream: Arc<Upstream>) -> Lease {
+        upstream.in_flight.fetch_add(1, Relaxed);
+        Lease(upstream)
+    }
+
+    pub(super) fn upstream(&self) -> &Arc<Upstream> {
+        &self.0
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Why no connection was made.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ConnectError {
+    #[error("connecting took longer than {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("HTTP/1.1 handshake: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+impl Upstreams {
+    pub(super) fn new(config: &ProxyConfig, backends: &BackendConfig) -> Upstreams {
+        Upstreams {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            eject_after_failures: backends.eject_after_failures.max(1),
+            eject_cooldown: backends.eject_cooldown,
+            max_idle: backends.max_idle_per_backend,
+            client: http1::Builder::new(),
+        }
+    }
+
+    fn shard(&self, addr: &str) -> &RwLock<Shard> {
+        let hash = BuildHasherDefault::<FxHasher>::default().hash_one(addr);
+        // Middle bits: the map's buckets use the low ones and its tags the top seven.
+        &self.shards[(hash >> 32) as usize % SHARDS]
+    }
+
+    /// The upstream for `addr`, created on first use.
+    pub(super) fn get(&self, addr: &str) -> Arc<Upstream> {
+        let shard = self.shard(addr);
+        if let Some(upstream) = shard
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(addr)
+        {
+            return Arc::clone(upstream);
+        }
+        let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+        let upstream = shard
+            .entry(addr.into())
+            .or_insert_with(|| Arc::new(Upstream::new(addr, self.max_idle)));
+        Arc::clone(upstream)
+    }
+
+    /// The upstream for `addr` if the proxy knows it.
+    pub(super) fn find(&self, addr: &str) -> Option<Arc<Upstream>> {
+        let shard = self
+            .shard(addr)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.get(addr).cloned()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| shard.read().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+
+    /// Picks one of `backends` for a request (see the module doc), skipping ejected
+    /// backends unless all are, and `avoid` (a backend that just failed) always.
+    /// `None` when there is nothing to pick.
+    pub(super) fn pick(
+        &self,
+        backends: &[Backend],
+        avoid: Option<&Upstream>,
+    ) -> Option<Arc<Upstream>> {
+        if avoid.is_none() {
+            match backends {
+                [] => return None,
+                // All ejected means try anyway: with one backend, that is always.
+                [only] => return Some(self.get(only.addr())),
+                _ => {}
+            }
+            // The common case: two draws, two lookups, no allocation.
+            let (i, j) = two_draws(backends, |b| b.weight());
+            let first = self.get(backends[i].addr());
+            if i == j {
+                if !first.is_ejected() {
+                    return Some(first);
+                }
+            } else {
+                let second = self.get(backends[j].addr());
+                match (first.is_ejected(), second.is_ejected()) {
+                    (false, false) => {
+                        let better = less_loaded(
+                            (&first, backends[i].weight()),
+                            (&second, backends[j].weight()),
+                        );
+                        return Some(if better { first } else { second });
+                    }
+                    (false, true) => return Some(first),
+                    (true, false) => return Some(second),
+                    (true, true) => {}
+                }
+            }
+        }
+        // Some backend is ejected, or one is avoided: look at all of them.
+        let candidates: Vec<(Arc<Upstream>, u16)> = backends
+            .iter()
+            .filter(|b| avoid.is_none_or(|avoid| *avoid.addr != *b.addr()))
+            .map(|b| (self.get(b.addr()), b.weight()))
+            .collect();
+        let usable: Vec<(Arc<Upstream>, u16)> = candidates
+            .iter()
+            .filter(|(upstream, _)| !upstream.is_ejected())
+            .cloned()
+            .collect();
+        let pool = if usable.is_empty() {
+            candidates
+        } else {
+            usable
+        };
+        match pool.as_slice() {
+            [] => None,
+            [only] => Some(Arc::clone(&only.0)),
+            _ => {
+                let (i, j) = two_draws(&pool, |c| c.1);
+                let better = less_loaded((&pool[i].0, pool[i].1), (&pool[j].0, pool[j].1));
+                Some(Arc::clone(&pool[if better { i } else { j }].0))
+            }
+        }
+    }
+
+    /// Opens a new connection to `upstream`, counting a failure towards ejection.
+    pub(super) async fn connect(&self, upstream: &Upstream) -> Result<BackendConn, ConnectError> {
+        upstream.connects.fetch_add(1, Relaxed);
+        let result = self.open(&upstream.addr).await;
+        match &result {
+            Ok(_) => upstream.connected(),
+            Err(_) => upstream.connect_failed(self.eject_after_failures, self.eject_cooldown),
+        }
+        result
+    }
+
+    async fn open(&self, addr: &str) -> Result<BackendConn, ConnectError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = self.client.handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%error, "backend connection failed");
+            }
+        });
+        Ok(BackendConn {
+            sender,
+            idle_since_ms: 0,
+        })
+    }
+
+    /// Closes pooled connections that are closed or idle for the idle timeout, and
+    /// forgets upstreams nobody uses.
+    pub(super) fn sweep(&self) {
+        let idle_since = now_ms().saturating_sub(self.idle_timeout.as_millis() as u64);
+        for shard in self.shards.iter() {
+            let unused: Vec<Box<str>> = {
+                let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+                shard
+                    .iter()
+                    .filter(|(_, upstream)| {
+                        upstream.prune(idle_since);
+                        upstream.is_unused()
+                    })
+                    .map(|(addr, _)| addr.clone())
+                    .collect()
+            };
+            if unused.is_empty() {
+                continue;
+            }
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            for addr in unused {
+                if shard
+                    .get(&addr)
+                    .is_some_and(|upstream| upstream.is_unused())
+                {
+                    shard.remove(&addr);
+                }
+            }
+        }
+    }
+
+    /// Closes every idle connection.
+    pub(super) fn close_idle(&self) {
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for upstream in shard.values() {
+                let idle = std::mem::take(&mut *upstream.idle());
+                drop(idle);
+            }
+        }
+    }
+}
+
+impl Upstream {
+    fn new(addr: &str, max_idle: usize) -> Upstream {
+        Upstream {
+            addr: addr.into(),
+            in_flight: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            idle: Mutex::default(),
+            max_idle,
+        }
+    }
+
+    pub(super) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<BackendConn>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An idle connection that is not known to be closed, if there is one.
+    pub(super) fn checkout(&self) -> Option<BackendConn> {
+        let mut idle = self.idle();
+        while let Some(conn) = idle.pop() {
+            if !conn.sender.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose exchange is complete back in the pool.
+    pub(super) fn checkin(&self, mut conn: BackendConn) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        conn.idle_since_ms = now_ms();
+        let mut idle = self.idle();
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+
+    /// Drops pooled connections that are closed, or idle since before `idle_since`.
+    fn prune(&self, idle_since: u64) {
+        self.idle()
+            .retain(|conn| !conn.sender.is_closed() && conn.idle_since_ms >= idle_since);
+    }
+
+    /// Nothing in flight, nothing pooled, not ejected: forgetting it loses nothing but
+    /// a count of failures too short to eject.
+    fn is_unused(&self) -> bool {
+        self.in_flight.load(Relaxed) == 0 && !self.is_ejected() && self.idle().is_empty()
+    }
+
+    fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Relaxed);
+        until != 0 && until > now_ms()
+    }
+
+    fn connected(&self) {
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+            self.ejected_until_ms.store(0, Relaxed);
+        }
+    }
+
+    fn connect_failed(&self, eject_after: u32, cooldown: Duration) {
+        self.connect_failures.fetch_add(1, Relaxed);
+        // Not reset on ejection: after the cool-down, one more failure ejects again.
+        let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if failures >= eject_after && !self.is_ejected() {
+            let until = now_ms() + cooldown.as_millis() as u64;
+            self.ejected_until_ms.store(until, Relaxed);
+            tracing::warn!(
+                backend = %self.addr,
+                failures,
+                cooldown_secs = cooldown.as_secs_f64(),
+                "backend ejected after consecutive connect failures"
+            );
+        }
+    }
+
+    pub(super) fn stats(&self) -> BackendStats {
+        BackendStats {
+            addr: self.addr.to_string(),
+            in_flight: self.in_flight.load(Relaxed),
+            idle_connections: self
+                .idle()
+                .iter()
+                .filter(|conn| !conn.sender.is_closed())
+                .count(),
+            connects_total: self.connects.load(Relaxed),
+            connect_failures_total: self.connect_failures.load(Relaxed),
+            ejected: self.is_ejected(),
+        }
+    }
+}
+
+/// Whether `a` has no more requests in flight per unit of weight than `b`.
+fn less_loaded(a: (&Upstream, u16), b: (&Upstream, u16)) -> bool {
+    let a_load = a.0.in_flight.load(Relaxed) as u64 * u64::from(b.1);
+    let b_load = b.0.in_flight.load(Relaxed) as u64 * u64::from(a.1);
+    a_load <= b_load
+}
+
+/// Two independent draws from `items`, each with probability proportional to weight.
+fn two_draws<T>(items: &[T], weight: impl Fn(&T) -> u16) -> (usize, usize) {
+    let total: u64 = items.iter().map(|item| u64::from(weight(item))).sum();
+    let draw = || {
+        let mut point = random() % total.max(1);
+        for (i, item) in items.iter().enumerate() {
+            let w = u64::from(weight(item));
+            if point < w {
+                return i;
+            }
+            point -= w;
+        }
+        items.len() - 1
+    };
+    (draw(), draw())
+}
+
+/// A fast per-thread random number (wyrand), seeded from the OS's hash keys.
+fn random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(std::hash::RandomState::new().hash_one(0u8));
+    }
+    STATE.with(|state| {
+        let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+/// FxHash (rustc's): backend addresses come from the control plane, not from
+/// clients, so a fast hash that is not collision-resistant is fine.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        for &byte in chunks.remainder() {
+            self.add(u64::from(byte));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}

@@ -1,0 +1,4 @@
+//! The gateway over real sockets, real backends and real files.
+
+mod control;
+mod proxy;

@@ -1,0 +1,757 @@
+//! `switchyard gateway` as real processes: killed with SIGKILL and restarted with the
+//! orchestrator gone, a corrupt snapshot, readiness, SIGTERM, and a new gateway started
+//! beside the old one under load.
+//!
+//! The orchestrator and the backends are small real HTTP servers on loopback threads,
+//! written with std alone; the client speaks HTTP/1.1 over a fresh connection per
+//! request. Nothing asserts timing: waits are polls with generous upper bounds, and every
+//! load loop is bounded in count and time.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use gateway::persist;
+use gateway::snapshot::SnapshotStore;
+use serde_json::{json, Value};
+
+/// Polls `check` every 20 ms until it holds; panics with `what` after a minute.
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "gave up after a minute waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A route for `app` on `{app}.test`, as the route stream writes it (`model::Route`).
+fn route(app: &str, backend: SocketAddr) -> Value {
+    json!({
+        "app": app,
+        "domains": [format!("{app}.test")],
+        "backends": [{"addr": backend.to_string(), "weight": 1}],
+        "fail_open": false,
+    })
+}
+
+/// One NDJSON line of the route stream (`model::StreamLine`).
+fn line(line: Value) -> String {
+    format!("{line}\n")
+}
+
+fn route_line(route: &Value) -> String {
+    let mut line = route.clone();
+    line["type"] = json!("route");
+    self::line(line)
+}
+
+fn upsert(version: u64, route: Value) -> String {
+    line(json!({"type": "upsert", "version": version, "route": route}))
+}
+
+fn snapshot(version: u64, routes: &[Value]) -> Vec<String> {
+    let mut lines = vec![line(
+        json!({"type": "snapshot", "version": version, "routes": routes.len()}),
+    )];
+    lines.extend(routes.iter().map(route_line));
+    lines.push(line(json!({"type": "ready", "version": version})));
+    lines
+}
+
+/// Reads an HTTP request's head (up to the blank line); returns its request line.
+fn read_request_head(stream: &mut TcpStream) -> io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+        if head.len() > 64 * 1024 {
+            return Err(io::Error::other("request head too long"));
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    Ok(head.lines().next().unwrap_or_default().to_owned())
+}
+
+/// A thread accepting connections on a loopback port until the value is dropped.
+struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(serve: impl Fn(TcpStream, &AtomicBool) + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let serve = Arc::new(serve);
+        let thread = thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nonblocking(false).unwrap();
+                            let serve = Arc::clone(&serve);
+                            let stop = Arc::clone(&stop);
+                            thread::spawn(move || serve(stream, &stop));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            thread::sleep(Duration::from_millis(5))
+                        }
+                        Err(e) => panic!("accept: {e}"),
+                    }
+                }
+            }
+        });
+        Server {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    /// Stops accepting and closes the port; connections end within ~100 ms.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A backend answering every request with its name.
+fn backend(name: &'static str) -> Server {
+    Server::start(move |mut stream, _| {
+        while read_request_head(&mut stream).is_ok() {
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{name}",
+                name.len()
+            );
+            if stream.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+enum Plan {
+    /// Answer 200 with these lines, then whatever the sender sends, pinging meanwhile.
+    Stream(Vec<String>, mpsc::Receiver<String>),
+}
+
+/// An orchestrator's `/v1/routes` from a script: each request takes the next plan; with
+/// none left, it answers 503 (an orchestrator that is not ready).
+struct Orchestrator {
+    server: Server,
+    plans: Arc<Mutex<VecDeque<Plan>>>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Orchestrator {
+    fn start() -> Orchestrator {
+        let plans: Arc<Mutex<VecDeque<Plan>>> = Arc::default();
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let server = Server::start({
+            let plans = Arc::clone(&plans);
+            let requests = Arc::clone(&requests);
+            move |mut stream, stop| {
+                let Ok(request) = read_request_head(&mut stream) else {
+                    return;
+                };
+                requests.lock().unwrap().push(request);
+                let plan = plans.lock().unwrap().pop_front();
+                let _ = play(&mut stream, plan, stop);
+            }
+        });
+        Orchestrator {
+            server,
+            plans,
+            requests,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.server.addr)
+    }
+
+    /// Queues a stream: `lines` at once, then what the returned sender sends.
+    fn stream(&self, lines: Vec<String>) -> mpsc::Sender<String> {
+        let (tx, rx) = mpsc::channel();
+        self.plans
+            .lock()
+            .unwrap()
+            .push_back(Plan::Stream(lines, rx));
+        tx
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+fn play(stream: &mut TcpStream, plan: Option<Plan>, stop: &AtomicBool) -> io::Result<()> {
+    let Some(Plan::Stream(lines, more)) = plan else {
+        let body = "not ready";
+        return write!(
+            stream,
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    };
+    // No length, no chunking: the body ends when the connection closes.
+    stream.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n",
+    )?;
+    // Pings carry the version of the last change sent.
+    let mut version = 0;
+    let send = |stream: &mut TcpStream, text: &str, version: &mut u64| -> io::Result<()> {
+        let parsed: Value = serde_json::from_str(text).expect("a JSON line");
+        if let Some(v) = parsed["version"].as_u64() {
+            *version = v;
+        }
+        stream.write_all(text.as_bytes())
+    };
+    for text in &lines {
+        send(stream, text, &mut version)?;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        match more.recv_timeout(Duration::from_millis(100)) {
+            Ok(text) => send(stream, &text, &mut version)?,
+            Err(_) => {
+                let ping = line(json!({"type": "ping", "version": version}));
+                stream.write_all(ping.as_bytes())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An HTTP/1.1 GET over a fresh connection: status and body.
+fn http_get(addr: SocketAddr, host: &str, path: &str) -> io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::other(format!("no response head in {response:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad status line in {head:?}")))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    ))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
+/// A `switchyard gateway` process; killed (SIGKILL) on drop, and its log printed if the
+/// test is failing.
+struct GatewayProcess {
+    child: Child,
+    log: PathBuf,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Flags for a gateway on `proxy`/`admin` ports with its state in `dir`.
+fn gateway_args(dir: &Path, proxy: u16, admin: u16, orchestrators: &[String]) -> Vec<String> {
+    let mut args = vec![
+        "gateway".to_string(),
+        "--workers".into(),
+        "2".into(),
+        "--state-dir".into(),
+        dir.join("state").display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{proxy}"),
+        "--admin".into(),
+        format!("127.0.0.1:{admin}"),
+        "--snapshot-interval".into(),
+        "50ms".into(),
+        "--reconnect-min".into(),
+        "20ms".into(),
+        "--reconnect-max".into(),
+        "200ms".into(),
+        "--drain-timeout".into(),
+        "5s".into(),
+    ];
+    for url in orchestrators {
+        args.push("--orchestrator".into());
+        args.push(url.clone());
+    }
+    args
+}
+
+impl GatewayProcess {
+    /// Starts `switchyard ARGS`; the proxy and admin addresses are those of `--listen`
+    /// and `--admin` in `args`.
+    fn spawn(dir: &Path, name: &str, args: &[String]) -> GatewayProcess {
+        let value = |flag: &str| -> SocketAddr {
+            let at = args.iter().position(|a| a == flag).expect(flag);
+            args[at + 1].parse().unwrap()
+        };
+        GatewayProcess::spawn_with(dir, name, args, &[], value("--listen"), value("--admin"))
+    }
+
+    /// Starts `switchyard ARGS` with `envs`, which serves on `proxy` and `admin`.
+    fn spawn_with(
+        dir: &Path,
+        name: &str,
+        args: &[String],
+        envs: &[(&str, String)],
+        proxy: SocketAddr,
+        admin: SocketAddr,
+    ) -> GatewayProcess {
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("SWITCHYARD_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        GatewayProcess {
+            child,
+            log,
+            proxy,
+            admin,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for `check`, failing early (with the log) if the process exits.
+    fn wait_for(&mut self, what: &str, mut check: impl FnMut(&Self) -> bool) {
+        wait_for(what, || {
+            assert!(
+                self.is_running(),
+                "the gateway exited while waiting for {what}:\n{}",
+                self.log()
+            );
+            check(self)
+        });
+    }
+
+    fn admin_get(&self, path: &str) -> io::Result<(u16, String)> {
+        http_get(self.admin, "localhost", path)
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = self.admin_get("/metrics").ok()?;
+        metric(&text, name)
+    }
+
+    fn wait_ready(&mut self) {
+        self.wait_for("/readyz", |gateway| {
+            matches!(gateway.admin_get("/readyz"), Ok((200, _)))
+        });
+    }
+
+    /// Waits until the table at `version` is on disk.
+    fn wait_written(&mut self, version: u64) {
+        self.wait_for(&format!("version {version} on disk"), |gateway| {
+            gateway.metric("switchyard_gateway_snapshot_table_version") == Some(version as f64)
+        });
+    }
+
+    /// A request through the proxy for `host`.
+    fn get(&self, host: &str) -> io::Result<(u16, String)> {
+        http_get(self.proxy, host, "/")
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not exit:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait_exit();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+#[test]
+fn a_gateway_killed_with_sigkill_serves_every_route_from_disk_with_the_orchestrator_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["alpha", "beta", "gamma"];
+    let backends: Vec<Server> = names.iter().map(|name| backend(name)).collect();
+    let routes: Vec<Value> = names
+        .iter()
+        .zip(&backends)
+        .map(|(name, server)| route(name, server.addr))
+        .collect();
+    let orchestrator = Orchestrator::start();
+    let _live = orchestrator.stream(snapshot(5, &routes));
+    let args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+
+    let mut gateway = GatewayProcess::spawn(dir.path(), "first", &args);
+    gateway.wait_ready();
+    for name in names {
+        let host = format!("{name}.test");
+        gateway.wait_for(
+            &format!("{host} through the proxy"),
+            |gateway| matches!(gateway.get(&host), Ok((200, body)) if body == name),
+        );
+    }
+    gateway.wait_written(5);
+    gateway.kill9();
+    drop(orchestrator); // the control plane is gone too: the August 2016 night
+
+    let mut gateway = GatewayProcess::spawn(dir.path(), "second", &args);
+    gateway.wait_ready();
+    for name in names {
+        let host = format!("{name}.test");
+        assert_eq!(
+            gateway.get(&host).unwrap(),
+            (200, name.to_string()),
+            "{host}"
+        );
+    }
+    let (status, body) = gateway.admin_get("/routes/beta.test").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"app\":\"beta\""), "{body}");
+    assert!(gateway
+        .metric("switchyard_gateway_route_table_staleness_seconds")
+        .is_some());
+    assert_eq!(
+        gateway.metric("switchyard_gateway_route_table_version"),
+        Some(5.0)
+    );
+}
+
+#[test]
+fn a_corrupt_current_snapshot_falls_back_to_the_previous_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = backend("web");
+    let orchestrator = Orchestrator::start();
+    let live = orchestrator.stream(snapshot(
+        1,
+        &[route("one", server.addr), route("two", server.addr)],
+    ));
+    let args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+    let mut gateway = GatewayProcess::spawn(dir.path(), "first", &args);
+    gateway.wait_ready();
+    gateway.wait_written(1);
+    live.send(upsert(2, route("three", server.addr))).unwrap();
+    gateway.wait_written(2);
+    gateway.kill9();
+    drop(orchestrator);
+
+    let current = dir
+        .path()
+        .join("state")
+        .join(gateway::snapshot::CURRENT_FILE);
+    let mut bytes = std::fs::read(&current).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&current, bytes).unwrap();
+
+    // No orchestrator at all this time: the disk is all it has.
+    let args = gateway_args(dir.path(), free_port(), free_port(), &[]);
+    let mut gateway = GatewayProcess::spawn(dir.path(), "second", &args);
+    gateway.wait_ready();
+    assert_eq!(gateway.get("one.test").unwrap(), (200, "web".into()));
+    assert_eq!(gateway.get("two.test").unwrap(), (200, "web".into()));
+    assert_eq!(
+        gateway.get("three.test").unwrap().0,
+        404,
+        "version 2 was the corrupt one"
+    );
+    assert_eq!(
+        gateway.metric("switchyard_gateway_route_table_version"),
+        Some(1.0)
+    );
+    let log = gateway.log();
+    assert!(log.contains("rejected"), "the fallback is logged:\n{log}");
+}
+
+#[test]
+fn readyz_turns_true_once_an_orchestrator_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = backend("web");
+    let orchestrator = Orchestrator::start(); // answers 503 until it has a plan
+    let args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+    let mut gateway = GatewayProcess::spawn(dir.path(), "gateway", &args);
+
+    gateway.wait_for("the admin API", |gateway| {
+        gateway.admin_get("/healthz").is_ok()
+    });
+    gateway.wait_for("a 503 from the orchestrator", |_| {
+        orchestrator.requests() >= 2
+    });
+    let (status, body) = gateway.admin_get("/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not_ready"), "{body}");
+    assert_eq!(
+        gateway.get("web.test").unwrap().0,
+        404,
+        "no table: nothing routed"
+    );
+
+    let _live = orchestrator.stream(snapshot(3, &[route("web", server.addr)]));
+    gateway.wait_ready();
+    assert_eq!(gateway.get("web.test").unwrap(), (200, "web".into()));
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_leaves_the_latest_table_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = backend("web");
+    let orchestrator = Orchestrator::start();
+    let live = orchestrator.stream(snapshot(1, &[route("app0", server.addr)]));
+    let mut args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+    // Written rarely, so the last changes are on disk only thanks to the final flush.
+    let interval = args
+        .iter()
+        .position(|a| a == "--snapshot-interval")
+        .unwrap();
+    args[interval + 1] = "1h".into();
+    let mut gateway = GatewayProcess::spawn(dir.path(), "gateway", &args);
+    gateway.wait_ready();
+    for version in 2..=20u64 {
+        live.send(upsert(
+            version,
+            route(&format!("app{version}"), server.addr),
+        ))
+        .unwrap();
+    }
+    gateway.wait_for("the last change", |gateway| {
+        gateway.metric("switchyard_gateway_route_table_version") == Some(20.0)
+    });
+    gateway.signal(libc::SIGTERM);
+    let status = gateway.wait_exit();
+    assert!(status.success(), "{status}:\n{}", gateway.log());
+
+    let store = SnapshotStore::open(dir.path().join("state")).unwrap();
+    let loaded = store.load().unwrap().expect("a snapshot");
+    assert_eq!(loaded.meta.table_version, 20);
+    let table = persist::decode(&loaded.payload).unwrap();
+    assert_eq!(table.len(), 20);
+}
+
+#[test]
+fn a_new_gateway_started_beside_the_old_one_takes_over_under_load_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = backend("web");
+    let orchestrator = Orchestrator::start();
+    let routes = [route("web", server.addr)];
+    let _old_stream = orchestrator.stream(snapshot(1, &routes));
+    let _new_stream = orchestrator.stream(snapshot(1, &routes));
+    let args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+    let mut old = GatewayProcess::spawn(dir.path(), "old", &args);
+    old.wait_ready();
+    old.wait_written(1);
+    let proxy = old.proxy;
+
+    // A steady load: two clients, a new connection per request, bounded in count and time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<JoinHandle<()>> = (0..2)
+        .map(|_| {
+            let (stop, ok, failures) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
+            thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                for _ in 0..200_000 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                        return;
+                    }
+                    match http_get(proxy, "web.test", "/") {
+                        Ok((200, body)) if body == "web" => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    let served = |n: u64| {
+        let start = ok.load(Ordering::Relaxed);
+        wait_for(&format!("{n} more requests"), || {
+            ok.load(Ordering::Relaxed) >= start + n
+        });
+    };
+    served(200);
+
+    // The new gateway binds the same ports beside the old one (SO_REUSEPORT)...
+    let mut new = GatewayProcess::spawn(dir.path(), "new", &args);
+    new.wait_for("the new gateway to listen", |gateway| {
+        gateway.log().contains("gateway listening")
+    });
+    served(200);
+    // ...and the old one is told to stop.
+    old.signal(libc::SIGTERM);
+    let status = old.wait_exit();
+    assert!(status.success(), "{status}:\n{}", old.log());
+    served(500);
+    new.wait_ready();
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed, first: {:?}\n--- old ---\n{}\n--- new ---\n{}",
+        failures.len(),
+        failures.len() as u64 + ok.load(Ordering::Relaxed),
+        failures.first(),
+        old.log(),
+        new.log()
+    );
+}
+
+#[test]
+fn the_config_file_yields_to_the_environment_and_an_unknown_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let server = backend("web");
+    let orchestrator = Orchestrator::start();
+    let _live = orchestrator.stream(snapshot(4, &[route("web", server.addr)]));
+
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:1\"\nlisten-adress = \"x\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["gateway", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("listen-adress"), "{stderr}");
+
+    // The file says one admin port, the environment another: the environment wins.
+    let (proxy, file_admin, env_admin) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{proxy}\"\nadmin = \"127.0.0.1:{file_admin}\"\n\
+             state-dir = {:?}\norchestrators = [{:?}]\n",
+            state.display().to_string(),
+            orchestrator.url(),
+        ),
+    )
+    .unwrap();
+    let args = [
+        "gateway".to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    let localhost = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut gateway = GatewayProcess::spawn_with(
+        dir.path(),
+        "gateway",
+        &args,
+        &[("SWITCHYARD_GATEWAY_ADMIN", format!("127.0.0.1:{env_admin}"))],
+        localhost(proxy),
+        localhost(env_admin),
+    );
+    gateway.wait_ready();
+    assert_eq!(gateway.get("web.test").unwrap(), (200, "web".into()));
+    assert!(
+        http_get(localhost(file_admin), "localhost", "/healthz").is_err(),
+        "nothing on the file's admin port"
+    );
+}
