@@ -56,8 +56,10 @@ fn error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response 
     (status, Json(body)).into_response()
 }
 
+/// The process id tells a supervisor which of two gateways sharing a port (during a
+/// restart beside the old one) answered.
 async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+    Json(json!({ "status": "ok", "pid": std::process::id() }))
 }
 
 async fn readyz(State(control): State<Arc<Control>>) -> Response {
@@ -66,6 +68,7 @@ async fn readyz(State(control): State<Arc<Control>>) -> Response {
             let table = control.table().load();
             Json(json!({
                 "ready": true,
+                "pid": std::process::id(),
                 "table_version": table.version(),
                 "routes": table.len(),
                 "staleness_seconds": control.staleness().as_secs_f64(),

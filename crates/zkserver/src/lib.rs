@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use install::{Installation, CLASSPATH_ENV, DEBIAN_JAR};
+pub use spawn::spawn as spawn_bound;
 
 /// `jute.maxbuffer`'s default in ZooKeeper: the largest packet a server accepts.
 pub const DEFAULT_JUTE_MAXBUFFER: u32 = 1_048_575;

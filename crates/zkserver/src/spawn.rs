@@ -15,8 +15,10 @@ use std::sync::{Mutex, OnceLock};
 
 type Request = (Command, mpsc::Sender<io::Result<Child>>);
 
-/// Spawns `command` in a new process group, from the process-lifetime spawner thread.
-pub(crate) fn spawn(mut command: Command) -> io::Result<Child> {
+/// Spawns `command` in a new process group that dies with this process: from the
+/// process-lifetime spawner thread, with `PR_SET_PDEATHSIG` on Linux. For any child a
+/// supervisor must not leave behind (`switchyard up` uses it for all of its own).
+pub fn spawn(mut command: Command) -> io::Result<Child> {
     command.process_group(0);
     #[cfg(target_os = "linux")]
     {

@@ -47,14 +47,29 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
+/// The hop-by-hop headers every message loses (`Connection` names more).
+static HOP_BY_HOP: [&HeaderName; 7] = [
+    &CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+];
+
 /// Removes hop-by-hop headers; with `upgrade`, keeps `Upgrade` and sets
-/// `Connection: upgrade` instead.
+/// `Connection: upgrade` instead. `Host` is never removed, whatever `Connection` says.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages have none: one pass over the names, no hashing, says so.
-    if !upgrade && !headers.keys().any(is_hop_by_hop) {
-        return;
+    // One pass over the names, no hashing: which of the usual ones are here (most
+    // messages have none, or only `Connection: keep-alive`).
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present[i] = true;
+        }
     }
-    if headers.contains_key(CONNECTION) {
+    if present[0] {
         let mut values = headers.get_all(CONNECTION).iter();
         // Nearly always one value: no allocation then.
         let first = values.next().cloned();
@@ -62,45 +77,31 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         for value in first.iter().chain(&rest) {
             for token in value.to_str().unwrap_or_default().split(',') {
                 let token = token.trim();
-                if token.is_empty() || (upgrade && token.eq_ignore_ascii_case("upgrade")) {
+                if token.is_empty() || token.eq_ignore_ascii_case("host") {
                     continue;
                 }
-                headers.remove(token);
+                // A usual one is removed below if it is here at all.
+                if !HOP_BY_HOP
+                    .iter()
+                    .any(|hop| hop.as_str().eq_ignore_ascii_case(token))
+                {
+                    headers.remove(token);
+                }
             }
         }
-        headers.remove(CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-    ] {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present && !(upgrade && **name == UPGRADE) {
+            headers.remove(*name);
+        }
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-    ]
-    .contains(&name)
-}
-
 /// Turns a client's request into the one its backend gets: hop-by-hop headers
-/// stripped, `Host` set to the host it was routed by, `X-Forwarded-For` appended with
+/// stripped, `Host` set to the host it was routed by (`host`, from [`raw_host`]), `X-Forwarded-For` appended with
 /// the client's address, `X-Forwarded-Proto` and `X-Forwarded-Host` set, `Via`
 /// appended; HTTP/1.1 in origin form, whatever the client spoke.
 pub(super) fn prepare_request<B>(
@@ -109,6 +110,8 @@ pub(super) fn prepare_request<B>(
     host: HeaderValue,
     upgrade: bool,
 ) {
+    // The host came from the URI unless it is the `Host` header, kept as it is.
+    let host_from_uri = req.uri().authority().is_some();
     let via = HeaderValue::from_static(match req.version() {
         Version::HTTP_09 | Version::HTTP_10 => "1.0 switchyard",
         Version::HTTP_2 => "2 switchyard",
@@ -118,13 +121,15 @@ pub(super) fn prepare_request<B>(
     strip_hop_by_hop(headers, upgrade);
     // Room for what is added below: one allocation at most.
     headers.reserve(5);
-    headers.insert(HOST, host.clone());
+    if host_from_uri {
+        headers.insert(HOST, host.clone());
+    }
     append(headers, &X_FORWARDED_FOR, client_ip.clone());
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     headers.insert(&X_FORWARDED_HOST, host);
     append(headers, &VIA, via);
 
-    if req.uri().authority().is_some() || req.uri().scheme().is_some() {
+    if host_from_uri || req.uri().scheme().is_some() {
         let path = req
             .uri()
             .path_and_query()

@@ -1,7 +1,8 @@
-//! Idle timeouts: a connection with no activity for a whole period is closed.
+//! Idle timeouts of client connections and tunnels: one with no activity for a whole
+//! period is closed. (Pooled backend connections are closed by the pool's sweep.)
 //!
-//! Activity is noted with a relaxed store (bytes moved, a request begun or ended), and
-//! a watchdog per connection looks at it once a period, so the hot path never touches
+//! Activity is noted with a relaxed store (bytes written, a request begun or ended),
+//! and a timer per connection looks at it once a period, so the hot path never touches
 //! a timer. A connection is closed between one and two periods after it went quiet.
 //! **Invariant:** while a request on a connection waits for its response head, the
 //! connection is held, not idle: that wait has its own timeout (first byte).

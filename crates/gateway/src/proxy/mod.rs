@@ -47,10 +47,11 @@ pub struct ProxyConfig {
     /// is still being sent, counted from its last frame instead.
     pub first_byte_timeout: Duration,
     /// A client or backend connection with nothing to do: a client connection that
-    /// wrote nothing (and has no request waiting for its response head), a backend
-    /// connection or tunnel that moved no byte. It is closed between one and two of
-    /// these after it went quiet (a half-read request head on a client connection:
-    /// up to three). Zero: never.
+    /// wrote nothing (and has no request waiting for its response head; a backend
+    /// stalled mid-body shows as that), a tunnel that moved no byte, a backend
+    /// connection unused in its pool. It is closed between one and two of these after
+    /// it went quiet (a half-read request head: up to three). Zero: never, and pooled
+    /// backend connections are kept until the backend closes them.
     pub idle_timeout: Duration,
     /// How long a stopping gateway lets requests in flight finish.
     pub drain_timeout: Duration,
