@@ -656,7 +656,12 @@ fn fallback_is_logged_as_a_warning_naming_the_file() {
 
     let events = Arc::new(Mutex::new(Vec::new()));
     let subscriber = Capture(events.clone());
-    let loaded = tracing::subscriber::with_default(subscriber, || load_ok(dir.path()));
+    // Another test thread may have cached this callsite as uninteresting (it had no
+    // subscriber): recompute interest with ours in place.
+    let loaded = tracing::subscriber::with_default(subscriber, || {
+        tracing::callsite::rebuild_interest_cache();
+        load_ok(dir.path())
+    });
     assert_eq!(loaded.generation, Generation::Previous);
 
     let events = events.lock().unwrap();
