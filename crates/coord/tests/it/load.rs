@@ -55,8 +55,10 @@ fn a_burst_survives_a_killed_leader_and_loses_nothing() {
     let rt = runtime();
     let client = rt.block_on(connect(&zk, |c| c.window = 500));
     rt.block_on(client.ensure_path("/burst")).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let burst = {
         let client = client.clone();
+        let done = done.clone();
         rt.spawn(async move {
             let paths: Vec<String> = (0..N).map(|i| format!("/burst/n{i}")).collect();
             let results: Vec<_> = paths
@@ -64,10 +66,13 @@ fn a_burst_survives_a_killed_leader_and_loses_nothing() {
                 .enumerate()
                 .map(|(i, path)| {
                     let client = &client;
+                    let done = &done;
                     async move {
-                        client
+                        let created = client
                             .create(path, &payload(i), CreateMode::Persistent)
-                            .await
+                            .await;
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        created
                     }
                 })
                 .collect::<FuturesUnordered<_>>()
@@ -76,14 +81,15 @@ fn a_burst_survives_a_killed_leader_and_loses_nothing() {
             results
         })
     };
-    // Wait until the burst is well under way, then kill the leader with SIGKILL.
-    rt.block_on(async {
-        while client.children("/burst").await.unwrap().len() < N / 10 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    });
+    // Wait until the burst is well under way (counted in the burst itself: a request
+    // through the same window would queue behind it), then SIGKILL the leader.
+    while done.load(std::sync::atomic::Ordering::Relaxed) < N / 10 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let leader = zk.leader().expect("a leader");
     zk.server(leader).kill().unwrap();
+    let at_kill = done.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(at_kill < N, "the burst was over before the kill");
     let results = rt.block_on(burst).unwrap();
     let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
@@ -92,10 +98,17 @@ fn a_burst_survives_a_killed_leader_and_loses_nothing() {
         failures.len(),
         failures[0]
     );
-    assert!(
-        client.session_stats().disconnects >= 1,
-        "the kill did not disturb the client"
-    );
+    // Every follower drops its clients when the leader dies; the client notices soon.
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while client.session_stats().disconnects == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the kill did not disturb the client"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
     zk.server(leader).start().unwrap();
     zk.wait_ready();
     rt.block_on(async {
