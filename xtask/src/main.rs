@@ -153,7 +153,9 @@ fn target_dir() -> PathBuf {
 
 fn test(args: &[String]) -> Result<(), String> {
     let mut command = cargo();
-    command.args(["test", "--workspace", "--no-fail-fast"]).args(args);
+    command
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(args);
     run(command)
 }
 
