@@ -111,6 +111,34 @@ pub(crate) async fn run(shared: std::sync::Arc<Shared>, mut stop: watch::Receive
         if !lost.is_empty() {
             tracing::warn!(count = lost.len(), "lost shards with the ZooKeeper session");
         }
+        // A claim can also be lost while the session lives: its `&owner` node deleted by
+        // hand, or taken. The cache tells which claims to check with ZooKeeper.
+        let doubtful: Vec<(ShardId, Claim)> = {
+            let state = shared.state();
+            shared
+                .shards
+                .lock()
+                .iter()
+                .filter(|(s, _)| state.owners().get(*s).map(String::as_str) != Some(me.as_str()))
+                .map(|(s, c)| (*s, c.clone()))
+                .collect()
+        };
+        let session_id = shared.zk.session().borrow().id;
+        for (shard, claim) in doubtful {
+            let ours = match shared
+                .zk
+                .exists(&format!("{}/{}", claim.path(), coord::OWNER_NODE))
+                .await
+            {
+                Ok(Some(stat)) => stat.ephemeral_owner == session_id,
+                Ok(None) => false,
+                Err(_) => true, // cannot tell now; look again next round
+            };
+            if !ours {
+                tracing::error!(%shard, "lost a shard: its &owner node is gone or another's");
+                shared.shards.lock().remove(&shard);
+            }
+        }
         for claim in &surplus {
             // Another member should own it now: hand it over at once.
             if shared.zk.release(claim).await.is_ok() {
