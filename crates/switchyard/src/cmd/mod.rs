@@ -1,9 +1,16 @@
 //! One module per subcommand, each a thin call into a library.
 
+pub mod app;
 pub mod bench;
+pub mod demo_backend;
 pub mod gateway;
+pub mod operator;
 pub mod orchestrator;
+pub mod status;
 pub mod up;
+pub mod upgrade;
+pub mod wait_ready;
+pub mod zk;
 
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
