@@ -23,6 +23,7 @@ mod config;
 mod error;
 mod membership;
 pub mod metrics;
+pub mod mntr;
 mod ownership;
 mod zk;
 

@@ -19,3 +19,8 @@ pub const ZK_EXPIRIES: &str = "switchyard_zk_session_expiries_total";
 pub const ZK_LARGEST_PAYLOAD: &str = "switchyard_zk_largest_payload_bytes";
 /// Counter: payloads over the alert share (90 %) of the size limit.
 pub const ZK_PAYLOADS_OVER_ALERT: &str = "switchyard_zk_payloads_over_alert_total";
+/// Gauge: nodes whose last seen size is over the alert share (90 %) of the limit.
+pub const ZK_NODES_OVER_ALERT: &str = "switchyard_zk_nodes_over_alert";
+/// Gauges by `server` and `figure`: a ZooKeeper server's `mntr` figures about sizes
+/// (`zk_max_proposal_size`, `zk_max_client_response_size`, `zk_approximate_data_size`).
+pub const ZK_SERVER_FIGURE: &str = "switchyard_zk_server_mntr";

@@ -117,6 +117,9 @@ pub(crate) struct Inner {
     disconnects: AtomicU64,
     expiries: AtomicU64,
     largest_payload: AtomicUsize,
+    /// Path hashes of nodes last seen over the size alert.
+    over_alert: Mutex<HashSet<u64>>,
+    over_alert_count: AtomicUsize,
 }
 
 /// The ephemeral nodes this session holds, by a hash of their path: 8 bytes each,
@@ -171,6 +174,8 @@ impl Zk {
             disconnects: AtomicU64::new(0),
             expiries: AtomicU64::new(0),
             largest_payload: AtomicUsize::new(0),
+            over_alert: Mutex::default(),
+            over_alert_count: AtomicUsize::new(0),
             config,
         });
         tokio::spawn(keep_session(Arc::downgrade(&inner)));
@@ -299,16 +304,46 @@ impl Zk {
             metrics::gauge!(m::ZK_LARGEST_PAYLOAD).set(size_bytes as f64);
         }
         let limit = config.max_payload_bytes(path);
-        if size_bytes as f64 > limit as f64 * config.size_alert_ratio {
+        let over = size_bytes as f64 > limit as f64 * config.size_alert_ratio;
+        // The set of nodes over the alert is only touched when it can change: a node
+        // over it, or a node seen while the set is not empty.
+        if !over && self.inner.over_alert_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let key = path_key(path);
+        let mut nodes = self
+            .inner
+            .over_alert
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let crossed = if over {
+            nodes.insert(key)
+        } else {
+            nodes.remove(&key);
+            false
+        };
+        self.inner
+            .over_alert_count
+            .store(nodes.len(), Ordering::Relaxed);
+        metrics::gauge!(m::ZK_NODES_OVER_ALERT).set(nodes.len() as f64);
+        drop(nodes);
+        if over {
             metrics::counter!(m::ZK_PAYLOADS_OVER_ALERT).increment(1);
+        }
+        if crossed {
             tracing::warn!(
                 zk.path = path,
                 size_bytes,
                 limit_bytes = limit,
-                "ZooKeeper node is over {:.0}% of the size limit",
+                "ZooKeeper node crossed {:.0}% of the size limit",
                 config.size_alert_ratio * 100.0
             );
         }
+    }
+
+    /// Nodes whose last seen size was over the alert share of the limit.
+    pub fn nodes_over_alert(&self) -> usize {
+        self.inner.over_alert_count.load(Ordering::Relaxed)
     }
 
     pub(crate) fn decode(&self, path: &str, data: &[u8]) -> Result<Vec<u8>> {

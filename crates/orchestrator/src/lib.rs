@@ -93,6 +93,39 @@ impl Shared {
     }
 }
 
+/// Exports the ZooKeeper servers' own size figures (`mntr`) every 15 s, and logs an
+/// alert when one of them passes 90 % of `jute.maxbuffer`.
+async fn watch_server_sizes(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let limit = shared.config.jute_maxbuffer as f64;
+    loop {
+        for (server, answer) in
+            coord::mntr::mntr_all(&shared.config.zk, std::time::Duration::from_secs(5)).await
+        {
+            let figures = match answer {
+                Ok(figures) => figures,
+                Err(err) => {
+                    tracing::debug!(%server, %err, "no mntr from ZooKeeper server");
+                    continue;
+                }
+            };
+            for name in coord::mntr::SIZE_FIGURES {
+                let Some(value) = figures.get(name).and_then(|v| v.parse::<f64>().ok()) else {
+                    continue;
+                };
+                ::metrics::gauge!(coord::metrics::ZK_SERVER_FIGURE, "server" => server.clone(), "figure" => name)
+                    .set(value);
+                if name != "zk_approximate_data_size" && value > limit * 0.9 {
+                    tracing::warn!(%server, figure = name, value, limit, "a ZooKeeper server handled a packet over 90% of jute.maxbuffer");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// The process-wide Prometheus recorder (one per process, however many orchestrators
 /// a test runs in it).
 fn prometheus() -> Option<PrometheusHandle> {
@@ -204,12 +237,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     };
     let ownership = tokio::spawn(shards::run(Arc::clone(&shared), stopped.clone()));
     let checks = tokio::spawn(health::run(Arc::clone(&shared), stopped.clone()));
+    let sizes = tokio::spawn(watch_server_sizes(Arc::clone(&shared), stopped.clone()));
 
     shutdown.await;
     tracing::info!("stopping: releasing shards");
     let _ = stop.send(true);
     let _ = ownership.await;
     checks.abort();
+    sizes.abort();
     shared.shards.release_all(&shared).await;
     if let Err(err) = membership.leave().await {
         tracing::warn!(%err, "cannot leave the member group");

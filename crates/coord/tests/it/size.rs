@@ -211,6 +211,12 @@ fn the_audit_names_nodes_near_the_limit_and_the_widest_parents() {
         assert_eq!(report.widest[0].path, "/region/wide");
         assert_eq!(report.widest[0].children, 300);
 
+        // The layer saw the fat node go by, and counts it as over the alert until it
+        // sees it small again.
+        assert_eq!(client.nodes_over_alert(), 1);
+        client.set("/region/fat", b"slim now", None).await.unwrap();
+        assert_eq!(client.nodes_over_alert(), 0);
+
         // Below the threshold, nothing alarms.
         client.delete("/region/fat", None).await.unwrap();
         let report = client.audit(&options, |_| {}).await.unwrap();

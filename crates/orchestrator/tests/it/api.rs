@@ -332,3 +332,45 @@ fn bulk_import_reports_bad_lines_and_imports_the_rest_or_nothing() {
         orch.stop().await;
     });
 }
+
+#[test]
+fn metrics_export_the_layer_and_the_servers_size_figures() {
+    let zk = testkit::Zk::standalone();
+    runtime().block_on(async {
+        let orch = Orch::start(Orch::config(&zk, "o1"));
+        orch.ready().await;
+        let created = write(
+            "POST",
+            &orch.url("/v1/apps"),
+            &app_json("m", &["m.test"], &["127.0.0.1:9001"]),
+            &[],
+        )
+        .await;
+        assert_eq!(created.status, 201);
+        let text = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                let text = http("GET", &orch.url("/metrics"), &[], "")
+                    .await
+                    .unwrap()
+                    .body;
+                if text.contains("figure=\"zk_approximate_data_size\"") {
+                    return text;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .expect("the servers' mntr figures are exported");
+        for name in [
+            "switchyard_orchestrator_apps",
+            "switchyard_orchestrator_ready",
+            "switchyard_orchestrator_shards_owned",
+            "switchyard_zk_largest_payload_bytes",
+            "switchyard_zk_request_duration_seconds",
+            "switchyard_zk_server_mntr",
+        ] {
+            assert!(text.contains(name), "{name} missing from /metrics");
+        }
+        orch.stop().await;
+    });
+}
