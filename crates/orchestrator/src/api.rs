@@ -90,9 +90,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Reads a request body up to `limit` bytes; more is a 413.
 pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|err| {
-        let too_large = std::error::Error::source(&err)
-            .is_some_and(|s| s.to_string().contains("length limit"))
-            || err.to_string().contains("length limit");
+        let source = err.into_inner();
+        let too_large = {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+            let mut found = false;
+            while let Some(error) = cause {
+                found |= error.is::<http_body_util::LengthLimitError>();
+                cause = error.source();
+            }
+            found
+        };
         if too_large {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -100,7 +107,7 @@ pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiErro
                 format!("the request body is over {limit} bytes"),
             )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", err.to_string())
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", source.to_string())
         }
     })
 }
