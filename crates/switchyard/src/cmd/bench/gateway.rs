@@ -1,0 +1,921 @@
+//! `switchyard bench gateway`: the gateway against nginx and HAProxy as reverse proxies,
+//! side by side in one run on this machine, behind the same backend.
+//!
+//! The backend is an nginx worker answering a fixed 200. Each proxy runs in its own
+//! process, one at a time under load, in two CPU modes: `one-core` (one worker each,
+//! pinned to a CPU of its own; the load generator and the backend share the other)
+//! and `all-cores` (each proxy's multi-core default, nothing pinned but the backend).
+//! The load is wrk at 32 connections (closed loop) and then a fixed rate from our own
+//! generator (open loop, latency from the scheduled send). The gateway runs twice: with
+//! one route and with a million (`gateway-large`), each table written to its state
+//! folder with the gateway crate's own snapshot code and served from disk, without an
+//! orchestrator. Prints a table of medians with ratios to nginx; writes no file.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::gateway_load::{self, RateSettings, WrkSettings};
+use super::gateway_peers::{self as peers, CpuTimes, Process, SnapshotInfo, Tool, Usage};
+use super::gateway_report::{self as report, Outcome, Row, Sample, Skipped, Target};
+use super::report::median;
+
+/// A peer: what serves the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peer {
+    /// No proxy: the load straight to the backend (a reference for the load side).
+    Direct,
+    /// nginx as a reverse proxy (the reference of every ratio).
+    Nginx,
+    /// HAProxy as a reverse proxy.
+    Haproxy,
+    /// `switchyard gateway` with one route.
+    Gateway,
+    /// `switchyard gateway` with --routes routes (the benchmarked host among them).
+    GatewayLarge,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Direct => "direct",
+            Peer::Nginx => "nginx",
+            Peer::Haproxy => "haproxy",
+            Peer::Gateway => "gateway",
+            Peer::GatewayLarge => "gateway-large",
+        }
+    }
+}
+
+/// How much CPU each proxy gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// One worker each (nginx `worker_processes 1`, HAProxy `nbthread 1`, the gateway
+    /// `--workers 1`), pinned to a CPU the load generator and backend do not use.
+    OneCore,
+    /// Each proxy's multi-core default (nginx `auto`, HAProxy's default threads, the
+    /// gateway's one worker per core), nothing pinned but the backend.
+    AllCores,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::OneCore => "one-core",
+            Mode::AllCores => "all-cores",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Runs of every peer in every mode; the tables show medians.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
+    /// Seconds of each measured load (wrk, and the fixed rate).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    duration_secs: u64,
+    /// Seconds of load before each measured one (not counted).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=60))]
+    warmup_secs: u64,
+    /// Connections the load is sent on (wrk -c, and the fixed-rate generator's).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    connections: u64,
+    /// Requests/s of the fixed-rate runs, the same for every peer. Default: --rate-share
+    /// of the lowest median requests/s of the proxies under wrk in the same mode.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+    /// See --rate.
+    #[arg(long, default_value_t = 0.5)]
+    rate_share: f64,
+    /// Routes in the large gateway table (the `gateway-large` peer).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    routes: u64,
+    /// Peers to run, in this order within each run.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,nginx,haproxy,gateway,gateway-large"
+    )]
+    peers: Vec<Peer>,
+    /// CPU modes, in this order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "one-core,all-cores"
+    )]
+    modes: Vec<Mode>,
+    /// Do not install missing tools (nginx, haproxy, wrk) with apt-get; skip what needs them.
+    #[arg(long)]
+    no_install: bool,
+    /// Give up on a proxy that does not proxy its first request within this many seconds.
+    #[arg(long, default_value_t = 60)]
+    start_timeout_secs: u64,
+    /// Print the raw per-run results and the medians as JSON on stdout (the tables then
+    /// go to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Which CPUs run what.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Layout {
+    allowed: Vec<usize>,
+    /// wrk and the fixed-rate generator, in `one-core` mode.
+    load: Vec<usize>,
+    /// The proxy under test, in `one-core` mode.
+    proxy: Vec<usize>,
+    /// The backend, always.
+    backend: Vec<usize>,
+}
+
+impl Layout {
+    fn new(allowed: Vec<usize>) -> Layout {
+        let first = allowed.first().copied().unwrap_or(0);
+        let load = vec![first];
+        let proxy = vec![allowed.get(1).copied().unwrap_or(first)];
+        let backend = vec![allowed.get(2).copied().unwrap_or(first)];
+        Layout {
+            allowed,
+            load,
+            proxy,
+            backend,
+        }
+    }
+}
+
+/// What every measurement needs.
+struct Bench<'a> {
+    args: &'a Args,
+    dir: PathBuf,
+    layout: Layout,
+    nginx: Tool,
+    haproxy: Option<Tool>,
+    wrk: Option<Tool>,
+    /// The copy of this binary the gateways run (so a rebuild cannot swap it mid-run).
+    switchyard: PathBuf,
+    backend: Process,
+    backend_addr: SocketAddr,
+    small_state: PathBuf,
+    large_state: Option<PathBuf>,
+    starts: usize,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.rate_share > 0.0 && args.rate_share <= 1.0,
+        "--rate-share must be more than 0 and at most 1"
+    );
+    peers::catch_interrupts();
+    let mut peer_list: Vec<Peer> = Vec::new();
+    for &peer in &args.peers {
+        if !peer_list.contains(&peer) {
+            peer_list.push(peer);
+        }
+    }
+    let mut modes: Vec<Mode> = Vec::new();
+    for &mode in &args.modes {
+        if !modes.contains(&mode) {
+            modes.push(mode);
+        }
+    }
+
+    let tools = peers::tools(!args.no_install);
+    let nginx = match tools.nginx {
+        Ok(tool) => tool,
+        Err(reason) => bail!("nginx is needed for the backend: {reason}"),
+    };
+    let mut skipped: Vec<Skipped> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let haproxy = match tools.haproxy {
+        Ok(tool) => Some(tool),
+        Err(reason) => {
+            if peer_list.contains(&Peer::Haproxy) {
+                eprintln!("bench: SKIPPING haproxy: {reason}");
+                skipped.push(Skipped {
+                    peer: "haproxy".into(),
+                    reason,
+                });
+            }
+            None
+        }
+    };
+    let wrk = match tools.wrk {
+        Ok(tool) => Some(tool),
+        Err(reason) => {
+            let note = format!("SKIPPED the closed-loop (wrk) runs: {reason}");
+            eprintln!("bench: {note}");
+            notes.push(note);
+            None
+        }
+    };
+    eprintln!(
+        "bench: nginx   {} ({})",
+        nginx.version,
+        nginx.path.display()
+    );
+    if let Some(tool) = &haproxy {
+        eprintln!("bench: haproxy {} ({})", tool.version, tool.path.display());
+    }
+    if let Some(tool) = &wrk {
+        eprintln!("bench: wrk     {} ({})", tool.version, tool.path.display());
+    }
+
+    let layout = Layout::new(peers::allowed_cpus());
+    if layout.allowed.len() < 2 {
+        let note = format!(
+            "only {} CPU available: the proxy under test shares it with the load and the backend",
+            layout.allowed.len()
+        );
+        eprintln!("bench: WARNING: {note}");
+        notes.push(note);
+    }
+    eprintln!(
+        "bench: CPUs {:?}: load generator on {:?}, proxy on {:?} (one-core mode), backend on {:?}",
+        layout.allowed, layout.load, layout.proxy, layout.backend
+    );
+
+    let dir = tempfile::Builder::new()
+        .prefix("switchyard-bench-gateway-")
+        .tempdir()
+        .context("creating a temporary folder")?;
+    let switchyard = dir.path().join("switchyard");
+    fs::copy("/proc/self/exe", &switchyard)
+        .context("copying this binary for the gateways to run")?;
+
+    let backend_port = peers::free_port()?;
+    let backend_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, backend_port));
+    let backend_dir = dir.path().join("backend");
+    peers::write_file(
+        &backend_dir.join("nginx.conf"),
+        &peers::backend_conf(&backend_dir, backend_port),
+    )?;
+    let started = Instant::now();
+    let mut backend = Process::start(
+        "backend nginx",
+        peers::nginx_command(&nginx.path, &backend_dir, &backend_dir.join("nginx.conf")),
+        Some(&layout.backend),
+        backend_dir.join("output.log"),
+    )?;
+    peers::first_proxied(
+        &mut backend,
+        backend_addr,
+        started,
+        Duration::from_secs(args.start_timeout_secs),
+    )
+    .context("starting the backend")?;
+    eprintln!("bench: backend nginx (1 worker) on {backend_addr}");
+
+    let mut snapshots: Vec<SnapshotInfo> = Vec::new();
+    let small_state = dir.path().join("gateway-state-1");
+    snapshots.push(peers::write_snapshot(&small_state, 1, backend_addr)?);
+    let large_state = if peer_list.contains(&Peer::GatewayLarge) {
+        let state = dir.path().join("gateway-state-large");
+        eprint!("bench: writing a snapshot of {} routes ... ", args.routes);
+        let info = peers::write_snapshot(&state, args.routes as usize, backend_addr)?;
+        eprintln!(
+            "{:.1} s; payload {:.0} MB, file {:.0} MB",
+            info.build_secs,
+            info.payload_bytes as f64 / 1e6,
+            info.file_bytes as f64 / 1e6
+        );
+        snapshots.push(info);
+        Some(state)
+    } else {
+        None
+    };
+
+    let mut bench = Bench {
+        args: &args,
+        dir: dir.path().to_path_buf(),
+        layout,
+        nginx,
+        haproxy,
+        wrk,
+        switchyard,
+        backend,
+        backend_addr,
+        small_state,
+        large_state,
+        starts: 0,
+    };
+    let runnable: Vec<Peer> = peer_list
+        .iter()
+        .copied()
+        .filter(|p| !(*p == Peer::Haproxy && bench.haproxy.is_none()))
+        .collect();
+
+    let began = Instant::now();
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut rates: Vec<(Mode, u64)> = Vec::new();
+    for &mode in &modes {
+        if bench.wrk.is_some() {
+            for run in 1..=args.runs as usize {
+                for &peer in &runnable {
+                    peers::check_interrupted()?;
+                    samples.push(bench.measure(mode, run, peer, None)?);
+                }
+            }
+        }
+        let rate = match args.rate {
+            Some(rate) => Some(rate),
+            None => auto_rate(mode, &runnable, &samples, args.rate_share),
+        };
+        let Some(rate) = rate else {
+            let note = format!(
+                "SKIPPED the fixed-rate runs in {} mode: no --rate and no wrk result to derive one from",
+                mode.name()
+            );
+            eprintln!("bench: {note}");
+            notes.push(note);
+            continue;
+        };
+        rates.push((mode, rate));
+        for run in 1..=args.runs as usize {
+            for &peer in &runnable {
+                peers::check_interrupted()?;
+                samples.push(bench.measure(mode, run, peer, Some(rate))?);
+            }
+        }
+    }
+    eprintln!(
+        "bench: {} proxy starts, {} measured loads in {:.0} s",
+        bench.starts,
+        samples.len(),
+        began.elapsed().as_secs_f64()
+    );
+    let backend_ended = bench.backend.check_running();
+
+    let peer_rows: Vec<(String, usize)> = peer_list
+        .iter()
+        .map(|p| {
+            let routes = match p {
+                Peer::GatewayLarge => args.routes as usize,
+                _ => 1,
+            };
+            (p.name().to_string(), routes)
+        })
+        .collect();
+    let mut text = String::new();
+    let mut all_rows: Vec<Row> = Vec::new();
+    let mut all_targets: Vec<Target> = Vec::new();
+    let _ = writeln!(
+        text,
+        "\nGateway benchmark: medians of {} runs; {} connections; {} s measured after {} s of warm-up; ratios to nginx in the same run",
+        args.runs, args.connections, args.duration_secs, args.warmup_secs
+    );
+    for &mode in &modes {
+        let rows = report::summarise(mode.name(), &peer_rows, &samples, &skipped);
+        let _ = writeln!(text, "\n== {} ==\n{}", mode.name(), describe(mode, &bench));
+        if bench.wrk.is_some() {
+            let _ = writeln!(
+                text,
+                "Closed loop (wrk -t{} -c{} --latency; CPU% of the proxy, wrk and the backend, 100 = one core):",
+                wrk_threads(mode, &bench.layout),
+                args.connections
+            );
+            text.push_str(&report::wrk_table(&rows, args.runs as usize));
+            text.push_str("Requests/s per run (ratio to nginx in the same run):\n");
+            text.push_str(&report::per_run(&rows));
+        }
+        if let Some((_, rate)) = rates.iter().find(|(m, _)| *m == mode) {
+            let _ = writeln!(
+                text,
+                "\nFixed rate ({rate} req/s over {} connections; latency from the scheduled send; late p99: how late the generator sent):",
+                args.connections
+            );
+            text.push_str(&report::rate_table(&rows));
+        }
+        all_targets.extend(report::targets(mode.name(), &rows));
+        all_rows.extend(rows);
+    }
+    text.push_str("\nTargets:\n");
+    text.push_str(&report::targets_text(&all_targets));
+    text.push_str(&about(&bench, &snapshots));
+    for note in &notes {
+        let _ = writeln!(text, "- {note}");
+    }
+    if let Err(err) = &backend_ended {
+        let _ = writeln!(text, "- THE BACKEND DIED during the run: {err:#}");
+    }
+
+    if args.json {
+        eprint!("{text}");
+        let document = serde_json::json!({
+            "settings": {
+                "runs": args.runs,
+                "duration_secs": args.duration_secs,
+                "warmup_secs": args.warmup_secs,
+                "connections": args.connections,
+                "rates": rates.iter().map(|(m, r)| (m.name(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
+                "routes": args.routes,
+                "peers": peer_list.iter().map(|p| p.name()).collect::<Vec<_>>(),
+                "modes": modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
+            },
+            "tools": {
+                "nginx": &bench.nginx,
+                "haproxy": &bench.haproxy,
+                "wrk": &bench.wrk,
+            },
+            "layout": &bench.layout,
+            "snapshots": snapshots,
+            "skipped": skipped,
+            "notes": notes,
+            "samples": samples,
+            "summary": all_rows,
+            "targets": all_targets,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&document).context("encoding the results")?
+        );
+    } else {
+        print!("{text}");
+    }
+
+    let stopped = bench.backend.stop();
+    tracing::debug!(%stopped, "backend stopped");
+    let all_ok = !samples.is_empty()
+        && skipped.is_empty()
+        && notes.is_empty()
+        && backend_ended.is_ok()
+        && samples
+            .iter()
+            .all(|s| !matches!(s.outcome, Outcome::Failed { .. }) && s.errors() == 0);
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// --rate-share of the lowest median requests/s among the proxies in `mode`, rounded
+/// down to a multiple of 100.
+fn auto_rate(mode: Mode, peers: &[Peer], samples: &[Sample], share: f64) -> Option<u64> {
+    let lowest = peers
+        .iter()
+        .filter(|p| **p != Peer::Direct)
+        .filter_map(|p| {
+            median(
+                samples
+                    .iter()
+                    .filter(|s| s.mode == mode.name() && s.peer == p.name())
+                    .filter_map(|s| match &s.outcome {
+                        Outcome::Wrk(r) => Some(r.requests_per_sec),
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        })
+        .fold(None, |low: Option<f64>, v| {
+            Some(low.map_or(v, |l| l.min(v)))
+        })?;
+    let rate = ((lowest * share) as u64 / 100 * 100).max(100);
+    eprintln!(
+        "bench: fixed rate for {} mode: {rate} req/s ({share} of the slowest proxy's median, {lowest:.0} req/s)",
+        mode.name()
+    );
+    Some(rate)
+}
+
+fn wrk_threads(mode: Mode, layout: &Layout) -> usize {
+    match mode {
+        Mode::OneCore => 1,
+        Mode::AllCores => layout.allowed.len().max(1),
+    }
+}
+
+fn describe(mode: Mode, bench: &Bench<'_>) -> String {
+    let l = &bench.layout;
+    match mode {
+        Mode::OneCore => format!(
+            "One worker each: nginx worker_processes 1, HAProxy nbthread 1, gateway --workers 1; the proxy pinned to CPU {:?}, \
+             wrk (1 thread) or the fixed-rate generator on CPU {:?}, the backend (1 nginx worker) on CPU {:?}.",
+            l.proxy, l.load, l.backend
+        ),
+        Mode::AllCores => format!(
+            "Multi-core defaults: nginx worker_processes auto, HAProxy without nbthread, the gateway without --workers; \
+             the proxy, wrk ({} threads) and the generator on any of CPUs {:?}; the backend (1 nginx worker) still on CPU {:?}.",
+            wrk_threads(mode, l),
+            l.allowed,
+            l.backend
+        ),
+    }
+}
+
+fn about(bench: &Bench<'_>, snapshots: &[SnapshotInfo]) -> String {
+    let mut out = String::from("\nPeers:\n");
+    let _ = writeln!(
+        out,
+        "- backend: nginx {}, 1 worker, `return 200 \"{}\"` on {}",
+        bench.nginx.version,
+        peers::BACKEND_BODY,
+        bench.backend_addr
+    );
+    let _ = writeln!(
+        out,
+        "- nginx: {} as a reverse proxy for {} (upstream keepalive 64, keepalive_requests 1000000, X-Forwarded-*)",
+        bench.nginx.version,
+        peers::HOST
+    );
+    if let Some(h) = &bench.haproxy {
+        let _ = writeln!(
+            out,
+            "- haproxy: {}, mode http, Host ACL, option forwardfor, default http-reuse",
+            h.version
+        );
+    }
+    for info in snapshots {
+        let _ = writeln!(
+            out,
+            "- gateway with {} route(s): `switchyard gateway` ({}), no orchestrator, table from its snapshot ({:.1} MB on disk)",
+            info.routes,
+            env!("CARGO_PKG_VERSION"),
+            info.file_bytes as f64 / 1e6
+        );
+    }
+    if let Some(w) = &bench.wrk {
+        let _ = writeln!(out, "- wrk: {}", w.version);
+    }
+    out.push_str(
+        "- fixed rate: this benchmark's open-loop generator (hyper, one tokio thread, a pacing thread); \
+         a request's latency runs from its scheduled time\n",
+    );
+    out.push_str(
+        "Notes:\n- START ms: from spawning the proxy to its first proxied 200 (polled every ms).\n",
+    );
+    out.push_str("- RSS MiB: peak resident set (VmHWM) at the end of the load, summed over the proxy's processes (nginx: master and workers).\n");
+    out
+}
+
+/// What was used before a load began.
+struct Before {
+    proxy: Usage,
+    backend: Usage,
+    cpus: Vec<CpuTimes>,
+    at: Instant,
+}
+
+/// A proxy under test, started and proxying.
+struct Running {
+    process: Option<Process>,
+    addr: SocketAddr,
+    start_to_first: Option<Duration>,
+}
+
+impl Bench<'_> {
+    /// One start of `peer`, loaded by wrk (`rate` None) or at a fixed rate; a failure
+    /// is recorded, not returned (an interruption is returned).
+    fn measure(
+        &mut self,
+        mode: Mode,
+        run: usize,
+        peer: Peer,
+        rate: Option<u64>,
+    ) -> anyhow::Result<Sample> {
+        let load = if rate.is_some() { "fixed-rate" } else { "wrk" };
+        eprint!(
+            "bench: {} run {run}/{} {:<14} {load:<10} ... ",
+            mode.name(),
+            self.args.runs,
+            peer.name()
+        );
+        let began = Instant::now();
+        let mut sample = Sample {
+            mode: mode.name().into(),
+            run,
+            peer: peer.name().into(),
+            routes: match peer {
+                Peer::GatewayLarge => self.args.routes as usize,
+                _ => 1,
+            },
+            start_to_first_ms: None,
+            gateway_start_log_ms: None,
+            peak_rss_mib: None,
+            rss_mib: None,
+            proxy_cpu_percent: None,
+            backend_cpu_percent: None,
+            others_on_proxy_cpu_percent: None,
+            steal_percent: None,
+            load_average: peers::load_average(),
+            outcome: Outcome::Failed {
+                load: load.into(),
+                reason: String::new(),
+            },
+        };
+        match self.try_measure(mode, peer, rate, &mut sample) {
+            Ok(outcome) => sample.outcome = outcome,
+            Err(err) => {
+                peers::check_interrupted()?;
+                sample.outcome = Outcome::Failed {
+                    load: load.into(),
+                    reason: format!("{err:#}"),
+                };
+            }
+        }
+        let took = began.elapsed().as_secs_f64();
+        let mut start = sample
+            .start_to_first_ms
+            .map_or(String::new(), |ms| format!(", start {ms:.0} ms"));
+        if let Some(others) = sample.others_on_proxy_cpu_percent {
+            let _ = write!(start, ", others on its CPU {others:.0}%");
+        }
+        if let Some(steal) = sample.steal_percent.filter(|s| *s >= 1.0) {
+            let _ = write!(start, ", steal {steal:.0}%");
+        }
+        match &sample.outcome {
+            Outcome::Wrk(r) => eprintln!(
+                "{:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, CPU {}%, {} errors{start} ({took:.0} s)",
+                r.requests_per_sec,
+                r.p50_ms,
+                r.p99_ms,
+                sample.proxy_cpu_percent.map_or("-".into(), |c| format!("{c:.0}")),
+                r.errors()
+            ),
+            Outcome::FixedRate(r) => eprintln!(
+                "{:.0}/{} req/s, p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, {} errors{start} ({took:.0} s)",
+                r.achieved_rate, r.target_rate, r.p50_ms, r.p99_ms, r.p999_ms, r.errors
+            ),
+            Outcome::Failed { reason, .. } => eprintln!("FAILED: {reason}"),
+        }
+        Ok(sample)
+    }
+
+    fn try_measure(
+        &mut self,
+        mode: Mode,
+        peer: Peer,
+        rate: Option<u64>,
+        sample: &mut Sample,
+    ) -> anyhow::Result<Outcome> {
+        self.backend.check_running().context("the backend")?;
+        let mut running = self.start(mode, peer)?;
+        sample.start_to_first_ms = running.start_to_first.map(|d| d.as_secs_f64() * 1000.0);
+        if matches!(peer, Peer::Gateway | Peer::GatewayLarge) {
+            if let Some(process) = &running.process {
+                sample.gateway_start_log_ms = gateway_took_ms(&process.log_tail(50));
+            }
+        }
+        let load_cpus = match mode {
+            Mode::OneCore => Some(self.layout.load.clone()),
+            Mode::AllCores => None,
+        };
+        let warmup = Duration::from_secs(self.args.warmup_secs);
+        let duration = Duration::from_secs(self.args.duration_secs);
+        let connections = self.args.connections as usize;
+        let outcome = match rate {
+            None => {
+                let wrk = self.wrk.as_ref().context("wrk is not installed")?;
+                let mut settings = WrkSettings {
+                    wrk: &wrk.path,
+                    addr: running.addr,
+                    threads: wrk_threads(mode, &self.layout),
+                    connections,
+                    duration: warmup,
+                    cpus: load_cpus.as_deref(),
+                };
+                if !warmup.is_zero() {
+                    gateway_load::wrk(&settings).context("warming up with wrk")?;
+                }
+                settings.duration = duration;
+                let before = self.usage(&running);
+                let result = gateway_load::wrk(&settings)?;
+                self.note_usage(mode, &running, sample, before);
+                Outcome::Wrk(result)
+            }
+            Some(rate) => {
+                let settings = RateSettings {
+                    addr: running.addr,
+                    rate,
+                    connections,
+                    warmup,
+                    duration,
+                    cpus: load_cpus,
+                };
+                let before = self.usage(&running);
+                let result = gateway_load::fixed_rate(&settings)?;
+                self.note_usage(mode, &running, sample, before);
+                Outcome::FixedRate(result)
+            }
+        };
+        if let Some(mut process) = running.process.take() {
+            process
+                .check_running()
+                .context("the proxy died under load")?;
+            let ended = process.stop();
+            tracing::debug!(peer = peer.name(), %ended, "proxy stopped");
+        }
+        Ok(outcome)
+    }
+
+    fn usage(&self, running: &Running) -> Before {
+        let proxy = running
+            .process
+            .as_ref()
+            .map_or(Usage::default(), Process::usage);
+        Before {
+            proxy,
+            backend: self.backend.usage(),
+            cpus: peers::cpu_times(),
+            at: Instant::now(),
+        }
+    }
+
+    fn note_usage(&self, mode: Mode, running: &Running, sample: &mut Sample, before: Before) {
+        let wall = before.at.elapsed().as_secs_f64();
+        let ticks = peers::clock_ticks();
+        let backend = self.backend.usage();
+        sample.backend_cpu_percent =
+            Some(100.0 * (backend.cpu_secs - before.backend.cpu_secs) / wall);
+        let cpus = peers::cpu_times();
+        let delta = |cpu: usize, f: fn(&CpuTimes) -> u64| {
+            let now = cpus.get(cpu).map_or(0, f);
+            let then = before.cpus.get(cpu).map_or(0, f);
+            now.saturating_sub(then) as f64 / ticks
+        };
+        let (steal, total): (f64, f64) = self
+            .layout
+            .allowed
+            .iter()
+            .map(|&cpu| (delta(cpu, |t| t.steal), delta(cpu, |t| t.total)))
+            .fold((0.0, 0.0), |(s, t), (ds, dt)| (s + ds, t + dt));
+        if total > 0.0 {
+            sample.steal_percent = Some(100.0 * steal / total);
+        }
+        if let Some(process) = &running.process {
+            let after = process.usage();
+            let proxy_secs = after.cpu_secs - before.proxy.cpu_secs;
+            sample.proxy_cpu_percent = Some(100.0 * proxy_secs / wall);
+            sample.peak_rss_mib = Some(after.peak_rss_bytes as f64 / (1024.0 * 1024.0));
+            sample.rss_mib = Some(after.rss_bytes as f64 / (1024.0 * 1024.0));
+            if mode == Mode::OneCore && self.layout.proxy != self.layout.load {
+                let busy = delta(self.layout.proxy[0], |t| t.busy);
+                sample.others_on_proxy_cpu_percent =
+                    Some((100.0 * (busy - proxy_secs) / wall).max(0.0));
+            }
+        }
+    }
+
+    /// Starts `peer` for `mode` on a fresh port and waits for its first proxied 200.
+    fn start(&mut self, mode: Mode, peer: Peer) -> anyhow::Result<Running> {
+        if peer == Peer::Direct {
+            return Ok(Running {
+                process: None,
+                addr: self.backend_addr,
+                start_to_first: None,
+            });
+        }
+        self.starts += 1;
+        let port = peers::free_port()?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let dir = self
+            .dir
+            .join(format!("{}-{}-{}", peer.name(), mode.name(), self.starts));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let one = match mode {
+            Mode::OneCore => Some(1u16),
+            Mode::AllCores => None,
+        };
+        let backend_port = self.backend_addr.port();
+        let command = match peer {
+            Peer::Direct => unreachable!("handled above"),
+            Peer::Nginx => {
+                let conf = dir.join("nginx.conf");
+                peers::write_file(&conf, &peers::nginx_conf(&dir, port, backend_port, one))?;
+                peers::nginx_command(&self.nginx.path, &dir, &conf)
+            }
+            Peer::Haproxy => {
+                let haproxy = self.haproxy.as_ref().context("haproxy is not installed")?;
+                let conf = dir.join("haproxy.cfg");
+                peers::write_file(&conf, &peers::haproxy_conf(port, backend_port, one))?;
+                let mut command = Command::new(&haproxy.path);
+                command.arg("-db").arg("-f").arg(&conf);
+                command
+            }
+            Peer::Gateway | Peer::GatewayLarge => {
+                let state = match peer {
+                    Peer::Gateway => self.small_state.clone(),
+                    _ => self
+                        .large_state
+                        .clone()
+                        .context("no large table was written")?,
+                };
+                self.gateway_command(addr, &state, one)?
+            }
+        };
+        let cpus = match mode {
+            Mode::OneCore => Some(self.layout.proxy.as_slice()),
+            Mode::AllCores => None,
+        };
+        let spawned = Instant::now();
+        let mut process = Process::start(peer.name(), command, cpus, dir.join("output.log"))?;
+        let took = peers::first_proxied(
+            &mut process,
+            addr,
+            spawned,
+            Duration::from_secs(self.args.start_timeout_secs),
+        )?;
+        Ok(Running {
+            process: Some(process),
+            addr,
+            start_to_first: Some(took),
+        })
+    }
+
+    fn gateway_command(
+        &self,
+        listen: SocketAddr,
+        state: &Path,
+        workers: Option<u16>,
+    ) -> anyhow::Result<Command> {
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, peers::free_port()?));
+        let mut command = Command::new(&self.switchyard);
+        // The gateway's settings come from these flags alone, not from the caller's
+        // environment (SWITCHYARD_GATEWAY_ORCHESTRATORS, say).
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SWITCHYARD_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .env("SWITCHYARD_LOG", "info")
+            .env("NO_COLOR", "1")
+            .arg("gateway")
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--state-dir")
+            .arg(state);
+        if let Some(workers) = workers {
+            command.arg("--workers").arg(workers.to_string());
+        }
+        Ok(command)
+    }
+}
+
+/// `took_ms` of the gateway's "gateway listening" log line.
+fn gateway_took_ms(log: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains("gateway listening"))?;
+    let clean = strip_ansi(line);
+    let rest = &clean[clean.find("took_ms=")? + "took_ms=".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateways_start_time_is_read_from_its_log() {
+        let log = "2026-01-01T00:00:00Z  INFO gateway: gateway listening proxy=127.0.0.1:1 admin=127.0.0.1:2 table.version=1 routes=1000000 from_disk=true took_ms=812\n";
+        assert_eq!(gateway_took_ms(log), Some(812.0));
+        let coloured = "\u{1b}[32m INFO\u{1b}[0m gateway listening \u{1b}[3mtook_ms\u{1b}[0m\u{1b}[2m=\u{1b}[0m45";
+        assert_eq!(gateway_took_ms(coloured), Some(45.0));
+        assert_eq!(gateway_took_ms("nothing"), None);
+    }
+
+    #[test]
+    fn the_layout_separates_load_proxy_and_backend_when_it_can() {
+        let two = Layout::new(vec![0, 1]);
+        assert_eq!(
+            (two.load, two.proxy, two.backend),
+            (vec![0], vec![1], vec![0])
+        );
+        let four = Layout::new(vec![2, 3, 5, 7]);
+        assert_eq!(
+            (four.load, four.proxy, four.backend),
+            (vec![2], vec![3], vec![5])
+        );
+        let one = Layout::new(vec![0]);
+        assert_eq!(
+            (one.load, one.proxy, one.backend),
+            (vec![0], vec![0], vec![0])
+        );
+    }
+}

@@ -1,0 +1,580 @@
+//! What `bench gateway` records per run, and what it prints: the medians per peer, their
+//! ratios to nginx measured in the same run, and the targets.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::gateway_load::{RateResult, WrkResult};
+use super::report::median;
+
+/// The peer every ratio is taken against.
+pub const REFERENCE: &str = "nginx";
+
+/// One proxy process's life under one kind of load.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub mode: String,
+    pub run: usize,
+    pub peer: String,
+    /// Routes the peer knows (the gateway: in its table).
+    pub routes: usize,
+    /// From spawning the process to the first 200 proxied through it.
+    pub start_to_first_ms: Option<f64>,
+    /// How long the gateway says it took to load its snapshot and bind (its log).
+    pub gateway_start_log_ms: Option<f64>,
+    /// Peak resident set of the proxy's processes at the end of the load (VmHWM).
+    pub peak_rss_mib: Option<f64>,
+    /// Resident set at the end of the load (VmRSS).
+    pub rss_mib: Option<f64>,
+    /// CPU time of the proxy's processes over the load's wall time, in % of one CPU.
+    pub proxy_cpu_percent: Option<f64>,
+    /// Likewise for the backend.
+    pub backend_cpu_percent: Option<f64>,
+    /// One-core mode: CPU time used on the proxy's CPU by anything but the proxy (other
+    /// users of the machine, interrupts), in % of that CPU.
+    pub others_on_proxy_cpu_percent: Option<f64>,
+    /// Time the hypervisor gave to other guests, in % of all CPUs.
+    pub steal_percent: Option<f64>,
+    /// The 1-minute load average when the load began.
+    pub load_average: Option<f64>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Wrk(WrkResult),
+    FixedRate(RateResult),
+    Failed { load: String, reason: String },
+}
+
+impl Sample {
+    fn wrk(&self) -> Option<&WrkResult> {
+        match &self.outcome {
+            Outcome::Wrk(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn rate(&self) -> Option<&RateResult> {
+        match &self.outcome {
+            Outcome::FixedRate(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn errors(&self) -> u64 {
+        match &self.outcome {
+            Outcome::Wrk(r) => r.errors(),
+            Outcome::FixedRate(r) => r.errors,
+            Outcome::Failed { .. } => 0,
+        }
+    }
+}
+
+/// A peer that was not run at all, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub peer: String,
+    pub reason: String,
+}
+
+/// One row: a peer's medians in one CPU mode.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Row {
+    pub mode: String,
+    pub peer: String,
+    pub routes: usize,
+    pub wrk_runs: usize,
+    pub rate_runs: usize,
+    pub failed_runs: usize,
+    pub errors: u64,
+    pub wrk_errors: u64,
+    pub rate_errors: u64,
+    pub requests_per_sec: Option<f64>,
+    pub requests_per_sec_vs_nginx: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub p99_vs_nginx: Option<f64>,
+    pub proxy_cpu_percent: Option<f64>,
+    pub wrk_cpu_percent: Option<f64>,
+    pub backend_cpu_percent: Option<f64>,
+    /// Medians of [`Sample::others_on_proxy_cpu_percent`] under wrk and at the fixed rate.
+    pub others_percent: Option<f64>,
+    pub rate_others_percent: Option<f64>,
+    pub steal_percent: Option<f64>,
+    pub rate: Option<u64>,
+    pub rate_achieved: Option<f64>,
+    pub rate_p50_ms: Option<f64>,
+    pub rate_p90_ms: Option<f64>,
+    pub rate_p99_ms: Option<f64>,
+    pub rate_p999_ms: Option<f64>,
+    pub rate_max_ms: Option<f64>,
+    pub rate_p99_vs_nginx: Option<f64>,
+    pub rate_send_delay_p99_ms: Option<f64>,
+    pub rate_pacer_late_p99_ms: Option<f64>,
+    pub rate_generator_cpu_percent: Option<f64>,
+    pub rate_proxy_cpu_percent: Option<f64>,
+    pub start_to_first_ms: Option<f64>,
+    pub peak_rss_mib: Option<f64>,
+    /// Per run (in run order): requests/s, and its ratio to nginx's in the same run.
+    pub per_run_requests_per_sec: Vec<(usize, f64, Option<f64>)>,
+    pub skipped: Option<String>,
+}
+
+fn med(values: impl Iterator<Item = f64>) -> Option<f64> {
+    median(values.collect())
+}
+
+fn ratio(own: Option<f64>, reference: Option<f64>) -> Option<f64> {
+    match (own, reference) {
+        (Some(own), Some(reference)) if reference > 0.0 => Some(own / reference),
+        _ => None,
+    }
+}
+
+/// The rows of one mode, peers in the order given.
+pub fn summarise(
+    mode: &str,
+    peers: &[(String, usize)],
+    samples: &[Sample],
+    skipped: &[Skipped],
+) -> Vec<Row> {
+    let of = |peer: &str| -> Vec<&Sample> {
+        samples
+            .iter()
+            .filter(|s| s.mode == mode && s.peer == peer)
+            .collect()
+    };
+    let mut rows: Vec<Row> = peers
+        .iter()
+        .map(|(peer, routes)| {
+            let all = of(peer);
+            let wrk: Vec<(&Sample, &WrkResult)> =
+                all.iter().filter_map(|s| Some((*s, s.wrk()?))).collect();
+            let rate: Vec<&RateResult> = all.iter().filter_map(|s| s.rate()).collect();
+            // Memory under the heaviest load: the closed-loop runs when there are any.
+            let memory: Vec<&Sample> = if wrk.is_empty() {
+                all.clone()
+            } else {
+                wrk.iter().map(|(s, _)| *s).collect()
+            };
+            Row {
+                mode: mode.to_string(),
+                peer: peer.clone(),
+                routes: *routes,
+                wrk_runs: wrk.len(),
+                rate_runs: rate.len(),
+                failed_runs: all
+                    .iter()
+                    .filter(|s| matches!(s.outcome, Outcome::Failed { .. }))
+                    .count(),
+                errors: all.iter().map(|s| s.errors()).sum(),
+                wrk_errors: wrk.iter().map(|(_, r)| r.errors()).sum(),
+                rate_errors: rate.iter().map(|r| r.errors).sum(),
+                requests_per_sec: med(wrk.iter().map(|(_, r)| r.requests_per_sec)),
+                p50_ms: med(wrk.iter().map(|(_, r)| r.p50_ms)),
+                p99_ms: med(wrk.iter().map(|(_, r)| r.p99_ms)),
+                proxy_cpu_percent: med(wrk.iter().filter_map(|(s, _)| s.proxy_cpu_percent)),
+                wrk_cpu_percent: med(wrk.iter().map(|(_, r)| r.wrk_cpu_percent)),
+                backend_cpu_percent: med(wrk.iter().filter_map(|(s, _)| s.backend_cpu_percent)),
+                others_percent: med(wrk
+                    .iter()
+                    .filter_map(|(s, _)| s.others_on_proxy_cpu_percent)),
+                rate_others_percent: med(all
+                    .iter()
+                    .filter(|s| s.rate().is_some())
+                    .filter_map(|s| s.others_on_proxy_cpu_percent)),
+                steal_percent: med(all.iter().filter_map(|s| s.steal_percent)),
+                rate: rate.first().map(|r| r.target_rate),
+                rate_achieved: med(rate.iter().map(|r| r.achieved_rate)),
+                rate_p50_ms: med(rate.iter().map(|r| r.p50_ms)),
+                rate_p90_ms: med(rate.iter().map(|r| r.p90_ms)),
+                rate_p99_ms: med(rate.iter().map(|r| r.p99_ms)),
+                rate_p999_ms: med(rate.iter().map(|r| r.p999_ms)),
+                rate_max_ms: med(rate.iter().map(|r| r.max_ms)),
+                rate_send_delay_p99_ms: med(rate.iter().map(|r| r.send_delay_p99_ms)),
+                rate_pacer_late_p99_ms: med(rate.iter().map(|r| r.pacer_late_p99_ms)),
+                rate_generator_cpu_percent: med(rate.iter().map(|r| r.generator_cpu_percent)),
+                rate_proxy_cpu_percent: med(all
+                    .iter()
+                    .filter(|s| s.rate().is_some())
+                    .filter_map(|s| s.proxy_cpu_percent)),
+                start_to_first_ms: med(all.iter().filter_map(|s| s.start_to_first_ms)),
+                peak_rss_mib: med(memory.iter().filter_map(|s| s.peak_rss_mib)),
+                per_run_requests_per_sec: wrk
+                    .iter()
+                    .map(|(s, r)| (s.run, r.requests_per_sec, None))
+                    .collect(),
+                skipped: skipped
+                    .iter()
+                    .find(|s| &s.peer == peer)
+                    .map(|s| s.reason.clone()),
+                ..Row::default()
+            }
+        })
+        .collect();
+    let reference = rows.iter().find(|r| r.peer == REFERENCE).cloned();
+    let reference_run = |run: usize| {
+        samples
+            .iter()
+            .filter(|s| s.mode == mode && s.peer == REFERENCE && s.run == run)
+            .find_map(|s| s.wrk().map(|r| r.requests_per_sec))
+    };
+    for row in &mut rows {
+        if let Some(reference) = &reference {
+            row.requests_per_sec_vs_nginx = ratio(row.requests_per_sec, reference.requests_per_sec);
+            row.p99_vs_nginx = ratio(row.p99_ms, reference.p99_ms);
+            row.rate_p99_vs_nginx = ratio(row.rate_p99_ms, reference.rate_p99_ms);
+        }
+        for (run, rps, vs) in &mut row.per_run_requests_per_sec {
+            *vs = ratio(Some(*rps), reference_run(*run));
+        }
+    }
+    rows
+}
+
+/// A target, and how this run did against it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub mode: String,
+    pub target: String,
+    pub result: String,
+    /// `None`: not measured in this run.
+    pub met: Option<bool>,
+}
+
+/// The targets, from the rows of one mode. `gateway` and `gateway-large` are
+/// the peer names of the gateway with one route and with the large table.
+pub fn targets(mode: &str, rows: &[Row]) -> Vec<Target> {
+    let find = |peer: &str| rows.iter().find(|r| r.peer == peer);
+    let mut out = Vec::new();
+    let mut push = |target: String, result: String, met: Option<bool>| {
+        out.push(Target {
+            mode: mode.to_string(),
+            target,
+            result,
+            met,
+        })
+    };
+    let x = |v: Option<f64>| v.map_or("not measured".to_string(), |v| format!("{v:.2}x"));
+    for peer in ["gateway", "gateway-large"] {
+        let Some(row) = find(peer) else { continue };
+        let label = if peer == "gateway" {
+            "gateway (1 route)".to_string()
+        } else {
+            format!("gateway ({} routes)", row.routes)
+        };
+        push(
+            format!("{label}: requests/s >= 1.1x nginx's"),
+            x(row.requests_per_sec_vs_nginx),
+            row.requests_per_sec_vs_nginx.map(|v| v >= 1.1),
+        );
+        push(
+            format!("{label}: p99 (wrk) <= nginx's"),
+            format!(
+                "{} ({} ms against {} ms)",
+                x(row.p99_vs_nginx),
+                ms(row.p99_ms),
+                ms(find(REFERENCE).and_then(|r| r.p99_ms))
+            ),
+            row.p99_vs_nginx.map(|v| v <= 1.0),
+        );
+        push(
+            format!("{label}: p99 at a fixed rate <= nginx's"),
+            format!(
+                "{} ({} ms against {} ms)",
+                x(row.rate_p99_vs_nginx),
+                ms(row.rate_p99_ms),
+                ms(find(REFERENCE).and_then(|r| r.rate_p99_ms))
+            ),
+            row.rate_p99_vs_nginx.map(|v| v <= 1.0),
+        );
+    }
+    if let (Some(small), Some(large)) = (find("gateway"), find("gateway-large")) {
+        let same = ratio(large.requests_per_sec, small.requests_per_sec);
+        push(
+            format!(
+                "gateway: {} routes as fast as 1 (requests/s ratio >= 0.95)",
+                large.routes
+            ),
+            x(same),
+            same.map(|v| v >= 0.95),
+        );
+        push(
+            format!("gateway: peak RSS with {} routes < 400 MB", large.routes),
+            large.peak_rss_mib.map_or("not measured".into(), |mib| {
+                format!("{:.0} MB ({mib:.0} MiB)", mib * 1.048_576)
+            }),
+            large.peak_rss_mib.map(|mib| mib * 1.048_576 < 400.0),
+        );
+        push(
+            format!(
+                "gateway: process start to first proxied request with {} routes < 1 s",
+                large.routes
+            ),
+            large
+                .start_to_first_ms
+                .map_or("not measured".into(), |v| format!("{v:.0} ms")),
+            large.start_to_first_ms.map(|v| v < 1000.0),
+        );
+    }
+    out
+}
+
+fn ms(value: Option<f64>) -> String {
+    value.map_or("-".into(), |v| format!("{v:.3}"))
+}
+
+fn num(value: Option<f64>, decimals: usize) -> String {
+    value.map_or("-".into(), |v| format!("{v:.decimals$}"))
+}
+
+fn times(value: Option<f64>) -> String {
+    value.map_or("-".into(), |v| format!("{v:.2}x"))
+}
+
+fn status(row: &Row, runs: usize) -> String {
+    if let Some(reason) = &row.skipped {
+        return format!("SKIPPED: {reason}");
+    }
+    let done = row.wrk_runs + row.rate_runs;
+    match (done, row.failed_runs, row.errors) {
+        (0, 0, _) => "not run".into(),
+        (0, _, _) => format!("FAILED: none of {} runs reported", row.failed_runs),
+        (_, 0, 0) => format!("ok ({runs} runs)"),
+        (_, 0, e) => format!("{e} ERRORS"),
+        (_, f, _) => format!("FAILED {f} runs (medians over the others)"),
+    }
+}
+
+/// The closed-loop table of one mode.
+pub fn wrk_table(rows: &[Row], runs: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<15} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>9} {:>8} {:>7}  STATUS",
+        "PEER",
+        "ROUTES",
+        "REQ/S",
+        "vs nginx",
+        "p50 ms",
+        "p99 ms",
+        "vs nginx",
+        "CPU%",
+        "wrk%",
+        "bknd%",
+        "othr%",
+        "START ms",
+        "RSS MiB",
+        "ERRORS"
+    );
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "{:<15} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>9} {:>8} {:>7}  {}",
+            row.peer,
+            row.routes,
+            num(row.requests_per_sec, 0),
+            times(row.requests_per_sec_vs_nginx),
+            ms(row.p50_ms),
+            ms(row.p99_ms),
+            times(row.p99_vs_nginx),
+            num(row.proxy_cpu_percent, 0),
+            num(row.wrk_cpu_percent, 0),
+            num(row.backend_cpu_percent, 0),
+            num(row.others_percent, 0),
+            num(row.start_to_first_ms, 1),
+            num(row.peak_rss_mib, 1),
+            row.wrk_errors,
+            status(row, runs)
+        );
+    }
+    out
+}
+
+/// The fixed-rate table of one mode.
+pub fn rate_table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<15} {:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>6} {:>6} {:>6} {:>7}",
+        "PEER",
+        "ROUTES",
+        "RATE",
+        "ACHIEVED",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "vs nginx",
+        "wait p99",
+        "pacer p99",
+        "CPU%",
+        "gen%",
+        "othr%",
+        "ERRORS"
+    );
+    for row in rows.iter().filter(|r| r.rate_runs > 0) {
+        let _ = writeln!(
+            out,
+            "{:<15} {:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>6} {:>6} {:>6} {:>7}",
+            row.peer,
+            row.routes,
+            row.rate.map_or("-".into(), |r| r.to_string()),
+            num(row.rate_achieved, 0),
+            ms(row.rate_p50_ms),
+            ms(row.rate_p90_ms),
+            ms(row.rate_p99_ms),
+            ms(row.rate_p999_ms),
+            ms(row.rate_max_ms),
+            times(row.rate_p99_vs_nginx),
+            ms(row.rate_send_delay_p99_ms),
+            ms(row.rate_pacer_late_p99_ms),
+            num(row.rate_proxy_cpu_percent, 0),
+            num(row.rate_generator_cpu_percent, 0),
+            num(row.rate_others_percent, 0),
+            row.rate_errors,
+        );
+    }
+    out
+}
+
+/// Requests/s per run with the same-run ratio to nginx.
+pub fn per_run(rows: &[Row]) -> String {
+    let mut out = String::new();
+    for row in rows
+        .iter()
+        .filter(|r| !r.per_run_requests_per_sec.is_empty())
+    {
+        let runs: Vec<String> = row
+            .per_run_requests_per_sec
+            .iter()
+            .map(|(run, rps, vs)| match vs {
+                Some(vs) => format!("run {run}: {rps:.0} ({vs:.2}x)"),
+                None => format!("run {run}: {rps:.0}"),
+            })
+            .collect();
+        let _ = writeln!(out, "  {:<15} {}", row.peer, runs.join(", "));
+    }
+    out
+}
+
+pub fn targets_text(targets: &[Target]) -> String {
+    let mut out = String::new();
+    for t in targets {
+        let verdict = match t.met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            out,
+            "  [{verdict:>12}] {}: {} -> {}",
+            t.mode, t.target, t.result
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wrk_sample(run: usize, peer: &str, rps: f64, p99: f64) -> Sample {
+        Sample {
+            mode: "one-core".into(),
+            run,
+            peer: peer.into(),
+            routes: 1,
+            start_to_first_ms: Some(10.0),
+            gateway_start_log_ms: None,
+            peak_rss_mib: Some(20.0),
+            rss_mib: Some(15.0),
+            proxy_cpu_percent: Some(99.0),
+            backend_cpu_percent: Some(30.0),
+            others_on_proxy_cpu_percent: None,
+            steal_percent: None,
+            load_average: None,
+            outcome: Outcome::Wrk(WrkResult {
+                requests_per_sec: rps,
+                p99_ms: p99,
+                ..WrkResult::default()
+            }),
+        }
+    }
+
+    fn rate_sample(run: usize, peer: &str, p99: f64) -> Sample {
+        Sample {
+            outcome: Outcome::FixedRate(RateResult {
+                target_rate: 1000,
+                p99_ms: p99,
+                ..RateResult::default()
+            }),
+            ..wrk_sample(run, peer, 0.0, 0.0)
+        }
+    }
+
+    #[test]
+    fn rows_take_medians_and_ratios_to_nginx_of_the_same_mode() {
+        let samples = vec![
+            wrk_sample(1, "nginx", 100.0, 2.0),
+            wrk_sample(2, "nginx", 200.0, 4.0),
+            wrk_sample(3, "nginx", 300.0, 6.0),
+            wrk_sample(1, "gateway", 220.0, 2.0),
+            wrk_sample(2, "gateway", 330.0, 3.0),
+            wrk_sample(3, "gateway", 10.0, 9.0),
+            rate_sample(1, "nginx", 1.0),
+            rate_sample(1, "gateway", 0.5),
+            Sample {
+                mode: "all-cores".into(),
+                ..wrk_sample(1, "nginx", 1.0, 1.0)
+            },
+        ];
+        let peers = vec![("nginx".to_string(), 1), ("gateway".to_string(), 1)];
+        let rows = summarise("one-core", &peers, &samples, &[]);
+        assert_eq!(rows[0].requests_per_sec, Some(200.0));
+        assert_eq!(rows[1].requests_per_sec, Some(220.0));
+        assert_eq!(rows[1].requests_per_sec_vs_nginx, Some(1.1));
+        assert_eq!(rows[1].p99_vs_nginx, Some(0.75));
+        assert_eq!(rows[1].rate_p99_vs_nginx, Some(0.5));
+        assert_eq!((rows[1].wrk_runs, rows[1].rate_runs), (3, 1));
+        assert_eq!(rows[1].per_run_requests_per_sec[0], (1, 220.0, Some(2.2)));
+        let targets = targets("one-core", &rows);
+        assert_eq!(targets[0].met, Some(true), "{targets:?}");
+        assert_eq!(targets[1].met, Some(true));
+        assert_eq!(targets[2].met, Some(true));
+        let text = wrk_table(&rows, 3);
+        assert!(text.contains("1.10x"), "{text}");
+        assert!(rate_table(&rows).contains("0.50x"));
+    }
+
+    #[test]
+    fn large_table_targets_compare_with_the_one_route_gateway() {
+        let mut large = wrk_sample(1, "gateway-large", 95.0, 1.0);
+        large.routes = 1_000_000;
+        large.peak_rss_mib = Some(390.0);
+        large.start_to_first_ms = Some(900.0);
+        let samples = vec![
+            wrk_sample(1, "nginx", 100.0, 1.0),
+            wrk_sample(1, "gateway", 100.0, 1.0),
+            large,
+        ];
+        let peers = vec![
+            ("nginx".to_string(), 1),
+            ("gateway".to_string(), 1),
+            ("gateway-large".to_string(), 1_000_000),
+        ];
+        let rows = summarise("one-core", &peers, &samples, &[]);
+        let targets = targets("one-core", &rows);
+        let get = |needle: &str| targets.iter().find(|t| t.target.contains(needle)).unwrap();
+        assert_eq!(get("as fast as 1").met, Some(true));
+        // 390 MiB is 409 MB.
+        assert_eq!(get("peak RSS").met, Some(false));
+        assert_eq!(get("first proxied").met, Some(true));
+        assert_eq!(get("fixed rate").met, None);
+    }
+}
