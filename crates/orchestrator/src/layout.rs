@@ -142,27 +142,29 @@ impl Layout {
         zk.ensure_path(&self.members()).await?;
         zk.ensure_path(&self.shards()).await?;
         zk.ensure_path(&format!("{}/domains", self.root)).await?;
-        let folders = (0..shards).flat_map(|s| {
-            let shard = self.shard(ShardId(s));
-            [
-                shard.clone(),
-                format!("{shard}/apps"),
-                format!("{}/domains/{}", self.root, ShardId(s)),
-            ]
-        });
         let empty_health =
             serde_json::to_vec(&crate::state::ShardHealth::default()).expect("health serialises");
-        let health = (0..shards).map(|s| Op::Create {
-            path: self.health(ShardId(s)),
-            payload: empty_health.clone(),
-            mode: CreateMode::Persistent,
-        });
-        let folders = folders.map(|path| Op::Create {
+        let folder = |path: String| Op::Create {
             path,
             payload: Vec::new(),
             mode: CreateMode::Persistent,
+        };
+        // One group per shard, parents before children: a multi applies its operations
+        // in order, while separate multis can reach ZooKeeper in any order.
+        let groups = (0..shards).map(|s| {
+            let shard = self.shard(ShardId(s));
+            vec![
+                folder(shard.clone()),
+                folder(format!("{shard}/apps")),
+                Op::Create {
+                    path: self.health(ShardId(s)),
+                    payload: empty_health.clone(),
+                    mode: CreateMode::Persistent,
+                },
+                folder(format!("{}/domains/{}", self.root, ShardId(s))),
+            ]
         });
-        let outcome = zk.write_many(folders.chain(health)).await;
+        let outcome = zk.write_groups(groups).await;
         // Another orchestrator creating the region at the same time is fine.
         if let Some(refused) = outcome.failed.iter().find(|r| !r.error.is_node_exists()) {
             return Err(refused.error.clone().into());

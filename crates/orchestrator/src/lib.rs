@@ -198,6 +198,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         let router = api::router(Arc::clone(&shared));
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
+            // No Nagle delay: a route delta is one small write that must leave at once.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.wait_for(|s| *s).await;

@@ -374,3 +374,38 @@ fn metrics_export_the_layer_and_the_servers_size_figures() {
         orch.stop().await;
     });
 }
+
+#[test]
+fn a_new_region_is_created_whole_every_time() {
+    // Parents and children used to go out in separate multis that could land in any
+    // order: about one creation in four failed on a child before its parent.
+    let zk = testkit::Zk::standalone();
+    runtime().block_on(async {
+        let client = coord::Zk::connect(coord::Config::new(zk.connect_string()))
+            .await
+            .unwrap();
+        for region in ["r1", "r2", "r3", "r4"] {
+            let layout = orchestrator::Layout::new(region)
+                .open(&client, 1024)
+                .await
+                .unwrap();
+            assert_eq!(layout.shard_count(), 1024);
+            let shards = client.children(&layout.shards()).await.unwrap();
+            assert_eq!(shards.len(), 1024, "{region}");
+            for shard in ["0000", "0511", "1023"] {
+                let mut children = client
+                    .children(&format!("{}/{shard}", layout.shards()))
+                    .await
+                    .unwrap();
+                children.sort();
+                assert_eq!(children, ["apps", "health"], "{region}/{shard}");
+            }
+            // Opening an existing region reads its shard count, whatever is asked.
+            let again = orchestrator::Layout::new(region)
+                .open(&client, 16)
+                .await
+                .unwrap();
+            assert_eq!(again.shard_count(), 1024);
+        }
+    });
+}
