@@ -115,6 +115,17 @@ pub struct Args {
     /// Do not install missing tools (nginx, haproxy, wrk) with apt-get; skip what needs them.
     #[arg(long)]
     no_install: bool,
+    /// A sample during which other processes used more than this much CPU (in % of one
+    /// CPU: a shared machine) is measured again, up to --attempts times; before each
+    /// attempt the benchmark waits (up to --quiet-wait-secs) until they use less.
+    #[arg(long, default_value_t = 10.0)]
+    max_others_percent: f64,
+    /// See --max-others-percent.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=10))]
+    attempts: u64,
+    /// See --max-others-percent.
+    #[arg(long, default_value_t = 600)]
+    quiet_wait_secs: u64,
     /// Give up on a proxy that does not proxy its first request within this many seconds.
     #[arg(long, default_value_t = 60)]
     start_timeout_secs: u64,
@@ -314,13 +325,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let began = Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
+    let mut discarded: Vec<Sample> = Vec::new();
     let mut rates: Vec<(Mode, u64)> = Vec::new();
     for &mode in &modes {
         if bench.wrk.is_some() {
             for run in 1..=args.runs as usize {
                 for &peer in &runnable {
                     peers::check_interrupted()?;
-                    samples.push(bench.measure(mode, run, peer, None)?);
+                    samples.push(bench.measure(mode, run, peer, None, &mut discarded)?);
                 }
             }
         }
@@ -341,14 +353,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         for run in 1..=args.runs as usize {
             for &peer in &runnable {
                 peers::check_interrupted()?;
-                samples.push(bench.measure(mode, run, peer, Some(rate))?);
+                samples.push(bench.measure(mode, run, peer, Some(rate), &mut discarded)?);
             }
         }
     }
     eprintln!(
-        "bench: {} proxy starts, {} measured loads in {:.0} s",
+        "bench: {} proxy starts, {} measured loads ({} more discarded as disturbed) in {:.0} s",
         bench.starts,
         samples.len(),
+        discarded.len(),
         began.elapsed().as_secs_f64()
     );
     let backend_ended = bench.backend.check_running();
@@ -372,7 +385,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.runs, args.connections, args.duration_secs, args.warmup_secs
     );
     for &mode in &modes {
-        let rows = report::summarise(mode.name(), &peer_rows, &samples, &skipped);
+        let rows = report::summarise(mode.name(), &peer_rows, &samples, &discarded, &skipped);
         let _ = writeln!(text, "\n== {} ==\n{}", mode.name(), describe(mode, &bench));
         if bench.wrk.is_some() {
             let _ = writeln!(
@@ -414,6 +427,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "duration_secs": args.duration_secs,
                 "warmup_secs": args.warmup_secs,
                 "connections": args.connections,
+                "max_others_percent": args.max_others_percent,
+                "attempts": args.attempts,
                 "rates": rates.iter().map(|(m, r)| (m.name(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
                 "routes": args.routes,
                 "peers": peer_list.iter().map(|p| p.name()).collect::<Vec<_>>(),
@@ -429,6 +444,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "skipped": skipped,
             "notes": notes,
             "samples": samples,
+            "discarded": discarded,
             "summary": all_rows,
             "targets": all_targets,
         });
@@ -571,14 +587,95 @@ struct Running {
 }
 
 impl Bench<'_> {
-    /// One start of `peer`, loaded by wrk (`rate` None) or at a fixed rate; a failure
-    /// is recorded, not returned (an interruption is returned).
+    /// [`Bench::measure_once`] on a quiet machine: waits until other processes leave
+    /// the CPUs alone, and measures again (up to --attempts) when they did not during
+    /// the sample; the disturbed samples go to `discarded`.
     fn measure(
         &mut self,
         mode: Mode,
         run: usize,
         peer: Peer,
         rate: Option<u64>,
+        discarded: &mut Vec<Sample>,
+    ) -> anyhow::Result<Sample> {
+        let attempts = self.args.attempts as usize;
+        for attempt in 1..=attempts {
+            self.wait_for_quiet()?;
+            let mut sample = self.measure_once(mode, run, peer, rate, attempt)?;
+            let others = sample.others_percent.unwrap_or(0.0);
+            sample.disturbed = others > self.args.max_others_percent;
+            if sample.disturbed && attempt < attempts {
+                eprintln!(
+                    "bench:   disturbed: other processes used {others:.0}% of a CPU (over --max-others-percent {}); measuring again",
+                    self.args.max_others_percent
+                );
+                discarded.push(sample);
+                continue;
+            }
+            return Ok(sample);
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Waits until tasks other than the backend and this benchmark use at most
+    /// --max-others-percent of a CPU over a second, for at most --quiet-wait-secs.
+    fn wait_for_quiet(&self) -> anyhow::Result<()> {
+        let limit = Instant::now() + Duration::from_secs(self.args.quiet_wait_secs);
+        let began = Instant::now();
+        let mut waiting = false;
+        loop {
+            let (cpus, backend) = (peers::cpu_times(), self.backend.usage());
+            let (own, at) = (gateway_load::process_cpu_secs(), Instant::now());
+            std::thread::sleep(Duration::from_secs(1));
+            peers::check_interrupted()?;
+            let wall = at.elapsed().as_secs_f64();
+            let busy = self.busy_secs(&cpus, &peers::cpu_times());
+            let ours = (self.backend.usage().cpu_secs - backend.cpu_secs)
+                + (gateway_load::process_cpu_secs() - own);
+            let others = (100.0 * (busy - ours) / wall).max(0.0);
+            if others <= self.args.max_others_percent {
+                if waiting {
+                    eprint!("(quiet after {:.0} s) ", began.elapsed().as_secs_f64());
+                }
+                return Ok(());
+            }
+            if Instant::now() >= limit {
+                eprint!(
+                    "(still {others:.0}% of a CPU used by others after {} s; measuring anyway) ",
+                    self.args.quiet_wait_secs
+                );
+                return Ok(());
+            }
+            if !waiting {
+                eprint!("(waiting for a quiet machine: others use {others:.0}% of a CPU) ");
+                waiting = true;
+            }
+        }
+    }
+
+    /// Task time on the allowed CPUs between two readings, in seconds.
+    fn busy_secs(&self, before: &[CpuTimes], after: &[CpuTimes]) -> f64 {
+        let ticks: u64 = self
+            .layout
+            .allowed
+            .iter()
+            .map(|&cpu| {
+                let then = before.get(cpu).map_or(0, |t| t.busy);
+                after.get(cpu).map_or(0, |t| t.busy).saturating_sub(then)
+            })
+            .sum();
+        ticks as f64 / peers::clock_ticks()
+    }
+
+    /// One start of `peer`, loaded by wrk (`rate` None) or at a fixed rate; a failure
+    /// is recorded, not returned (an interruption is returned).
+    fn measure_once(
+        &mut self,
+        mode: Mode,
+        run: usize,
+        peer: Peer,
+        rate: Option<u64>,
+        attempt: usize,
     ) -> anyhow::Result<Sample> {
         let load = if rate.is_some() { "fixed-rate" } else { "wrk" };
         eprint!(
@@ -603,6 +700,9 @@ impl Bench<'_> {
             proxy_cpu_percent: None,
             backend_cpu_percent: None,
             others_on_proxy_cpu_percent: None,
+            others_percent: None,
+            attempt,
+            disturbed: false,
             steal_percent: None,
             load_average: peers::load_average(),
             outcome: Outcome::Failed {
@@ -624,8 +724,11 @@ impl Bench<'_> {
         let mut start = sample
             .start_to_first_ms
             .map_or(String::new(), |ms| format!(", start {ms:.0} ms"));
+        if let Some(others) = sample.others_percent {
+            let _ = write!(start, ", others {others:.0}%");
+        }
         if let Some(others) = sample.others_on_proxy_cpu_percent {
-            let _ = write!(start, ", others on its CPU {others:.0}%");
+            let _ = write!(start, " ({others:.0}% on its CPU)");
         }
         if let Some(steal) = sample.steal_percent.filter(|s| *s >= 1.0) {
             let _ = write!(start, ", steal {steal:.0}%");
@@ -687,7 +790,8 @@ impl Bench<'_> {
                 settings.duration = duration;
                 let before = self.usage(&running);
                 let result = gateway_load::wrk(&settings)?;
-                self.note_usage(mode, &running, sample, before);
+                let busy = self.note_usage(mode, &running, sample, before);
+                sample.others_percent = Some(others(sample, busy, result.wrk_cpu_percent));
                 Outcome::Wrk(result)
             }
             Some(rate) => {
@@ -701,7 +805,8 @@ impl Bench<'_> {
                 };
                 let before = self.usage(&running);
                 let result = gateway_load::fixed_rate(&settings)?;
-                self.note_usage(mode, &running, sample, before);
+                let busy = self.note_usage(mode, &running, sample, before);
+                sample.others_percent = Some(others(sample, busy, result.generator_cpu_percent));
                 Outcome::FixedRate(result)
             }
         };
@@ -728,7 +833,15 @@ impl Bench<'_> {
         }
     }
 
-    fn note_usage(&self, mode: Mode, running: &Running, sample: &mut Sample, before: Before) {
+    /// Fills in what the proxy and the backend used during a load; returns the task time
+    /// on all allowed CPUs, in % of one CPU.
+    fn note_usage(
+        &self,
+        mode: Mode,
+        running: &Running,
+        sample: &mut Sample,
+        before: Before,
+    ) -> f64 {
         let wall = before.at.elapsed().as_secs_f64();
         let ticks = peers::clock_ticks();
         let backend = self.backend.usage();
@@ -749,6 +862,7 @@ impl Bench<'_> {
         if total > 0.0 {
             sample.steal_percent = Some(100.0 * steal / total);
         }
+        let busy_percent = 100.0 * self.busy_secs(&before.cpus, &cpus) / wall;
         if let Some(process) = &running.process {
             let after = process.usage();
             let proxy_secs = after.cpu_secs - before.proxy.cpu_secs;
@@ -761,6 +875,7 @@ impl Bench<'_> {
                     Some((100.0 * (busy - proxy_secs) / wall).max(0.0));
             }
         }
+        busy_percent
     }
 
     /// Starts `peer` for `mode` on a fresh port and waits for its first proxied 200.
@@ -859,6 +974,15 @@ impl Bench<'_> {
         }
         Ok(command)
     }
+}
+
+/// What tasks other than the proxy, the backend and the load generator used during a
+/// sample: all task time less theirs, in % of one CPU.
+fn others(sample: &Sample, busy_percent: f64, load_percent: f64) -> f64 {
+    let ours = sample.proxy_cpu_percent.unwrap_or(0.0)
+        + sample.backend_cpu_percent.unwrap_or(0.0)
+        + load_percent;
+    (busy_percent - ours).max(0.0)
 }
 
 /// `took_ms` of the gateway's "gateway listening" log line.

@@ -491,7 +491,7 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 /// User and system CPU time of this process so far.
-fn process_cpu_secs() -> f64 {
+pub fn process_cpu_secs() -> f64 {
     // SAFETY: getrusage writes only into the local.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {

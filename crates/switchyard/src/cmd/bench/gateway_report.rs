@@ -31,9 +31,17 @@ pub struct Sample {
     pub proxy_cpu_percent: Option<f64>,
     /// Likewise for the backend.
     pub backend_cpu_percent: Option<f64>,
-    /// One-core mode: CPU time used on the proxy's CPU by anything but the proxy (other
-    /// users of the machine, interrupts), in % of that CPU.
+    /// One-core mode: CPU time used on the proxy's CPU by any task but the proxy (other
+    /// users of the machine), in % of that CPU.
     pub others_on_proxy_cpu_percent: Option<f64>,
+    /// CPU time used on all CPUs by tasks other than the proxy, the backend and the load
+    /// generator, in % of one CPU: how much the rest of the machine disturbed the sample.
+    pub others_percent: Option<f64>,
+    /// Which attempt this was (a sample the rest of the machine disturbed is measured
+    /// again, see `--max-others-percent`).
+    pub attempt: usize,
+    /// Others still used more than `--max-others-percent` in the last attempt.
+    pub disturbed: bool,
     /// Time the hypervisor gave to other guests, in % of all CPUs.
     pub steal_percent: Option<f64>,
     /// The 1-minute load average when the load began.
@@ -101,10 +109,14 @@ pub struct Row {
     pub proxy_cpu_percent: Option<f64>,
     pub wrk_cpu_percent: Option<f64>,
     pub backend_cpu_percent: Option<f64>,
-    /// Medians of [`Sample::others_on_proxy_cpu_percent`] under wrk and at the fixed rate.
+    /// Medians of [`Sample::others_percent`] under wrk and at the fixed rate.
     pub others_percent: Option<f64>,
     pub rate_others_percent: Option<f64>,
     pub steal_percent: Option<f64>,
+    /// Samples measured again because others disturbed them (discarded ones).
+    pub remeasured: usize,
+    /// Samples kept although others still disturbed them (the last attempt).
+    pub disturbed: usize,
     pub rate: Option<u64>,
     pub rate_achieved: Option<f64>,
     pub rate_p50_ms: Option<f64>,
@@ -135,11 +147,13 @@ fn ratio(own: Option<f64>, reference: Option<f64>) -> Option<f64> {
     }
 }
 
-/// The rows of one mode, peers in the order given.
+/// The rows of one mode, peers in the order given; `discarded` are the disturbed
+/// samples that were measured again (only counted).
 pub fn summarise(
     mode: &str,
     peers: &[(String, usize)],
     samples: &[Sample],
+    discarded: &[Sample],
     skipped: &[Skipped],
 ) -> Vec<Row> {
     let of = |peer: &str| -> Vec<&Sample> {
@@ -180,14 +194,17 @@ pub fn summarise(
                 proxy_cpu_percent: med(wrk.iter().filter_map(|(s, _)| s.proxy_cpu_percent)),
                 wrk_cpu_percent: med(wrk.iter().map(|(_, r)| r.wrk_cpu_percent)),
                 backend_cpu_percent: med(wrk.iter().filter_map(|(s, _)| s.backend_cpu_percent)),
-                others_percent: med(wrk
-                    .iter()
-                    .filter_map(|(s, _)| s.others_on_proxy_cpu_percent)),
+                others_percent: med(wrk.iter().filter_map(|(s, _)| s.others_percent)),
                 rate_others_percent: med(all
                     .iter()
                     .filter(|s| s.rate().is_some())
-                    .filter_map(|s| s.others_on_proxy_cpu_percent)),
+                    .filter_map(|s| s.others_percent)),
                 steal_percent: med(all.iter().filter_map(|s| s.steal_percent)),
+                remeasured: discarded
+                    .iter()
+                    .filter(|s| s.mode == mode && &s.peer == peer)
+                    .count(),
+                disturbed: all.iter().filter(|s| s.disturbed).count(),
                 rate: rate.first().map(|r| r.target_rate),
                 rate_achieved: med(rate.iter().map(|r| r.achieved_rate)),
                 rate_p50_ms: med(rate.iter().map(|r| r.p50_ms)),
@@ -341,13 +358,20 @@ fn status(row: &Row, runs: usize) -> String {
         return format!("SKIPPED: {reason}");
     }
     let done = row.wrk_runs + row.rate_runs;
-    match (done, row.failed_runs, row.errors) {
-        (0, 0, _) => "not run".into(),
+    let mut status = match (done, row.failed_runs, row.errors) {
+        (0, 0, _) => "not run".to_string(),
         (0, _, _) => format!("FAILED: none of {} runs reported", row.failed_runs),
         (_, 0, 0) => format!("ok ({runs} runs)"),
         (_, 0, e) => format!("{e} ERRORS"),
         (_, f, _) => format!("FAILED {f} runs (medians over the others)"),
+    };
+    if row.remeasured > 0 {
+        let _ = write!(status, "; {} re-measured", row.remeasured);
     }
+    if row.disturbed > 0 {
+        let _ = write!(status, "; {} DISTURBED", row.disturbed);
+    }
+    status
 }
 
 /// The closed-loop table of one mode.
@@ -497,6 +521,9 @@ mod tests {
             proxy_cpu_percent: Some(99.0),
             backend_cpu_percent: Some(30.0),
             others_on_proxy_cpu_percent: None,
+            others_percent: None,
+            attempt: 1,
+            disturbed: false,
             steal_percent: None,
             load_average: None,
             outcome: Outcome::Wrk(WrkResult {
@@ -535,7 +562,7 @@ mod tests {
             },
         ];
         let peers = vec![("nginx".to_string(), 1), ("gateway".to_string(), 1)];
-        let rows = summarise("one-core", &peers, &samples, &[]);
+        let rows = summarise("one-core", &peers, &samples, &[], &[]);
         assert_eq!(rows[0].requests_per_sec, Some(200.0));
         assert_eq!(rows[1].requests_per_sec, Some(220.0));
         assert_eq!(rows[1].requests_per_sec_vs_nginx, Some(1.1));
@@ -568,7 +595,7 @@ mod tests {
             ("gateway".to_string(), 1),
             ("gateway-large".to_string(), 1_000_000),
         ];
-        let rows = summarise("one-core", &peers, &samples, &[]);
+        let rows = summarise("one-core", &peers, &samples, &[], &[]);
         let targets = targets("one-core", &rows);
         let get = |needle: &str| targets.iter().find(|t| t.target.contains(needle)).unwrap();
         assert_eq!(get("as fast as 1").met, Some(true));
