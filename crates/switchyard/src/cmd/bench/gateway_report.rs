@@ -129,6 +129,7 @@ pub struct Row {
     pub rate_pacer_late_p99_ms: Option<f64>,
     pub rate_generator_cpu_percent: Option<f64>,
     pub rate_proxy_cpu_percent: Option<f64>,
+    pub rate_backend_cpu_percent: Option<f64>,
     pub start_to_first_ms: Option<f64>,
     pub peak_rss_mib: Option<f64>,
     /// Per run (in run order): requests/s, and its ratio to nginx's in the same run.
@@ -215,6 +216,10 @@ pub fn summarise(
                 rate_send_delay_p99_ms: med(rate.iter().map(|r| r.send_delay_p99_ms)),
                 rate_pacer_late_p99_ms: med(rate.iter().map(|r| r.pacer_late_p99_ms)),
                 rate_generator_cpu_percent: med(rate.iter().map(|r| r.generator_cpu_percent)),
+                rate_backend_cpu_percent: med(all
+                    .iter()
+                    .filter(|s| s.rate().is_some())
+                    .filter_map(|s| s.backend_cpu_percent)),
                 rate_proxy_cpu_percent: med(all
                     .iter()
                     .filter(|s| s.rate().is_some())
@@ -424,7 +429,7 @@ pub fn rate_table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<15} {:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>6} {:>6} {:>6} {:>7}",
+        "{:<15} {:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>6} {:>6} {:>6} {:>6} {:>7}",
         "PEER",
         "ROUTES",
         "RATE",
@@ -439,13 +444,14 @@ pub fn rate_table(rows: &[Row]) -> String {
         "pacer p99",
         "CPU%",
         "gen%",
+        "bknd%",
         "othr%",
         "ERRORS"
     );
     for row in rows.iter().filter(|r| r.rate_runs > 0) {
         let _ = writeln!(
             out,
-            "{:<15} {:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>6} {:>6} {:>6} {:>7}",
+            "{:<15} {:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10} {:>6} {:>6} {:>6} {:>6} {:>7}",
             row.peer,
             row.routes,
             row.rate.map_or("-".into(), |r| r.to_string()),
@@ -460,6 +466,7 @@ pub fn rate_table(rows: &[Row]) -> String {
             ms(row.rate_pacer_late_p99_ms),
             num(row.rate_proxy_cpu_percent, 0),
             num(row.rate_generator_cpu_percent, 0),
+            num(row.rate_backend_cpu_percent, 0),
             num(row.rate_others_percent, 0),
             row.rate_errors,
         );
