@@ -403,7 +403,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some((_, rate)) = rates.iter().find(|(m, _)| *m == mode) {
             let _ = writeln!(
                 text,
-                "\nFixed rate ({rate} req/s over {} connections; latency from the scheduled send; late p99: how late the generator sent):",
+                "\nFixed rate ({rate} req/s over {} connections; latency from the scheduled send; wait p99: scheduled to sent, pacer p99: how late the generator queued; CPU%, gen%, bknd%: proxy, generator, backend):",
                 args.connections
             );
             text.push_str(&report::rate_table(&rows));
