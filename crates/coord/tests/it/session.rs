@@ -65,8 +65,20 @@ fn an_expired_session_is_published_and_replaced() {
     assert_eq!(client.session_stats().expiries, 1);
     assert_eq!(client.ephemerals_held(), 0);
     rt.block_on(async {
-        // The old session's ephemeral is gone; persistent data is not.
-        assert_eq!(client.exists("/mine").await.unwrap(), None);
+        // The old session's ephemeral goes; persistent data does not. The server
+        // tells the client "expired" before its closeSession transaction has
+        // removed the ephemerals, so their removal is awaited, not assumed.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(stat) = client.exists("/mine").await.unwrap() {
+                assert_eq!(
+                    stat.ephemeral_owner, first.id,
+                    "only the old session held /mine"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the expired session's ephemeral was removed");
         assert_eq!(client.get("/kept").await.unwrap().unwrap().0, b"persistent");
         // The new session works, ephemerals included.
         client

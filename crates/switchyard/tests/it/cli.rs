@@ -145,7 +145,7 @@ struct Orchestrator {
 impl Orchestrator {
     fn start(zk: &testkit::Zk, dir: &Path, member: &str) -> Orchestrator {
         let addr = free_addr();
-        let token_file = dir.join("token");
+        let token_file = dir.join(format!("{member}.token"));
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
         let args: Vec<String> = [
             "orchestrator",

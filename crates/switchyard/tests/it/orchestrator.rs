@@ -55,7 +55,9 @@ impl Orchestrator {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap()
         };
-        let token = dir.join("token");
+        // One file per member: members start together, and rewriting a shared file
+        // while another member reads it would hand that member an empty token.
+        let token = dir.join(format!("{member}.token"));
         std::fs::write(&token, TOKEN).unwrap();
         let child = switchyard()
             .args([
