@@ -48,6 +48,8 @@ pub enum Change {
         /// The node.
         path: String,
     },
+    /// Every node the initial walk found has been sent above; what follows are changes.
+    Loaded,
 }
 
 /// How far the cache is.
@@ -65,8 +67,20 @@ pub struct CacheStatus {
 
 type Tree = BTreeMap<String, Entry>;
 
-/// Requests a walk or a refresh keeps in flight (each also passes the layer's window).
+/// Requests a refresh keeps in flight (each also passes the layer's window).
 const READ_CONCURRENCY: usize = 2048;
+/// `multiRead` requests a walk keeps in flight.
+const WALK_CONCURRENCY: usize = 16;
+/// Nodes read by one `multiRead` of a walk, at most.
+const WALK_BATCH_MAX: usize = 512;
+/// Nodes read by the first `multiRead`s of a walk, before node sizes are known.
+const WALK_BATCH_FIRST: usize = 16;
+/// Parents whose children one `multiRead` of a walk lists, at most: a shard's folder
+/// of a thousand apps lists in about 15 KB.
+const WALK_PARENTS_PER_READ: usize = 8;
+/// What a walk aims to keep one `multiRead` answer under: a small share of
+/// `jute.maxbuffer`, so a batch never trips ZooKeeper's response-size alerts.
+const WALK_BATCH_BYTES: usize = 128 * 1024;
 
 /// The cache of the tree under one root.
 #[derive(Debug)]
@@ -78,8 +92,13 @@ pub struct TreeCache {
 
 impl TreeCache {
     /// Sets the watch, walks the tree under `root`, and returns once it is loaded.
-    /// Every later change is applied in the background and, when `changes` is given,
-    /// sent there (a slow receiver slows the cache, it does not lose changes).
+    ///
+    /// When `changes` is given, every node the walk finds is sent there as it is read
+    /// (so the receiver can work through the tree while the walk goes on), then
+    /// [`Change::Loaded`], then every later change the cache applies in the
+    /// background. A slow receiver slows the cache; it does not lose changes. The
+    /// receiver must be running before this is called, or a large tree fills the
+    /// channel and the walk waits forever.
     pub async fn start(
         zk: &Zk,
         root: &str,
@@ -87,7 +106,25 @@ impl TreeCache {
     ) -> Result<TreeCache> {
         let (events, incoming) = mpsc::unbounded_channel();
         let generation = watch_into(zk, root, events.clone()).await?;
-        let tree = Arc::new(RwLock::new(walk(zk, root).await?));
+        let mut tree = Tree::new();
+        walk(
+            zk,
+            root,
+            |path, entry| {
+                let change = changes.is_some().then(|| Change::Upsert {
+                    path: path.clone(),
+                    entry: entry.clone(),
+                });
+                tree.insert(path, entry);
+                change
+            },
+            changes.as_ref(),
+        )
+        .await?;
+        if let Some(changes) = &changes {
+            let _ = changes.send(Change::Loaded).await;
+        }
+        let tree = Arc::new(RwLock::new(tree));
         let max_zxid = {
             let tree = tree.read().unwrap_or_else(|p| p.into_inner());
             tree.values().map(|e| e.mzxid).max().unwrap_or(0)
@@ -198,6 +235,21 @@ fn child_path(parent: &str, child: &str) -> String {
     }
 }
 
+/// A node's payload as the cache holds it: decoded, or why it could not be.
+fn decoded(zk: &Zk, path: &str, raw: &[u8]) -> Result<Arc<[u8]>, DecodeError> {
+    let data = zk
+        .decode(path, raw)
+        .map(Arc::from)
+        .map_err(|err| match err {
+            Error::Decode { source, .. } => source,
+            other => DecodeError::Corrupt(other.to_string()),
+        });
+    if let Err(err) = &data {
+        tracing::warn!(zk.path = %path, %err, "cached node cannot be decoded");
+    }
+    data
+}
+
 /// Reads a node and, when it has any, its children's names.
 async fn read_node(zk: &Zk, path: String) -> Result<(String, Option<(Entry, Vec<String>)>)> {
     let Some((raw, stat)) = zk.get_raw(&path).await? else {
@@ -212,41 +264,99 @@ async fn read_node(zk: &Zk, path: String) -> Result<(String, Option<(Entry, Vec<
     } else {
         Vec::new()
     };
-    let data = zk
-        .decode(&path, &raw)
-        .map(Arc::from)
-        .map_err(|err| match err {
-            Error::Decode { source, .. } => source,
-            other => DecodeError::Corrupt(other.to_string()),
-        });
-    if let Err(err) = &data {
-        tracing::warn!(zk.path = %path, %err, "cached node cannot be decoded");
-    }
     let entry = Entry {
-        data,
+        data: decoded(zk, &path, &raw),
         version: stat.version,
         mzxid: stat.mzxid,
     };
     Ok((path, Some((entry, children))))
 }
 
-/// Reads every node under `root`, `READ_CONCURRENCY` requests at a time.
-async fn walk(zk: &Zk, root: &str) -> Result<Tree> {
-    let mut tree = Tree::new();
+/// A read node with its children's paths, and the bytes its reads brought.
+type WalkedNode = (String, Entry, Vec<String>, usize);
+
+/// Reads a batch of nodes with one `multiRead`, then the children of those that have
+/// any with another. A node deleted meanwhile is left out.
+async fn read_batch(zk: &Zk, paths: Vec<String>) -> Result<Vec<WalkedNode>> {
+    let found = zk.get_many_raw(&paths).await?;
+    let parents: Vec<String> = paths
+        .iter()
+        .zip(&found)
+        .filter(|(_, node)| node.as_ref().is_some_and(|(_, stat)| stat.num_children > 0))
+        .map(|(path, _)| path.clone())
+        .collect();
+    // Few nodes have children, but a parent can have thousands: a few per request.
+    let listed = futures::future::try_join_all(
+        parents
+            .chunks(WALK_PARENTS_PER_READ)
+            .map(|chunk| zk.children_many(chunk)),
+    )
+    .await?;
+    let mut children = listed.into_iter().flatten();
+    let mut nodes = Vec::with_capacity(paths.len());
+    for (path, node) in paths.into_iter().zip(found) {
+        let Some((raw, stat)) = node else { continue };
+        let kids = if stat.num_children > 0 {
+            children
+                .next()
+                .flatten()
+                .unwrap_or_default()
+                .iter()
+                .map(|child| child_path(&path, child))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let entry = Entry {
+            data: decoded(zk, &path, &raw),
+            version: stat.version,
+            mzxid: stat.mzxid,
+        };
+        let size = raw.len() + kids.iter().map(String::len).sum::<usize>();
+        nodes.push((path, entry, kids, size));
+    }
+    Ok(nodes)
+}
+
+/// Reads every node under `root` and hands each to `visit`; a change `visit` returns
+/// is sent to `changes` before the walk goes on.
+///
+/// Nodes are read in `multiRead` batches, [`WALK_CONCURRENCY`] batches in flight.
+/// A batch holds as many nodes as fit [`WALK_BATCH_BYTES`] at the average size seen
+/// so far, so a tree of small nodes is read in large batches and a tree of large
+/// ones in small batches.
+async fn walk(
+    zk: &Zk,
+    root: &str,
+    mut visit: impl FnMut(String, Entry) -> Option<Change>,
+    changes: Option<&mpsc::Sender<Change>>,
+) -> Result<()> {
     let mut queue = vec![root.to_string()];
     let mut pending = FuturesUnordered::new();
+    let (mut nodes_read, mut bytes_read) = (0usize, 0usize);
     loop {
-        while pending.len() < READ_CONCURRENCY {
-            let Some(path) = queue.pop() else { break };
-            pending.push(read_node(zk, path));
+        while pending.len() < WALK_CONCURRENCY && !queue.is_empty() {
+            let batch = if nodes_read < WALK_BATCH_FIRST {
+                WALK_BATCH_FIRST
+            } else {
+                let average = (bytes_read / nodes_read).max(1);
+                (WALK_BATCH_BYTES / average).clamp(1, WALK_BATCH_MAX)
+            };
+            let paths = queue.split_off(queue.len().saturating_sub(batch));
+            pending.push(read_batch(zk, paths));
         }
         let Some(read) = pending.next().await else {
-            return Ok(tree);
+            return Ok(());
         };
-        let (path, node) = read?;
-        if let Some((entry, children)) = node {
-            queue.extend(children.iter().map(|c| child_path(&path, c)));
-            tree.insert(path, entry);
+        for (path, entry, children, size) in read? {
+            nodes_read += 1;
+            bytes_read += size;
+            queue.extend(children);
+            if let Some(change) = visit(path, entry) {
+                if let Some(changes) = changes {
+                    let _ = changes.send(change).await;
+                }
+            }
         }
     }
 }
@@ -362,8 +472,19 @@ impl Keeper {
     /// Re-walks the whole tree and applies the difference.
     async fn reload(&mut self) {
         let fresh = loop {
-            match walk(&self.zk, &self.root).await {
-                Ok(tree) => break tree,
+            let mut fresh = Tree::new();
+            let walked = walk(
+                &self.zk,
+                &self.root,
+                |path, entry| {
+                    fresh.insert(path, entry);
+                    None
+                },
+                None,
+            )
+            .await;
+            match walked {
+                Ok(()) => break fresh,
                 Err(Error::Closed) => return,
                 Err(err) => {
                     tracing::warn!(zk.path = %self.root, %err, "cannot re-walk the cached tree; retrying");

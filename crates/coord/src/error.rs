@@ -71,6 +71,14 @@ pub enum Error {
         /// The epoch of the lost claim.
         epoch: i32,
     },
+    /// ZooKeeper's answer did not match the request (a bug on one side or the other).
+    #[error("unexpected answer from ZooKeeper on {path}: {detail}")]
+    Unexpected {
+        /// The node.
+        path: String,
+        /// What was wrong with the answer.
+        detail: String,
+    },
     /// The layer was closed.
     #[error("the ZooKeeper client is closed")]
     Closed,
@@ -113,6 +121,7 @@ impl Error {
             Error::Unavailable { .. } => "unavailable",
             Error::Zk { .. } => "zk",
             Error::Fenced { .. } => "fenced",
+            Error::Unexpected { .. } => "unexpected",
             Error::Closed => "closed",
         }
     }

@@ -375,6 +375,104 @@ impl Zk {
         }
     }
 
+    /// Reads many nodes' raw bytes and stats in one request (ZooKeeper 3.6+
+    /// `multiRead`), in the order of `paths`; `None` for a node that does not exist.
+    ///
+    /// One request for many reads spares ZooKeeper most of its per-request work: a
+    /// tree walk reads several times as many nodes per second this way. The answer is
+    /// one packet holding every payload, so callers keep batches to what they expect
+    /// to be well under `jute.maxbuffer`.
+    pub async fn get_many_raw(&self, paths: &[String]) -> Result<Vec<Option<(Vec<u8>, Stat)>>> {
+        let results = self
+            .read_many("get_many", paths, |reader, path| reader.add_get_data(path))
+            .await?;
+        results
+            .into_iter()
+            .zip(paths)
+            .map(|(result, path)| match result {
+                zkc::MultiReadResult::Data { data, stat } => Ok(Some((data, stat))),
+                zkc::MultiReadResult::Error {
+                    err: ZkError::NoNode,
+                } => Ok(None),
+                zkc::MultiReadResult::Error { err } => {
+                    Err(Retry::new(self, "get_many", path).refused(err))
+                }
+                other => Err(Error::Unexpected {
+                    path: path.clone(),
+                    detail: format!("a multiRead answered a data read with {other:?}"),
+                }),
+            })
+            .collect()
+    }
+
+    /// The children of many nodes in one request, in the order of `paths`; `None`
+    /// for a node that does not exist.
+    pub async fn children_many(&self, paths: &[String]) -> Result<Vec<Option<Vec<String>>>> {
+        let results = self
+            .read_many("children_many", paths, |reader, path| {
+                reader.add_get_children(path)
+            })
+            .await?;
+        results
+            .into_iter()
+            .zip(paths)
+            .map(|(result, path)| match result {
+                zkc::MultiReadResult::Children { children } => Ok(Some(children)),
+                zkc::MultiReadResult::Error {
+                    err: ZkError::NoNode,
+                } => Ok(None),
+                zkc::MultiReadResult::Error { err } => {
+                    Err(Retry::new(self, "children_many", path).refused(err))
+                }
+                other => Err(Error::Unexpected {
+                    path: path.clone(),
+                    detail: format!("a multiRead answered a children read with {other:?}"),
+                }),
+            })
+            .collect()
+    }
+
+    /// One `multiRead` of `add` applied to every path, retried as a whole (reads are
+    /// idempotent) after a connection loss or a session expiry.
+    async fn read_many(
+        &self,
+        op: &'static str,
+        paths: &[String],
+        add: impl Fn(&mut zkc::MultiReader<'_>, &str) -> std::result::Result<(), ZkError>,
+    ) -> Result<Vec<zkc::MultiReadResult>> {
+        let Some(first) = paths.first() else {
+            return Ok(Vec::new());
+        };
+        let mut retry = Retry::new(self, op, first);
+        loop {
+            let slot = self.slot().await?;
+            let mut reader = slot.client.new_multi_reader();
+            for path in paths {
+                add(&mut reader, path).map_err(|err| retry.refused(err))?;
+            }
+            let result = reader.commit().await;
+            drop(reader);
+            drop(slot);
+            match result {
+                Ok(results) if results.len() == paths.len() => {
+                    retry.done();
+                    return Ok(results);
+                }
+                Ok(results) => {
+                    return Err(Error::Unexpected {
+                        path: first.clone(),
+                        detail: format!(
+                            "a multiRead of {} operations got {} answers",
+                            paths.len(),
+                            results.len()
+                        ),
+                    })
+                }
+                Err(err) => retry.failed(err).await?,
+            }
+        }
+    }
+
     /// Reads a node's raw bytes without decoding them (audits, foreign nodes).
     pub async fn get_raw(&self, path: &str) -> Result<Option<(Vec<u8>, Stat)>> {
         let mut retry = Retry::new(self, "get", path);

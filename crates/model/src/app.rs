@@ -201,6 +201,69 @@ impl App {
     }
 }
 
+impl App {
+    /// Reads an application stored by Switchyard (in ZooKeeper, say): every rule is
+    /// checked as [`App::from_json`] checks it, but only the first problem is reported,
+    /// which lets the reader skip the generic JSON tree that collecting every problem
+    /// needs. For data written by Switchyard that is valid, so the common case is the
+    /// fast one; anything else is still refused.
+    pub fn from_stored(bytes: &[u8]) -> Result<App, String> {
+        /// A backend as stored: `weight` defaults as in [`Backend`]'s own reader.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct StoredBackend {
+            addr: String,
+            #[serde(default = "default_weight")]
+            weight: u64,
+        }
+        fn default_weight() -> u64 {
+            Backend::DEFAULT_WEIGHT.into()
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Stored {
+            id: AppId,
+            domains: Vec<Domain>,
+            backends: Vec<StoredBackend>,
+            #[serde(default)]
+            health_check: Option<HealthCheck>,
+            #[serde(default)]
+            version: u64,
+        }
+        let stored: Stored = serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
+        let backends = stored
+            .backends
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let weight = u16::try_from(b.weight).map_err(|_| {
+                    format!(
+                        "backends[{i}].weight: must be 1 to {} (got {})",
+                        Backend::MAX_WEIGHT,
+                        b.weight
+                    )
+                })?;
+                Backend::new(b.addr, weight).map_err(|err| format!("backends[{i}]: {err}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let app = App {
+            id: stored.id,
+            domains: stored.domains,
+            backends,
+            health_check: stored.health_check,
+            version: stored.version,
+        };
+        app.validate().map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        Ok(app)
+    }
+}
+
 impl<'de> Deserialize<'de> for App {
     /// Validates as [`App::from_json`] does; the errors are joined by `; `.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

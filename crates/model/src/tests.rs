@@ -43,6 +43,12 @@ fn table<T: Display, E: Display>(
 fn check(json: &str, expect: Expect) {
     let result = App::from_json(json.as_bytes());
     let via_serde = serde_json::from_str::<App>(json);
+    // The fast reader of stored apps accepts exactly what the full one accepts.
+    match (&result, App::from_stored(json.as_bytes())) {
+        (Ok(app), Ok(stored)) => assert_eq!(&stored, app, "from_stored disagrees"),
+        (Err(_), Err(message)) => assert!(!message.is_empty()),
+        (full, fast) => panic!("from_json gave {full:?} but from_stored {fast:?}"),
+    }
     let out = match &result {
         Ok(app) => {
             assert_eq!(via_serde.as_ref().ok(), Some(app), "serde disagrees");

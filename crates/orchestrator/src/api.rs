@@ -318,7 +318,7 @@ async fn routes(
         let start = match resumed {
             Some((since, log)) => Start::Resume { since, log },
             None => Start::Snapshot {
-                routes: state.routes(),
+                routes: state.route_sources(),
             },
         };
         (changes, start, version)
@@ -383,7 +383,7 @@ fn byte_stream(
 
 enum Start {
     Snapshot {
-        routes: Vec<Arc<model::Route>>,
+        routes: Vec<crate::state::RouteSource>,
     },
     Resume {
         since: u64,
@@ -406,9 +406,7 @@ impl Start {
                 for chunk in routes.chunks(SNAPSHOT_CHUNK) {
                     let mut buf = Vec::with_capacity(chunk.len() * 160);
                     for route in chunk {
-                        serde_json::to_writer(&mut buf, &RouteLine::new(route))
-                            .expect("routes serialise");
-                        buf.push(b'\n');
+                        route.write_line(&mut buf);
                     }
                     if sender.send(Bytes::from(buf)).await.is_err() {
                         return false;
@@ -432,24 +430,6 @@ impl Start {
                 }
                 true
             }
-        }
-    }
-}
-
-/// A `route` line written without cloning the route.
-#[derive(Serialize)]
-struct RouteLine<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(flatten)]
-    route: &'a model::Route,
-}
-
-impl<'a> RouteLine<'a> {
-    fn new(route: &'a model::Route) -> Self {
-        RouteLine {
-            kind: "route",
-            route,
         }
     }
 }

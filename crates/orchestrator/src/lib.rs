@@ -211,19 +211,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     };
     shared.serving.store(true, Ordering::Release);
 
+    // The cache sends every node of its initial walk as it reads it, then `Loaded`:
+    // the state is built while the walk goes on, and the updater must run first.
     let (changes_tx, mut changes) = mpsc::channel(65_536);
-    let cache = TreeCache::start(&shared.zk, &shared.layout.shards(), Some(changes_tx)).await?;
-    {
-        let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
-        cache.with_tree(|tree| state.load(tree.iter()));
-        tracing::info!(apps = state.app_count(), "applications loaded");
-    }
-    shared.cache_loaded.store(true, Ordering::Release);
     let updater = {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             while let Some(first) = changes.recv().await {
                 let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
+                let was_loaded = state.is_loaded();
                 state.apply_change(&first);
                 // Apply what else is queued under the same lock.
                 let mut more = 0;
@@ -234,11 +230,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
                     }
                     more += 1;
                 }
+                let loaded = state.is_loaded() && !was_loaded;
+                let apps = state.app_count();
                 drop(state);
+                if loaded {
+                    tracing::info!(apps, "applications loaded");
+                    shared.cache_loaded.store(true, Ordering::Release);
+                }
                 shared.applied.send_modify(|n| *n += 1);
             }
         })
     };
+    let cache = TreeCache::start(&shared.zk, &shared.layout.shards(), Some(changes_tx)).await?;
     let ownership = tokio::spawn(shards::run(Arc::clone(&shared), stopped.clone()));
     let checks = tokio::spawn(health::run(Arc::clone(&shared), stopped.clone()));
     let sizes = tokio::spawn(watch_server_sizes(Arc::clone(&shared), stopped.clone()));

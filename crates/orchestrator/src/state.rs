@@ -48,7 +48,8 @@ pub struct State {
     by_shard: HashMap<ShardId, HashSet<AppId>>,
     health: HashMap<ShardId, ShardHealth>,
     owners: HashMap<ShardId, String>,
-    routes: HashMap<AppId, Arc<Route>>,
+    /// The cache's initial walk has been applied: changes from now on are published.
+    loaded: bool,
     /// High 16 bits: this process's tag; low 48 bits: a counter. A gateway resuming
     /// with a version of another process gets a full snapshot.
     version: u64,
@@ -83,7 +84,7 @@ impl State {
             by_shard: HashMap::new(),
             health: HashMap::new(),
             owners: HashMap::new(),
-            routes: HashMap::new(),
+            loaded: false,
             version: tag << COUNTER_BITS,
             log: VecDeque::new(),
             log_base: tag << COUNTER_BITS,
@@ -153,14 +154,41 @@ impl State {
         &self.owners
     }
 
-    /// Every route, for a snapshot.
-    pub fn routes(&self) -> Vec<Arc<Route>> {
-        self.routes.values().cloned().collect()
+    /// Whether the cache's initial walk has been applied.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
+    }
+
+    /// What every route is made of, for a snapshot: cheap to take under the lock,
+    /// and written out as route lines after it is released.
+    pub fn route_sources(&self) -> Vec<RouteSource> {
+        self.apps
+            .iter()
+            .map(|(id, stored)| RouteSource {
+                app: Arc::clone(&stored.app),
+                down: self.down(stored.shard, id).to_vec(),
+            })
+            .collect()
     }
 
     /// The route of one app.
-    pub fn route(&self, app: &AppId) -> Option<&Arc<Route>> {
-        self.routes.get(app)
+    pub fn route(&self, id: &AppId) -> Option<Route> {
+        let stored = self.apps.get(id)?;
+        Some(
+            RouteSource {
+                app: Arc::clone(&stored.app),
+                down: self.down(stored.shard, id).to_vec(),
+            }
+            .to_route(),
+        )
+    }
+
+    /// The addresses of an app's backends found down.
+    fn down(&self, shard: ShardId, id: &AppId) -> &[String] {
+        self.health
+            .get(&shard)
+            .and_then(|h| h.down.get(id))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Route changes after `since`, if the log still reaches back that far.
@@ -193,29 +221,33 @@ impl State {
     /// Loads a whole cached tree without logging route changes (the initial state).
     pub fn load<'a>(&mut self, tree: impl Iterator<Item = (&'a String, &'a Entry)>) {
         for (path, entry) in tree {
-            self.apply(path, Some(entry), false);
+            self.apply(path, Some(entry));
         }
+        self.loaded = true;
     }
 
-    /// Applies one change of the cached tree; route changes are logged and broadcast.
+    /// Applies one change of the cached tree. Until [`Change::Loaded`], changes are
+    /// the initial walk's nodes and build the state quietly; after it, route changes
+    /// are logged and broadcast.
     pub fn apply_change(&mut self, change: &Change) {
         match change {
-            Change::Upsert { path, entry } => self.apply(path, Some(entry), true),
-            Change::Remove { path } => self.apply(path, None, true),
+            Change::Upsert { path, entry } => self.apply(path, Some(entry)),
+            Change::Remove { path } => self.apply(path, None),
+            Change::Loaded => self.loaded = true,
         }
     }
 
-    fn apply(&mut self, path: &str, entry: Option<&Entry>, publish: bool) {
+    fn apply(&mut self, path: &str, entry: Option<&Entry>) {
         match self.layout.classify(path) {
             Node::App(shard, id) => {
                 let app = entry.and_then(|e| self.parse_app(path, e));
-                self.set_app(shard, id, app, publish);
+                self.set_app(shard, id, app);
             }
             Node::Health(shard) => {
                 let health = entry
                     .and_then(|e| self.parse::<ShardHealth>(path, e))
                     .unwrap_or_default();
-                self.set_health(shard, health, publish);
+                self.set_health(shard, health);
             }
             Node::Owner(shard) => match entry.and_then(|e| e.data.as_ref().ok()) {
                 Some(data) => {
@@ -247,12 +279,25 @@ impl State {
     }
 
     fn parse_app(&mut self, path: &str, entry: &Entry) -> Option<App> {
-        let mut app: App = self.parse(path, entry)?;
-        app.version = u64::try_from(entry.version).unwrap_or(0);
-        Some(app)
+        let parsed = match &entry.data {
+            Ok(data) => App::from_stored(data),
+            Err(err) => Err(err.to_string()),
+        };
+        match parsed {
+            Ok(mut app) => {
+                app.version = u64::try_from(entry.version).unwrap_or(0);
+                Some(app)
+            }
+            Err(err) => {
+                self.undecodable += 1;
+                tracing::error!(zk.path = path, %err, "cannot read app node; ignoring it");
+                None
+            }
+        }
     }
 
-    fn set_app(&mut self, shard: ShardId, id: AppId, app: Option<App>, publish: bool) {
+    fn set_app(&mut self, shard: ShardId, id: AppId, app: Option<App>) {
+        let before = self.route_if_loaded(&id);
         if let Some(old) = self.apps.remove(&id) {
             for domain in &old.app.domains {
                 if self.domains.get(domain) == Some(&id) {
@@ -283,79 +328,58 @@ impl State {
             }
             None => {}
         }
-        self.reroute(&id, publish);
+        let after = self.route_if_loaded(&id);
+        self.publish(&id, before, after);
     }
 
-    fn set_health(&mut self, shard: ShardId, health: ShardHealth, publish: bool) {
-        let old = self
-            .health
-            .insert(shard, health.clone())
-            .unwrap_or_default();
-        let touched: HashSet<&AppId> = old.down.keys().chain(health.down.keys()).collect();
-        let touched: Vec<AppId> = touched.into_iter().cloned().collect();
-        for app in touched {
-            self.reroute(&app, publish);
+    fn set_health(&mut self, shard: ShardId, health: ShardHealth) {
+        let touched: Vec<AppId> = {
+            let old = self.health.get(&shard);
+            let touched: HashSet<&AppId> = old
+                .into_iter()
+                .flat_map(|h| h.down.keys())
+                .chain(health.down.keys())
+                .collect();
+            touched.into_iter().cloned().collect()
+        };
+        let before: Vec<Option<Route>> =
+            touched.iter().map(|id| self.route_if_loaded(id)).collect();
+        self.health.insert(shard, health);
+        for (id, before) in touched.iter().zip(before) {
+            let after = self.route_if_loaded(id);
+            self.publish(id, before, after);
         }
     }
 
-    /// Recomputes an app's route; logs and broadcasts it if it changed.
-    fn reroute(&mut self, id: &AppId, publish: bool) {
-        let route = self.apps.get(id).map(|stored| {
-            let down: HashSet<&str> = self
-                .health
-                .get(&stored.shard)
-                .and_then(|h| h.down.get(id))
-                .map(|addrs| addrs.iter().map(String::as_str).collect())
-                .unwrap_or_default();
-            let healthy: Vec<_> = stored
-                .app
-                .backends
-                .iter()
-                .filter(|b| !down.contains(b.addr()))
-                .cloned()
-                .collect();
-            let fail_open = healthy.is_empty();
-            Arc::new(Route {
-                app: id.clone(),
-                domains: stored.app.domains.clone(),
-                backends: if fail_open {
-                    stored.app.backends.clone()
-                } else {
-                    healthy
-                },
-                fail_open,
-            })
-        });
-        let line = match (route, self.routes.get(id)) {
-            (Some(new), Some(old)) if new == *old => return,
-            (Some(new), _) => {
-                self.routes.insert(id.clone(), Arc::clone(&new));
-                StreamLine::Upsert {
-                    version: 0,
-                    route: (*new).clone(),
-                }
-            }
-            (None, Some(_)) => {
-                self.routes.remove(id);
-                StreamLine::Remove {
-                    version: 0,
-                    app: id.clone(),
-                }
-            }
-            (None, None) => return,
-        };
-        self.version += 1;
-        if !publish {
+    /// An app's route, once routes are published; nothing is built while loading.
+    fn route_if_loaded(&self, id: &AppId) -> Option<Route> {
+        if self.loaded {
+            self.route(id)
+        } else {
+            None
+        }
+    }
+
+    /// Logs and broadcasts an app's route change, if it changed. While loading,
+    /// only the version moves.
+    fn publish(&mut self, id: &AppId, before: Option<Route>, after: Option<Route>) {
+        if !self.loaded {
+            self.version += 1;
             // Not logged: nobody can have been handed a version before this one.
             self.log_base = self.version;
             return;
         }
-        let version = self.version;
-        let line = Arc::new(match line {
-            StreamLine::Upsert { route, .. } => StreamLine::Upsert { version, route },
-            StreamLine::Remove { app, .. } => StreamLine::Remove { version, app },
-            other => other,
+        let version = self.version + 1;
+        let line = Arc::new(match (before, after) {
+            (Some(old), Some(new)) if old == new => return,
+            (_, Some(route)) => StreamLine::Upsert { version, route },
+            (Some(_), None) => StreamLine::Remove {
+                version,
+                app: id.clone(),
+            },
+            (None, None) => return,
         });
+        self.version = version;
         if self.log.len() == LOG_CAPACITY {
             if let Some((evicted, _)) = self.log.pop_front() {
                 self.log_base = evicted;
@@ -363,5 +387,124 @@ impl State {
         }
         self.log.push_back((version, Arc::clone(&line)));
         let _ = self.changes.send((version, line));
+    }
+}
+
+/// An app and its backends found down: what its route is made of.
+#[derive(Debug, Clone)]
+pub struct RouteSource {
+    app: Arc<App>,
+    down: Vec<String>,
+}
+
+impl RouteSource {
+    /// Every backend is down, so the route lists them all.
+    fn fail_open(&self) -> bool {
+        self.app
+            .backends
+            .iter()
+            .all(|b| self.down.iter().any(|d| d == b.addr()))
+    }
+
+    /// The backends the route lists.
+    fn backends(&self) -> impl Iterator<Item = &model::Backend> {
+        let fail_open = self.fail_open();
+        self.app
+            .backends
+            .iter()
+            .filter(move |b| fail_open || !self.down.iter().any(|d| d == b.addr()))
+    }
+
+    /// The route itself.
+    pub fn to_route(&self) -> Route {
+        Route {
+            app: self.app.id.clone(),
+            domains: self.app.domains.clone(),
+            backends: self.backends().cloned().collect(),
+            fail_open: self.fail_open(),
+        }
+    }
+
+    /// Appends the route's line of a snapshot (`{"type":"route",..}` and a newline)
+    /// without building the route: the same bytes as [`StreamLine::Route`] of
+    /// [`RouteSource::to_route`].
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(&mut *out, &RouteLine(self)).expect("routes serialise");
+        out.push(b'\n');
+    }
+}
+
+/// A snapshot's `route` line, serialised field by field from its source.
+struct RouteLine<'a>(&'a RouteSource);
+
+impl Serialize for RouteLine<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Backends<'a>(&'a RouteSource);
+        impl Serialize for Backends<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.backends())
+            }
+        }
+        let source = self.0;
+        let mut line = serializer.serialize_struct("RouteLine", 5)?;
+        line.serialize_field("type", "route")?;
+        line.serialize_field("app", &source.app.id)?;
+        line.serialize_field("domains", &source.app.domains)?;
+        line.serialize_field("backends", &Backends(source))?;
+        line.serialize_field("fail_open", &source.fail_open())?;
+        line.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(backends: &[&str], down: &[&str]) -> RouteSource {
+        let app = App {
+            id: "shop".parse().unwrap(),
+            domains: vec![
+                "shop.example.com".parse().unwrap(),
+                "*.shop.example.com".parse().unwrap(),
+            ],
+            backends: backends
+                .iter()
+                .enumerate()
+                .map(|(i, a)| model::Backend::new(*a, i as u16 + 1).unwrap())
+                .collect(),
+            health_check: None,
+            version: 3,
+        };
+        RouteSource {
+            app: Arc::new(app),
+            down: down.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_route_line_is_the_stream_line_of_the_route() {
+        let cases = [
+            source(&["10.0.0.1:80", "10.0.0.2:80"], &[]),
+            source(&["10.0.0.1:80", "10.0.0.2:80"], &["10.0.0.2:80"]),
+            source(
+                &["10.0.0.1:80", "10.0.0.2:80"],
+                &["10.0.0.1:80", "10.0.0.2:80"],
+            ),
+            source(&["10.0.0.1:80"], &["10.9.9.9:80"]),
+        ];
+        let mut expected_backends = Vec::new();
+        for case in &cases {
+            let route = case.to_route();
+            expected_backends.push((route.backends.len(), route.fail_open));
+            let mut line = Vec::new();
+            case.write_line(&mut line);
+            assert_eq!(line, StreamLine::Route(route).to_line());
+        }
+        // Healthy ones only; all of them, flagged, when none is healthy.
+        assert_eq!(
+            expected_backends,
+            [(2, false), (1, false), (2, true), (1, false)]
+        );
     }
 }

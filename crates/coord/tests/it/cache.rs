@@ -159,3 +159,86 @@ fn the_cache_catches_up_after_its_server_restarts() {
         );
     });
 }
+
+#[test]
+fn the_walk_streams_every_node_then_loaded_and_batched_reads_answer_each_path() {
+    let zk = testkit::Zk::standalone();
+    runtime().block_on(async {
+        let client = Zk::connect(Config::new(zk.connect_string())).await.unwrap();
+        client.ensure_path("/tree").await.unwrap();
+        // Many small nodes under a few parents, and some large incompressible ones, so
+        // the walk's batches change size on the way.
+        let mut writes = Vec::new();
+        for p in 0..4 {
+            writes.push(format!("/tree/p{p}"));
+        }
+        client
+            .write_many(writes.iter().map(|path| coord::Op::Create {
+                path: path.clone(),
+                payload: Vec::new(),
+                mode: CreateMode::Persistent,
+            }))
+            .await;
+        let mut x = 7u64;
+        let mut noise = |len: usize| -> Vec<u8> {
+            (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        let ops: Vec<coord::Op> = (0..3000)
+            .map(|i| coord::Op::Create {
+                path: format!("/tree/p{}/n{i}", i % 4),
+                payload: if i % 500 == 0 {
+                    noise(200_000)
+                } else {
+                    format!("node {i}").into_bytes()
+                },
+                mode: CreateMode::Persistent,
+            })
+            .collect();
+        let outcome = client.write_many(ops).await;
+        assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let collect = tokio::spawn(async move {
+            let mut streamed = BTreeMap::new();
+            loop {
+                match rx.recv().await.expect("the cache sends Loaded") {
+                    coord::cache::Change::Upsert { path, entry } => {
+                        streamed.insert(path, entry.data.unwrap().to_vec());
+                    }
+                    coord::cache::Change::Loaded => return streamed,
+                    other => panic!("a change before Loaded: {other:?}"),
+                }
+            }
+        });
+        let cache = TreeCache::start(&client, "/tree", Some(tx)).await.unwrap();
+        let streamed = collect.await.unwrap();
+        let expected = read_tree(&client, "/tree").await;
+        assert_eq!(streamed.len(), 3005);
+        assert_eq!(streamed, expected);
+        assert_eq!(cached(&cache), expected);
+
+        let paths = ["/tree/p1/n1", "/tree/missing", "/tree/p0/n1000"].map(String::from);
+        let read = client.get_many_raw(&paths).await.unwrap();
+        assert_eq!(read.len(), 3);
+        assert!(read[1].is_none());
+        let decoded = |node: &Option<(Vec<u8>, coord::Stat)>| {
+            node.as_ref()
+                .map(|(raw, _)| coord::codec::decode(raw).unwrap())
+        };
+        assert_eq!(decoded(&read[0]), Some(b"node 1".to_vec()));
+        assert_eq!(decoded(&read[2]), Some(expected["/tree/p0/n1000"].clone()));
+        let listed = client
+            .children_many(&["/tree/p3".to_string(), "/tree/nope".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(listed[0].as_ref().map(Vec::len), Some(750));
+        assert_eq!(listed[1], None);
+    });
+}
