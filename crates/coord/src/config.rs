@@ -36,6 +36,12 @@ pub struct Config {
     pub multi_ops: usize,
     /// Bulk `multi` transactions in flight at most (each also holds a window slot).
     pub multi_in_flight: usize,
+    /// Requests in flight from which single creates are coalesced: a create issued
+    /// while at least this many requests are in flight joins a queue, and the queue
+    /// goes out as shared `multi` transactions (of up to `multi_ops`, at most
+    /// `multi_in_flight` at once). Each create still gets its own answer. 0 never
+    /// coalesces.
+    pub coalesce_above: usize,
 }
 
 impl Config {
@@ -52,6 +58,7 @@ impl Config {
             retry_for: Duration::from_secs(60),
             multi_ops: 100,
             multi_in_flight: 64,
+            coalesce_above: 64,
         }
     }
 

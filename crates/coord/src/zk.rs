@@ -25,6 +25,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use zookeeper_client as zkc;
 
+use crate::batch::Coalesced;
 use crate::codec;
 use crate::error::{Error, Result, ZkError};
 use crate::metrics as m;
@@ -111,6 +112,9 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     window: Semaphore,
     pub(crate) multi_window: Semaphore,
+    /// Single creates waiting to go out together in a `multi`.
+    pub(crate) coalescing: Mutex<std::collections::VecDeque<crate::batch::Queued>>,
+    pub(crate) coalesced: AtomicU64,
     client: ArcSwapOption<zkc::Client>,
     session: watch::Sender<Session>,
     ephemerals: Mutex<Ephemerals>,
@@ -168,6 +172,8 @@ impl Zk {
         let inner = Arc::new(Inner {
             window: Semaphore::new(config.window),
             multi_window: Semaphore::new(config.multi_in_flight.max(1)),
+            coalescing: Mutex::default(),
+            coalesced: AtomicU64::new(0),
             client: ArcSwapOption::from_pointee(client),
             session: sender,
             ephemerals: Mutex::default(),
@@ -214,6 +220,11 @@ impl Zk {
     /// The largest encoded payload written or read so far, in bytes.
     pub fn largest_payload_bytes(&self) -> usize {
         self.inner.largest_payload.load(Ordering::Relaxed)
+    }
+
+    /// Single creates sent inside shared `multi` transactions so far.
+    pub fn coalesced_creates(&self) -> u64 {
+        self.inner.coalesced.load(Ordering::Relaxed)
     }
 
     /// Requests in flight now.
@@ -583,7 +594,11 @@ impl Zk {
     /// our data (and, for an ephemeral, our session), the first attempt succeeded.
     /// An ephemeral create never crosses a session expiry: it fails with
     /// [`Error::SessionExpired`] and the caller decides what to re-establish.
-    pub async fn create(&self, path: &str, payload: &[u8], mode: CreateMode) -> Result<Stat> {
+    ///
+    /// While [`Config::coalesce_above`] requests are in flight, the create is queued
+    /// and sent inside a `multi` shared with other creates (see `batch.rs`). It returns
+    /// no stat: ZooKeeper 3.8 answers a create inside a `multi` without one.
+    pub async fn create(&self, path: &str, payload: &[u8], mode: CreateMode) -> Result<()> {
         let data = self.encode(path, payload)?;
         let _reservation = match mode {
             CreateMode::Ephemeral => Some(self.reserve_ephemerals(path, 1)?),
@@ -591,6 +606,27 @@ impl Zk {
         };
         let mut retry = Retry::new(self, "create", path);
         let mut generation = None;
+        let coalesce_above = self.inner.config.coalesce_above;
+        if coalesce_above > 0 && self.in_flight() >= coalesce_above {
+            match self.create_coalesced(path, &data, mode).await? {
+                Coalesced::Created => {
+                    retry.done();
+                    if mode == CreateMode::Ephemeral {
+                        self.hold_ephemeral(path);
+                    }
+                    return Ok(());
+                }
+                Coalesced::Refused(err) => return Err(retry.refused(err)),
+                Coalesced::Fallback {
+                    lost,
+                    generation: g,
+                } => {
+                    // On its own from here, as if its first attempt had been the multi.
+                    retry.lost |= lost;
+                    generation = Some(g);
+                }
+            }
+        }
         loop {
             let slot = self.slot().await?;
             if mode == CreateMode::Ephemeral
@@ -602,12 +638,12 @@ impl Zk {
             let result = slot.client.create(path, &data, mode.options()).await;
             drop(slot);
             match result {
-                Ok((stat, _)) => {
+                Ok(_) => {
                     retry.done();
                     if mode == CreateMode::Ephemeral {
                         self.hold_ephemeral(path);
                     }
-                    return Ok(stat);
+                    return Ok(());
                 }
                 Err(ZkError::NodeExists) if retry.after_loss() => {
                     // Did our first attempt land before the connection dropped?
@@ -620,7 +656,7 @@ impl Zk {
                             if mode == CreateMode::Ephemeral {
                                 self.hold_ephemeral(path);
                             }
-                            return Ok(stat);
+                            return Ok(());
                         }
                     }
                     return Err(retry.refused(ZkError::NodeExists));

@@ -75,10 +75,11 @@ fn a_multi_is_all_or_nothing() {
     let zk = testkit::Zk::standalone();
     runtime().block_on(async {
         let client = connect(&zk, |_| {}).await;
-        let fence = client
+        client
             .create("/fence", b"owner", CreateMode::Persistent)
             .await
             .unwrap();
+        let fence = client.exists("/fence").await.unwrap().unwrap();
         client
             .create("/guarded", b"v0", CreateMode::Persistent)
             .await

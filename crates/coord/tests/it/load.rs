@@ -120,3 +120,91 @@ fn a_burst_survives_a_killed_leader_and_loses_nothing() {
         }
     });
 }
+
+#[test]
+fn creates_under_load_share_multis_and_each_gets_its_own_answer() {
+    const N: usize = 20_000;
+    let zk = testkit::Zk::standalone();
+    runtime().block_on(async {
+        let client = connect(&zk, |c| {
+            c.window = 1000;
+            c.coalesce_above = 16;
+            c.ephemeral_budget = N + 10;
+        })
+        .await;
+        client.ensure_path("/co").await.unwrap();
+        // Every seventh node exists already: those creates must fail alone.
+        let taken: Vec<coord::Op> = (0..N)
+            .step_by(7)
+            .map(|i| coord::Op::Create {
+                path: format!("/co/n{i}"),
+                payload: b"taken".to_vec(),
+                mode: CreateMode::Persistent,
+            })
+            .collect();
+        let before = client.write_many(taken).await;
+        assert!(before.failed.is_empty());
+
+        let paths: Vec<String> = (0..N).map(|i| format!("/co/n{i}")).collect();
+        let mut results: Vec<_> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let client = &client;
+                async move {
+                    let result = client
+                        .create(path, &payload(i), CreateMode::Ephemeral)
+                        .await;
+                    (i, result)
+                }
+            })
+            .collect::<FuturesUnordered<_>>()
+            .collect()
+            .await;
+        results.sort_by_key(|(i, _)| *i);
+        assert_eq!(results.len(), N);
+        assert!(
+            client.coalesced_creates() > (N / 2) as u64,
+            "only {} of {N} creates were coalesced",
+            client.coalesced_creates()
+        );
+        // Each answer is that create's own: refused where the node was taken, created
+        // (with this create's data, on this session) everywhere else.
+        let session = client.session().borrow().id;
+        for (i, result) in results {
+            let path = &paths[i];
+            let (data, stat) = client.get(path).await.unwrap().unwrap();
+            match result {
+                Ok(()) if i % 7 != 0 => {
+                    assert_eq!(data, payload(i), "{path}");
+                    assert_eq!(stat.ephemeral_owner, session, "{path}");
+                }
+                Err(err) if i % 7 == 0 => {
+                    assert!(err.is_node_exists(), "{path}: {err}");
+                    assert_eq!(data, b"taken", "{path} was overwritten");
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert_eq!(client.ephemerals_held(), N - N.div_ceil(7));
+    });
+}
+
+#[test]
+fn creates_are_not_coalesced_when_coalescing_is_off() {
+    let zk = testkit::Zk::standalone();
+    runtime().block_on(async {
+        let client = connect(&zk, |c| c.coalesce_above = 0).await;
+        client.ensure_path("/single").await.unwrap();
+        let paths: Vec<String> = (0..2000).map(|i| format!("/single/n{i}")).collect();
+        let results: Vec<_> = paths
+            .iter()
+            .map(|path| client.create(path, b"x", CreateMode::Persistent))
+            .collect::<FuturesUnordered<_>>()
+            .collect()
+            .await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(client.coalesced_creates(), 0);
+        assert_eq!(client.children("/single").await.unwrap().len(), 2000);
+    });
+}

@@ -63,7 +63,13 @@ fn an_expired_session_is_published_and_replaced() {
     let second = *client.session().borrow();
     assert_ne!(second.id, first.id);
     assert_eq!(client.session_stats().expiries, 1);
-    assert_eq!(client.ephemerals_held(), 0);
+    // The two ephemerals of the old session (`/mine`, the member node) are forgotten;
+    // the member recipe may already hold its node again on the new session.
+    assert!(
+        client.ephemerals_held() <= 1,
+        "held: {}",
+        client.ephemerals_held()
+    );
     rt.block_on(async {
         // The old session's ephemeral goes; persistent data does not. The server
         // tells the client "expired" before its closeSession transaction has

@@ -56,9 +56,14 @@ fn a_large_compressible_payload_is_stored_compressed_and_round_trips() {
             .flat_map(|i| format!("app-{i:08}.example.com\n").into_bytes())
             .collect();
         assert!(payload.len() > 2_000_000);
-        let stat = client
+        client
             .create("/big-but-compressible", &payload, CreateMode::Persistent)
             .await
+            .unwrap();
+        let stat = client
+            .exists("/big-but-compressible")
+            .await
+            .unwrap()
             .unwrap();
         assert!(
             (stat.data_length as usize) < payload.len() / 5,
