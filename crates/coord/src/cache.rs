@@ -67,9 +67,7 @@ pub struct CacheStatus {
 
 type Tree = BTreeMap<String, Entry>;
 
-/// Requests a refresh keeps in flight (each also passes the layer's window).
-const READ_CONCURRENCY: usize = 2048;
-/// `multiRead` requests a walk keeps in flight.
+/// `multiRead` requests a walk or a refresh keeps in flight.
 const WALK_CONCURRENCY: usize = 16;
 /// Nodes read by one `multiRead` of a walk, at most.
 const WALK_BATCH_MAX: usize = 512;
@@ -250,41 +248,24 @@ fn decoded(zk: &Zk, path: &str, raw: &[u8]) -> Result<Arc<[u8]>, DecodeError> {
     data
 }
 
-/// Reads a node and, when it has any, its children's names.
-async fn read_node(zk: &Zk, path: String) -> Result<(String, Option<(Entry, Vec<String>)>)> {
-    let Some((raw, stat)) = zk.get_raw(&path).await? else {
-        return Ok((path, None));
-    };
-    let children = if stat.num_children > 0 {
-        match zk.children(&path).await {
-            Ok(children) => children,
-            Err(err) if err.is_no_node() => Vec::new(),
-            Err(err) => return Err(err),
-        }
+/// A read node with its children's paths (when asked for), and the bytes its reads
+/// brought; `None` for a node that does not exist.
+type ReadNode = (String, Option<(Entry, Vec<String>, usize)>);
+
+/// Reads a batch of nodes with one `multiRead`, then, with `children`, the children of
+/// those that have any.
+async fn read_batch(zk: &Zk, paths: Vec<String>, children: bool) -> Result<Vec<ReadNode>> {
+    let found = zk.get_many_raw(&paths).await?;
+    let parents: Vec<String> = if children {
+        paths
+            .iter()
+            .zip(&found)
+            .filter(|(_, node)| node.as_ref().is_some_and(|(_, stat)| stat.num_children > 0))
+            .map(|(path, _)| path.clone())
+            .collect()
     } else {
         Vec::new()
     };
-    let entry = Entry {
-        data: decoded(zk, &path, &raw),
-        version: stat.version,
-        mzxid: stat.mzxid,
-    };
-    Ok((path, Some((entry, children))))
-}
-
-/// A read node with its children's paths, and the bytes its reads brought.
-type WalkedNode = (String, Entry, Vec<String>, usize);
-
-/// Reads a batch of nodes with one `multiRead`, then the children of those that have
-/// any with another. A node deleted meanwhile is left out.
-async fn read_batch(zk: &Zk, paths: Vec<String>) -> Result<Vec<WalkedNode>> {
-    let found = zk.get_many_raw(&paths).await?;
-    let parents: Vec<String> = paths
-        .iter()
-        .zip(&found)
-        .filter(|(_, node)| node.as_ref().is_some_and(|(_, stat)| stat.num_children > 0))
-        .map(|(path, _)| path.clone())
-        .collect();
     // Few nodes have children, but a parent can have thousands: a few per request.
     let listed = futures::future::try_join_all(
         parents
@@ -292,12 +273,15 @@ async fn read_batch(zk: &Zk, paths: Vec<String>) -> Result<Vec<WalkedNode>> {
             .map(|chunk| zk.children_many(chunk)),
     )
     .await?;
-    let mut children = listed.into_iter().flatten();
+    let mut listed = listed.into_iter().flatten();
     let mut nodes = Vec::with_capacity(paths.len());
     for (path, node) in paths.into_iter().zip(found) {
-        let Some((raw, stat)) = node else { continue };
-        let kids = if stat.num_children > 0 {
-            children
+        let Some((raw, stat)) = node else {
+            nodes.push((path, None));
+            continue;
+        };
+        let kids: Vec<String> = if children && stat.num_children > 0 {
+            listed
                 .next()
                 .flatten()
                 .unwrap_or_default()
@@ -313,9 +297,20 @@ async fn read_batch(zk: &Zk, paths: Vec<String>) -> Result<Vec<WalkedNode>> {
             mzxid: stat.mzxid,
         };
         let size = raw.len() + kids.iter().map(String::len).sum::<usize>();
-        nodes.push((path, entry, kids, size));
+        nodes.push((path, Some((entry, kids, size))));
     }
     Ok(nodes)
+}
+
+/// How many nodes the next `multiRead` should read, given what the reads so far
+/// brought: as many as fit [`WALK_BATCH_BYTES`] at the average size.
+fn batch_size(nodes_read: usize, bytes_read: usize) -> usize {
+    if nodes_read < WALK_BATCH_FIRST {
+        WALK_BATCH_FIRST
+    } else {
+        let average = (bytes_read / nodes_read).max(1);
+        (WALK_BATCH_BYTES / average).clamp(1, WALK_BATCH_MAX)
+    }
 }
 
 /// Reads every node under `root` and hands each to `visit`; a change `visit` returns
@@ -336,19 +331,18 @@ async fn walk(
     let (mut nodes_read, mut bytes_read) = (0usize, 0usize);
     loop {
         while pending.len() < WALK_CONCURRENCY && !queue.is_empty() {
-            let batch = if nodes_read < WALK_BATCH_FIRST {
-                WALK_BATCH_FIRST
-            } else {
-                let average = (bytes_read / nodes_read).max(1);
-                (WALK_BATCH_BYTES / average).clamp(1, WALK_BATCH_MAX)
-            };
+            let batch = batch_size(nodes_read, bytes_read);
             let paths = queue.split_off(queue.len().saturating_sub(batch));
-            pending.push(read_batch(zk, paths));
+            pending.push(read_batch(zk, paths, true));
         }
         let Some(read) = pending.next().await else {
             return Ok(());
         };
-        for (path, entry, children, size) in read? {
+        for (path, node) in read? {
+            // Deleted since its parent listed it: the watch reports that.
+            let Some((entry, children, size)) = node else {
+                continue;
+            };
             nodes_read += 1;
             bytes_read += size;
             queue.extend(children);
@@ -445,24 +439,36 @@ impl Keeper {
         self.publish();
     }
 
-    /// Applies fresh reads of `paths`; `false` when a read failed.
+    /// Applies fresh reads of `paths` (in `multiRead` batches, as a walk reads);
+    /// `false` when a read failed.
     async fn try_refresh(&self, paths: HashSet<String>) -> bool {
-        let mut reads: FuturesUnordered<_> = FuturesUnordered::new();
+        let mut reads = FuturesUnordered::new();
         let mut queue: Vec<String> = paths.into_iter().collect();
+        let (mut nodes_read, mut bytes_read) = (0usize, 0usize);
         loop {
-            while reads.len() < READ_CONCURRENCY {
-                let Some(path) = queue.pop() else { break };
-                reads.push(read_node(&self.zk, path));
+            while reads.len() < WALK_CONCURRENCY && !queue.is_empty() {
+                let batch = batch_size(nodes_read, bytes_read);
+                let paths = queue.split_off(queue.len().saturating_sub(batch));
+                reads.push(read_batch(&self.zk, paths, false));
             }
             let Some(read) = reads.next().await else {
                 break;
             };
-            match read {
-                Ok((path, Some((entry, _children)))) => self.upsert(path, entry).await,
-                Ok((path, None)) => self.remove(path).await,
+            let read = match read {
+                Ok(read) => read,
                 Err(err) => {
                     tracing::warn!(%err, "cache refresh failed; re-walking the tree");
                     return false;
+                }
+            };
+            for (path, node) in read {
+                nodes_read += 1;
+                match node {
+                    Some((entry, _, size)) => {
+                        bytes_read += size;
+                        self.upsert(path, entry).await;
+                    }
+                    None => self.remove(path).await,
                 }
             }
         }
