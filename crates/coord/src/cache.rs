@@ -103,7 +103,7 @@ impl TreeCache {
         changes: Option<mpsc::Sender<Change>>,
     ) -> Result<TreeCache> {
         let (events, incoming) = mpsc::unbounded_channel();
-        let generation = watch_into(zk, root, events.clone()).await?;
+        let (generation, pump) = watch_into(zk, root, events.clone()).await?;
         let mut tree = Tree::new();
         walk(
             zk,
@@ -139,6 +139,7 @@ impl TreeCache {
             changes,
             events,
             generation,
+            pump,
             reloads: 0,
         };
         keeper.publish();
@@ -200,14 +201,15 @@ impl Drop for TreeCache {
 }
 
 /// Sets a persistent recursive watch on `root` and pumps its events into `events`
-/// until the session ends (after which the watcher must not be polled again).
+/// until the session ends (after which the watcher must not be polled again). Returns
+/// the session generation it was set on and the task that pumps.
 async fn watch_into(
     zk: &Zk,
     root: &str,
     events: mpsc::UnboundedSender<zkc::WatchedEvent>,
-) -> Result<u64> {
+) -> Result<(u64, JoinHandle<()>)> {
     let (mut watcher, generation) = zk.recursive_watch(root).await?;
-    tokio::spawn(async move {
+    let pump = tokio::spawn(async move {
         loop {
             let event = watcher.changed().await;
             let terminal = event.event_type == zkc::EventType::Session
@@ -222,7 +224,7 @@ async fn watch_into(
             }
         }
     });
-    Ok(generation)
+    Ok((generation, pump))
 }
 
 fn child_path(parent: &str, child: &str) -> String {
@@ -362,8 +364,17 @@ struct Keeper {
     status: watch::Sender<CacheStatus>,
     changes: Option<mpsc::Sender<Change>>,
     events: mpsc::UnboundedSender<zkc::WatchedEvent>,
+    /// The session generation the watch is set on.
     generation: u64,
+    /// The task pumping the watch's events.
+    pump: JoinHandle<()>,
     reloads: u64,
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
 }
 
 impl Keeper {
@@ -378,11 +389,17 @@ impl Keeper {
                     (zkc::EventType::Session, zkc::SessionState::Disconnected) => {}
                     (zkc::EventType::Session, zkc::SessionState::SyncConnected)
                     | (zkc::EventType::Session, zkc::SessionState::ConnectedReadOnly) => {
-                        // Events may have been lost while disconnected (ZOOKEEPER-4698).
+                        // zookeeper-client does not set persistent watches again when
+                        // it reconnects, so the server forgot this one: set it anew.
+                        // Events may also have been lost while disconnected
+                        // (ZOOKEEPER-4698): re-walk once it is set.
+                        if !self.set_watch(false).await {
+                            return;
+                        }
                         reload = true;
                     }
                     (zkc::EventType::Session, _) => {
-                        if !self.rewatch().await {
+                        if !self.set_watch(true).await {
                             return;
                         }
                         reload = true;
@@ -402,17 +419,23 @@ impl Keeper {
         }
     }
 
-    /// After an expiry: waits for the new session and sets the watch on it.
-    async fn rewatch(&mut self) -> bool {
+    /// Sets the watch again once the session is connected (after an expiry, the new
+    /// session) and stops pumping the old watcher; `false` when the layer closed.
+    ///
+    /// The old watcher is dropped after the new one is set, so zookeeper-client still
+    /// has a watcher on the path and does not ask the server to remove the watch.
+    async fn set_watch(&mut self, after_expiry: bool) -> bool {
         let mut session = self.zk.session();
         loop {
             let now = *session.borrow_and_update();
             if now.state == SessionState::Closed {
                 return false;
             }
-            if now.state == SessionState::Connected && now.generation > self.generation {
+            let fresh = !after_expiry || now.generation > self.generation;
+            if now.state == SessionState::Connected && fresh {
                 match watch_into(&self.zk, &self.root, self.events.clone()).await {
-                    Ok(generation) => {
+                    Ok((generation, pump)) => {
+                        std::mem::replace(&mut self.pump, pump).abort();
                         self.generation = generation;
                         return true;
                     }

@@ -157,6 +157,17 @@ fn the_cache_catches_up_after_its_server_restarts() {
             0,
             "the session should have survived"
         );
+        // And the watch lives on after the reconnection: later changes arrive as
+        // events, with no re-walk to bring them.
+        let reloads = cache.status().borrow().reloads;
+        scribble(&writer, 13, 300).await;
+        settle(&writer, &cache, "live").await;
+        assert_eq!(cached(&cache), read_tree(&writer, "/tree").await);
+        assert_eq!(
+            cache.status().borrow().reloads,
+            reloads,
+            "a re-walk, not the watch, caught up"
+        );
     });
 }
 
