@@ -498,9 +498,10 @@ impl Zk {
     /// Sends a create through the coalescing queue: it goes out in a `multi` with the
     /// other creates queued meanwhile, and its own answer comes back.
     ///
-    /// Whoever queues a create also takes a bulk slot and sends a share of the queue,
-    /// often others' creates; while every bulk slot is busy the queue grows, so the
-    /// busier ZooKeeper is, the fuller each `multi`. ZooKeeper applies a `multi` in
+    /// Whoever queues a create also waits for a bulk slot and, unless another task has
+    /// sent its create meanwhile, sends a share of the queue, often others' creates;
+    /// while every bulk slot is busy the queue grows, so the busier ZooKeeper is, the
+    /// fuller each `multi`. ZooKeeper applies a `multi` in
     /// order, so each create meets the same state it would have alone; one it refuses
     /// is answered with that refusal, and the rest are sent again without it.
     pub(crate) async fn create_coalesced(
@@ -524,24 +525,27 @@ impl Zk {
             generation,
             reply,
         });
-        {
-            let _bulk = self
-                .inner()
-                .multi_window
-                .acquire()
-                .await
-                .map_err(|_| Error::Closed)?;
-            let batch = self.take_queued();
-            if !batch.is_empty() {
-                self.send_queued(batch).await;
-            }
-        }
-        // Sent by this task or another one. A sender dropped unanswered means its task
-        // was cancelled mid-send: the multi may or may not have landed.
-        Ok(answer.await.unwrap_or(Coalesced::Fallback {
+        // A sender dropped unanswered means its task was cancelled mid-send: the multi
+        // may or may not have landed.
+        let unanswered = Coalesced::Fallback {
             lost: true,
             generation,
-        }))
+        };
+        let mut answer = answer;
+        // Wait for a bulk slot, unless another task sends this create first: a task
+        // whose create is answered must not take a slot to send a few stragglers, or
+        // the queue goes out in many small multis instead of a few full ones.
+        let bulk = tokio::select! {
+            biased;
+            reply = &mut answer => return Ok(reply.unwrap_or(unanswered)),
+            bulk = self.inner().multi_window.acquire() => bulk.map_err(|_| Error::Closed)?,
+        };
+        let batch = self.take_queued();
+        if !batch.is_empty() {
+            self.send_queued(batch).await;
+        }
+        drop(bulk);
+        Ok(answer.await.unwrap_or(unanswered))
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Queued>> {

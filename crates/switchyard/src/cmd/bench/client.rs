@@ -147,6 +147,7 @@ async fn measure(args: &Args) -> anyhow::Result<ClientResult> {
     if errors.count > 0 {
         eprintln!("{}: {} errors in all", args.mode.name(), errors.count);
     }
+    let coalesced_creates = Some(zk.coalesced_creates());
     // Keep the session open until the process exits (see `run`).
     std::mem::forget(zk);
     Ok(ClientResult {
@@ -156,6 +157,7 @@ async fn measure(args: &Args) -> anyhow::Result<ClientResult> {
         read_secs,
         errors: errors.count,
         peak_rss_bytes: peak_rss_bytes(),
+        coalesced_creates,
     })
 }
 

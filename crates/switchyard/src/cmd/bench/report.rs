@@ -13,6 +13,9 @@ pub struct ClientResult {
     pub read_secs: f64,
     pub errors: u64,
     pub peak_rss_bytes: u64,
+    /// The layer's creates that went out in shared `multi`s (the layer alone says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalesced_creates: Option<u64>,
 }
 
 impl ClientResult {

@@ -154,6 +154,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         r.peak_rss_bytes as f64 / (1024.0 * 1024.0),
                         r.errors
                     );
+                    if let Some(coalesced) = r.coalesced_creates {
+                        let _ = write!(line, ", {coalesced} creates coalesced");
+                    }
                     match server_ephemerals {
                         Some(count) if count == r.nodes => {}
                         Some(count) => {
