@@ -5,9 +5,6 @@
 //! drops mid-flight and the retry fails on its first operation, reading that one node
 //! tells whether the whole earlier attempt landed.
 
-use std::sync::atomic::Ordering;
-
-use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use zookeeper_client as zkc;
 
@@ -110,17 +107,17 @@ impl Group {
 
 /// An operation with its payload encoded and size-checked.
 #[derive(Debug)]
-struct Encoded {
-    op: Op,
-    data: Vec<u8>,
+pub(crate) struct Encoded {
+    pub(crate) op: Op,
+    pub(crate) data: Vec<u8>,
 }
 
 impl Encoded {
-    fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.op.path().len() + self.data.len() + OP_OVERHEAD_BYTES
     }
 
-    fn add_to(&self, writer: &mut zkc::MultiWriter<'_>) -> Result<(), ZkError> {
+    pub(crate) fn add_to(&self, writer: &mut zkc::MultiWriter<'_>) -> Result<(), ZkError> {
         match &self.op {
             Op::Create { path, mode, .. } => writer.add_create(path, &self.data, mode.options()),
             Op::Set { path, version, .. } => writer.add_set_data(path, &self.data, *version),
@@ -129,7 +126,7 @@ impl Encoded {
         }
     }
 
-    fn is_ephemeral(&self) -> bool {
+    pub(crate) fn is_ephemeral(&self) -> bool {
         matches!(
             self.op,
             Op::Create {
@@ -151,7 +148,7 @@ impl Zk {
         Ok(Encoded { op, data })
     }
 
-    fn multi_limit(&self) -> usize {
+    pub(crate) fn multi_limit(&self) -> usize {
         self.config()
             .jute_maxbuffer
             .saturating_sub(REQUEST_OVERHEAD_BYTES)
@@ -466,186 +463,5 @@ fn joined(done: Option<Result<BatchOutcome, tokio::task::JoinError>>) -> BatchOu
         Some(Ok(outcome)) => outcome,
         Some(Err(err)) => std::panic::resume_unwind(err.into_panic()),
         None => BatchOutcome::default(),
-    }
-}
-
-/// A single create queued to go out in a shared `multi`, and where its answer goes.
-pub(crate) struct Queued {
-    op: Encoded,
-    /// The session generation when it was queued.
-    generation: u64,
-    reply: oneshot::Sender<Coalesced>,
-}
-
-/// What became of a coalesced create.
-#[derive(Debug)]
-pub(crate) enum Coalesced {
-    /// Created. (ZooKeeper 3.8 answers a create inside a `multi` without its stat.)
-    Created,
-    /// ZooKeeper refused this create (the others of its `multi` were sent again).
-    Refused(ZkError),
-    /// The shared `multi` got no definite answer: the create goes on alone, as after a
-    /// first attempt on session `generation` that may (`lost`) or may not have landed.
-    Fallback {
-        /// The `multi` may have been applied.
-        lost: bool,
-        /// The session generation the `multi` was sent on.
-        generation: u64,
-    },
-}
-
-impl Zk {
-    /// Sends a create through the coalescing queue: it goes out in a `multi` with the
-    /// other creates queued meanwhile, and its own answer comes back.
-    ///
-    /// Whoever queues a create also waits for a bulk slot and, unless another task has
-    /// sent its create meanwhile, sends a share of the queue, often others' creates;
-    /// while every bulk slot is busy the queue grows, so the busier ZooKeeper is, the
-    /// fuller each `multi`. ZooKeeper applies a `multi` in
-    /// order, so each create meets the same state it would have alone; one it refuses
-    /// is answered with that refusal, and the rest are sent again without it.
-    pub(crate) async fn create_coalesced(
-        &self,
-        path: &str,
-        data: &[u8],
-        mode: CreateMode,
-    ) -> Result<Coalesced> {
-        let (reply, answer) = oneshot::channel();
-        let generation = self.session().borrow().generation;
-        let op = Encoded {
-            op: Op::Create {
-                path: path.to_string(),
-                payload: Vec::new(),
-                mode,
-            },
-            data: data.to_vec(),
-        };
-        self.queue().push_back(Queued {
-            op,
-            generation,
-            reply,
-        });
-        // A sender dropped unanswered means its task was cancelled mid-send: the multi
-        // may or may not have landed.
-        let unanswered = Coalesced::Fallback {
-            lost: true,
-            generation,
-        };
-        let mut answer = answer;
-        // Wait for a bulk slot, unless another task sends this create first: a task
-        // whose create is answered must not take a slot to send a few stragglers, or
-        // the queue goes out in many small multis instead of a few full ones.
-        let bulk = tokio::select! {
-            biased;
-            reply = &mut answer => return Ok(reply.unwrap_or(unanswered)),
-            bulk = self.inner().multi_window.acquire() => bulk.map_err(|_| Error::Closed)?,
-        };
-        let batch = self.take_queued();
-        if !batch.is_empty() {
-            self.send_queued(batch).await;
-        }
-        drop(bulk);
-        Ok(answer.await.unwrap_or(unanswered))
-    }
-
-    fn queue(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Queued>> {
-        self.inner()
-            .coalescing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes the queue's head: up to `multi_ops` creates under the size limit.
-    fn take_queued(&self) -> Vec<Queued> {
-        let max_ops = self.config().multi_ops.max(1);
-        let limit = self.multi_limit();
-        let mut queue = self.queue();
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        while let Some(next) = queue.front() {
-            let size = next.op.size();
-            if !batch.is_empty() && (batch.len() == max_ops || bytes + size > limit) {
-                break;
-            }
-            bytes += size;
-            batch.extend(queue.pop_front());
-        }
-        batch
-    }
-
-    /// Sends `batch` as one `multi`, again without each create ZooKeeper refuses, until
-    /// every create has its answer.
-    async fn send_queued(&self, mut batch: Vec<Queued>) {
-        while !batch.is_empty() {
-            let slot = match self.slot().await {
-                Ok(slot) => slot,
-                Err(_) => {
-                    return answer_all(batch, |q| Coalesced::Fallback {
-                        lost: false,
-                        generation: q.generation,
-                    })
-                }
-            };
-            let generation = slot.generation;
-            // A create queued on an earlier session must not land on this one.
-            let (stale, current): (Vec<Queued>, Vec<Queued>) = batch
-                .into_iter()
-                .partition(|q| q.generation != generation && q.op.is_ephemeral());
-            answer_all(stale, |q| Coalesced::Fallback {
-                lost: false,
-                generation: q.generation,
-            });
-            batch = current;
-            if batch.is_empty() {
-                return;
-            }
-            let mut writer = slot.client.new_multi_writer();
-            if let Some(bad) = batch.iter().position(|q| q.op.add_to(&mut writer).is_err()) {
-                // A path the client refuses to send: that create learns why alone.
-                drop(writer);
-                drop(slot);
-                let refused = batch.remove(bad);
-                let _ = refused.reply.send(Coalesced::Fallback {
-                    lost: false,
-                    generation: refused.generation,
-                });
-                continue;
-            }
-            let result = writer.commit().await;
-            drop(slot);
-            match result {
-                Ok(results) => {
-                    self.inner()
-                        .coalesced
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    metrics::counter!(crate::metrics::ZK_COALESCED).increment(batch.len() as u64);
-                    for (queued, result) in batch.drain(..).zip(results) {
-                        let answer = match result {
-                            zkc::MultiWriteResult::Create { .. } => Coalesced::Created,
-                            _ => Coalesced::Fallback {
-                                lost: true,
-                                generation,
-                            },
-                        };
-                        let _ = queued.reply.send(answer);
-                    }
-                }
-                Err(zkc::MultiWriteError::OperationFailed { index, source }) => {
-                    let refused = batch.remove(index);
-                    let _ = refused.reply.send(Coalesced::Refused(source));
-                }
-                Err(zkc::MultiWriteError::RequestFailed { source }) => {
-                    let lost = !matches!(source, ZkError::Throttled);
-                    return answer_all(batch, |_| Coalesced::Fallback { lost, generation });
-                }
-            }
-        }
-    }
-}
-
-fn answer_all(batch: Vec<Queued>, answer: impl Fn(&Queued) -> Coalesced) {
-    for queued in batch {
-        let reply = answer(&queued);
-        let _ = queued.reply.send(reply);
     }
 }

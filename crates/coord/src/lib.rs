@@ -18,6 +18,7 @@
 pub mod audit;
 mod batch;
 pub mod cache;
+mod coalesce;
 pub mod codec;
 mod config;
 mod error;

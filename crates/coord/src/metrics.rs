@@ -24,5 +24,6 @@ pub const ZK_NODES_OVER_ALERT: &str = "switchyard_zk_nodes_over_alert";
 /// Gauges by `server` and `figure`: a ZooKeeper server's `mntr` figures about sizes
 /// (`zk_max_proposal_size`, `zk_max_client_response_size`, `zk_approximate_data_size`).
 pub const ZK_SERVER_FIGURE: &str = "switchyard_zk_server_mntr";
-/// Counter: single creates sent inside shared `multi` transactions (coalesced under load).
-pub const ZK_COALESCED: &str = "switchyard_zk_coalesced_creates_total";
+/// Counter by `op` (`create`, `get`): single requests sent inside shared `multi` or
+/// `multiRead` requests (coalesced under load).
+pub const ZK_COALESCED: &str = "switchyard_zk_coalesced_requests_total";

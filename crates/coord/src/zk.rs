@@ -25,7 +25,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use zookeeper_client as zkc;
 
-use crate::batch::Coalesced;
+use crate::coalesce::Coalesced;
 use crate::codec;
 use crate::error::{Error, Result, ZkError};
 use crate::metrics as m;
@@ -112,9 +112,10 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     window: Semaphore,
     pub(crate) multi_window: Semaphore,
-    /// Single creates waiting to go out together in a `multi`.
-    pub(crate) coalescing: Mutex<std::collections::VecDeque<crate::batch::Queued>>,
-    pub(crate) coalesced: AtomicU64,
+    /// Single requests waiting to go out together (`coalesce.rs`).
+    pub(crate) coalescing: Mutex<crate::coalesce::Queues>,
+    pub(crate) coalesced_creates: AtomicU64,
+    pub(crate) coalesced_reads: AtomicU64,
     client: ArcSwapOption<zkc::Client>,
     session: watch::Sender<Session>,
     ephemerals: Mutex<Ephemerals>,
@@ -173,7 +174,8 @@ impl Zk {
             window: Semaphore::new(config.window),
             multi_window: Semaphore::new(config.multi_in_flight.max(1)),
             coalescing: Mutex::default(),
-            coalesced: AtomicU64::new(0),
+            coalesced_creates: AtomicU64::new(0),
+            coalesced_reads: AtomicU64::new(0),
             client: ArcSwapOption::from_pointee(client),
             session: sender,
             ephemerals: Mutex::default(),
@@ -224,7 +226,12 @@ impl Zk {
 
     /// Single creates sent inside shared `multi` transactions so far.
     pub fn coalesced_creates(&self) -> u64 {
-        self.inner.coalesced.load(Ordering::Relaxed)
+        self.inner.coalesced_creates.load(Ordering::Relaxed)
+    }
+
+    /// Single reads sent inside shared `multiRead` requests so far.
+    pub fn coalesced_reads(&self) -> u64 {
+        self.inner.coalesced_reads.load(Ordering::Relaxed)
     }
 
     /// Requests in flight now.
@@ -366,23 +373,13 @@ impl Zk {
     }
 
     /// Reads a node: its decoded payload and stat, or `None` when it does not exist.
+    ///
+    /// While [`Config::coalesce_above`] requests are in flight, the read is queued and
+    /// sent inside a `multiRead` shared with other reads.
     pub async fn get(&self, path: &str) -> Result<Option<(Vec<u8>, Stat)>> {
-        let mut retry = Retry::new(self, "get", path);
-        loop {
-            let slot = self.slot().await?;
-            let result = slot.client.get_data(path).await;
-            drop(slot);
-            match result {
-                Ok((data, stat)) => {
-                    retry.done();
-                    return Ok(Some((self.decode(path, &data)?, stat)));
-                }
-                Err(ZkError::NoNode) => {
-                    retry.done();
-                    return Ok(None);
-                }
-                Err(err) => retry.failed(err).await?,
-            }
+        match self.get_raw(path).await? {
+            Some((data, stat)) => Ok(Some((self.decode(path, &data)?, stat))),
+            None => Ok(None),
         }
     }
 
@@ -487,6 +484,16 @@ impl Zk {
     /// Reads a node's raw bytes without decoding them (audits, foreign nodes).
     pub async fn get_raw(&self, path: &str) -> Result<Option<(Vec<u8>, Stat)>> {
         let mut retry = Retry::new(self, "get", path);
+        if self.congested() {
+            match self.get_coalesced(path).await? {
+                Coalesced::Done(found) => {
+                    retry.done();
+                    return Ok(found);
+                }
+                Coalesced::Refused(err) => return Err(retry.refused(err)),
+                Coalesced::Fallback { .. } => {}
+            }
+        }
         loop {
             let slot = self.slot().await?;
             let result = slot.client.get_data(path).await;
@@ -606,10 +613,9 @@ impl Zk {
         };
         let mut retry = Retry::new(self, "create", path);
         let mut generation = None;
-        let coalesce_above = self.inner.config.coalesce_above;
-        if coalesce_above > 0 && self.in_flight() >= coalesce_above {
+        if self.congested() {
             match self.create_coalesced(path, &data, mode).await? {
-                Coalesced::Created => {
+                Coalesced::Done(()) => {
                     retry.done();
                     if mode == CreateMode::Ephemeral {
                         self.hold_ephemeral(path);

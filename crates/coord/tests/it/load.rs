@@ -122,7 +122,7 @@ fn a_burst_survives_a_killed_leader_and_loses_nothing() {
 }
 
 #[test]
-fn creates_under_load_share_multis_and_each_gets_its_own_answer() {
+fn requests_under_load_share_batches_and_each_gets_its_own_answer() {
     const N: usize = 20_000;
     let zk = testkit::Zk::standalone();
     runtime().block_on(async {
@@ -187,11 +187,43 @@ fn creates_under_load_share_multis_and_each_gets_its_own_answer() {
             }
         }
         assert_eq!(client.ephemerals_held(), N - N.div_ceil(7));
+
+        // Reads under load share multiReads; each gets its own node, or None for one
+        // that does not exist.
+        let mut reads: Vec<_> = (0..N + 100)
+            .map(|i| {
+                let client = &client;
+                async move { (i, client.get(&format!("/co/n{i}")).await) }
+            })
+            .collect::<FuturesUnordered<_>>()
+            .collect()
+            .await;
+        reads.sort_by_key(|(i, _)| *i);
+        assert!(
+            client.coalesced_reads() > (N / 2) as u64,
+            "only {} of {N} reads were coalesced",
+            client.coalesced_reads()
+        );
+        for (i, read) in reads {
+            let read = read.unwrap();
+            match read {
+                Some((data, _)) if i >= N => panic!("/co/n{i} does not exist, read {data:?}"),
+                Some((data, stat)) if i % 7 == 0 => {
+                    assert_eq!(data, b"taken");
+                    assert_eq!(stat.ephemeral_owner, 0);
+                }
+                Some((data, stat)) => {
+                    assert_eq!(data, payload(i), "/co/n{i}");
+                    assert_eq!(stat.ephemeral_owner, session);
+                }
+                None => assert!(i >= N, "/co/n{i} exists but read as missing"),
+            }
+        }
     });
 }
 
 #[test]
-fn creates_are_not_coalesced_when_coalescing_is_off() {
+fn requests_are_not_coalesced_when_coalescing_is_off() {
     let zk = testkit::Zk::standalone();
     runtime().block_on(async {
         let client = connect(&zk, |c| c.coalesce_above = 0).await;
@@ -205,6 +237,16 @@ fn creates_are_not_coalesced_when_coalescing_is_off() {
             .await;
         assert!(results.iter().all(Result::is_ok));
         assert_eq!(client.coalesced_creates(), 0);
+        let reads: Vec<_> = paths
+            .iter()
+            .map(|path| client.get(path))
+            .collect::<FuturesUnordered<_>>()
+            .collect()
+            .await;
+        assert!(reads
+            .iter()
+            .all(|r| matches!(r, Ok(Some((data, _))) if data == b"x")));
+        assert_eq!(client.coalesced_reads(), 0);
         assert_eq!(client.children("/single").await.unwrap().len(), 2000);
     });
 }

@@ -148,6 +148,7 @@ async fn measure(args: &Args) -> anyhow::Result<ClientResult> {
         eprintln!("{}: {} errors in all", args.mode.name(), errors.count);
     }
     let coalesced_creates = Some(zk.coalesced_creates());
+    let coalesced_reads = Some(zk.coalesced_reads());
     // Keep the session open until the process exits (see `run`).
     std::mem::forget(zk);
     Ok(ClientResult {
@@ -158,6 +159,7 @@ async fn measure(args: &Args) -> anyhow::Result<ClientResult> {
         errors: errors.count,
         peak_rss_bytes: peak_rss_bytes(),
         coalesced_creates,
+        coalesced_reads,
     })
 }
 

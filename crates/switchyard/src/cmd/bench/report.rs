@@ -16,6 +16,9 @@ pub struct ClientResult {
     /// The layer's creates that went out in shared `multi`s (the layer alone says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coalesced_creates: Option<u64>,
+    /// The layer's reads that went out in shared `multiRead`s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalesced_reads: Option<u64>,
 }
 
 impl ClientResult {

@@ -154,8 +154,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         r.peak_rss_bytes as f64 / (1024.0 * 1024.0),
                         r.errors
                     );
-                    if let Some(coalesced) = r.coalesced_creates {
-                        let _ = write!(line, ", {coalesced} creates coalesced");
+                    if let (Some(creates), Some(reads)) = (r.coalesced_creates, r.coalesced_reads) {
+                        let _ = write!(line, ", coalesced: {creates} creates, {reads} reads");
                     }
                     match server_ephemerals {
                         Some(count) if count == r.nodes => {}
