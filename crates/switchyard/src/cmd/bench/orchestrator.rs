@@ -7,9 +7,11 @@
 //! then, `--restarts` times, the orchestrator is stopped (SIGTERM) and a fresh one
 //! started and timed to `/readyz` 200, its memory read from `/proc`, the route stream's
 //! snapshot read to its end, and `--writes` writes timed until their `upsert` line
-//! arrives. There is no peer program for an orchestrator: the figures are absolute, set
-//! against the targets, with one same-run reference for context (the same ZooKeeper
-//! writes and tree walk done directly with the layer, on their own fresh server).
+//! arrives. No other program does an orchestrator's job; its peer for the start is the
+//! official Java client reading the same imported tree node by node (`ZkWalk.java`), the
+//! part of a start that any client must do. One same-run reference gives context (the
+//! same ZooKeeper writes and tree walk done directly with the layer, on their own fresh
+//! server).
 //! Prints a table of medians; writes no file.
 
 #[path = "orchestrator_load.rs"]
@@ -29,10 +31,12 @@ use std::time::Duration;
 use anyhow::Context;
 
 use self::proc::{Launch, Orchestrator, Sample};
-use self::report::{Restart, RunResult, Stop, ZkStats};
+use self::report::{JavaWalk, Restart, RunResult, Stop, ZkStats};
 
 /// The region the benchmark creates (in its own fresh ZooKeeper).
 const REGION: &str = "bench";
+/// Requests the Java walk keeps in flight: the layer's default window.
+const JAVA_WALK_WINDOW: usize = 1000;
 /// How long a SIGTERM'd orchestrator may take to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(120);
 
@@ -63,6 +67,10 @@ pub struct Args {
     /// process, against its own fresh ZooKeeper).
     #[arg(long)]
     no_reference: bool,
+    /// Times the peer, the official Java client, reads the imported tree node by node
+    /// (`bench/zk/ZkWalk.java`, as a tree cache loads) on each run; 0 skips it.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=10))]
+    java_walks: u64,
     /// The `switchyard` binary to run as `switchyard orchestrator` (default: this one).
     #[arg(long)]
     orchestrator_bin: Option<PathBuf>,
@@ -260,7 +268,9 @@ fn problems(args: &Args, runs: &[RunResult]) -> Vec<String> {
 fn notes(args: &Args, binary: &std::path::Path) -> String {
     format!(
         "\nNotes:\n\
-         - There is no peer program for an orchestrator: the figures are absolute, set against the issue's targets.\n\
+         - peer: the official Java client (bench/zk/ZkWalk.java, async getData of every node and getChildren of\n  \
+           every parent, 1000 in flight, a fresh JVM each time) reading the imported shards subtree on the same\n  \
+           ZooKeeper after the import, before the restarts; an orchestrator's start reads that tree and more.\n\
          - reference: the import's ZooKeeper writes (same paths, payloads, groups of app node + domain node,\n  \
            write_groups in batches of {batch}) made directly with coord::Zk in this process against its own fresh\n  \
            ZooKeeper, then TreeCache::start + State::load on that tree: the import and the start without HTTP,\n  \
@@ -296,6 +306,8 @@ fn one_run(
         import_stop: None,
         zk_after_import: None,
         restarts: Vec::new(),
+        java_walks: Vec::new(),
+        java_walk_error: None,
         error: None,
     };
     if let Err(err) = try_run(args, runtime, binary, &mut result) {
@@ -304,6 +316,47 @@ fn one_run(
         result.error = Some(error);
     }
     result
+}
+
+/// The peer: the official Java client reading the imported region's shards subtree,
+/// every node, as a tree cache's load does; one fresh JVM per walk.
+fn java_walks(
+    args: &Args,
+    ensemble: &zkserver::Ensemble,
+    run: usize,
+) -> anyhow::Result<Vec<JavaWalk>> {
+    let launcher = super::peers::java_walk(&super::peers::tools_dir())?;
+    let root = orchestrator::Layout::new(REGION).shards();
+    let mut walks = Vec::new();
+    for n in 1..=args.java_walks {
+        let output = launcher
+            .command()
+            .arg(ensemble.connect_string())
+            .arg(&root)
+            .arg(JAVA_WALK_WINDOW.to_string())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running the Java walk")?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "the Java walk exited with {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let line = String::from_utf8_lossy(&output.stdout);
+        let walk: JavaWalk = serde_json::from_str(line.trim())
+            .with_context(|| format!("reading the Java walk's answer {line:?}"))?;
+        eprintln!(
+            "bench: run {run}: Java walk {n}: {} nodes in {:.1} s, {} errors, peak RSS {:.0} MiB",
+            walk.nodes,
+            walk.secs,
+            walk.errors,
+            walk.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+        );
+        walks.push(walk);
+    }
+    Ok(walks)
 }
 
 fn start_zookeeper(args: &Args, dir: &std::path::Path) -> anyhow::Result<zkserver::Ensemble> {
@@ -453,6 +506,16 @@ fn try_run(
     drop(importer);
     if !complete {
         anyhow::bail!("the import was incomplete; no restarts measured");
+    }
+    if args.java_walks > 0 {
+        match java_walks(args, &ensemble, run) {
+            Ok(walks) => result.java_walks = walks,
+            Err(err) => {
+                let error = format!("{err:#}");
+                eprintln!("bench: run {run}: Java walk FAILED: {error}");
+                result.java_walk_error = Some(error);
+            }
+        }
     }
 
     for n in 1..=args.restarts as usize {

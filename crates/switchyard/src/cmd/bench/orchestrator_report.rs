@@ -33,8 +33,22 @@ pub struct RunResult {
     pub import_stop: Option<Stop>,
     pub zk_after_import: Option<ZkStats>,
     pub restarts: Vec<Restart>,
+    /// The peer: the Java client reading the imported tree.
+    pub java_walks: Vec<JavaWalk>,
+    pub java_walk_error: Option<String>,
     /// Why the run stopped early, if it did.
     pub error: Option<String>,
+}
+
+/// One walk of the imported tree by the official Java client (`ZkWalk.java`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct JavaWalk {
+    pub client: String,
+    pub nodes: u64,
+    pub bytes: u64,
+    pub secs: f64,
+    pub errors: u64,
+    pub peak_rss_bytes: u64,
 }
 
 /// SIGTERM to exit.
@@ -92,6 +106,10 @@ pub struct Summary {
     pub import_vs_reference: Option<f64>,
     pub reference_cache_walk_secs: Option<f64>,
     pub reference_state_load_secs: Option<f64>,
+    /// Median time of the Java client's walk of the same tree.
+    pub java_walk_secs: Option<f64>,
+    /// Median start-to-ready time over the median Java walk time.
+    pub ready_vs_java_walk: Option<f64>,
     pub ready_secs: Option<f64>,
     pub ready_secs_max: Option<f64>,
     pub vm_hwm_at_ready_bytes: Option<f64>,
@@ -130,7 +148,18 @@ pub fn summarise(runs: &[RunResult]) -> Summary {
     let max = |values: Vec<f64>| values.into_iter().reduce(f64::max);
     let import_apps_per_sec = of(imports.iter().map(|i| i.apps_per_sec()).collect());
     let reference_apps_per_sec = of(references.iter().map(|r| r.apps_per_sec()).collect());
+    let java_walk_secs = of(runs
+        .iter()
+        .flat_map(|r| &r.java_walks)
+        .map(|w| w.secs)
+        .collect());
+    let ready_secs = of(ready.iter().map(|r| r.ready_secs).collect());
     Summary {
+        java_walk_secs,
+        ready_vs_java_walk: match (ready_secs, java_walk_secs) {
+            (Some(ready), Some(walk)) if walk > 0.0 => Some(ready / walk),
+            _ => None,
+        },
         runs: runs.len(),
         restarts_measured: ready.len(),
         import_secs: of(imports.iter().map(|i| i.secs).collect()),
@@ -143,7 +172,7 @@ pub fn summarise(runs: &[RunResult]) -> Summary {
         },
         reference_cache_walk_secs: of(references.iter().map(|r| r.cache_walk_secs).collect()),
         reference_state_load_secs: of(references.iter().map(|r| r.state_load_secs).collect()),
-        ready_secs: of(ready.iter().map(|r| r.ready_secs).collect()),
+        ready_secs,
         ready_secs_max: max(ready.iter().map(|r| r.ready_secs).collect()),
         vm_hwm_at_ready_bytes: of(ready
             .iter()
@@ -282,6 +311,16 @@ pub fn table(summary: &Summary, runs: &[RunResult], apps: u64) -> String {
         },
     );
     row(
+        "  peer: the Java client reading the same tree",
+        opt(summary.java_walk_secs, |s| format!("{s:.1} s")),
+    );
+    row(
+        "  start to ready vs the Java client's read",
+        opt(summary.ready_vs_java_walk, |x| {
+            format!("{x:.2}x the time ({:.1}x faster)", 1.0 / x)
+        }),
+    );
+    row(
         "resident memory when ready: VmHWM (peak)",
         opt(summary.vm_hwm_at_ready_bytes, |b| {
             format!(
@@ -408,6 +447,25 @@ pub fn table(summary: &Summary, runs: &[RunResult], apps: u64) -> String {
         }
         if let Some(e) = &run.reference_error {
             let _ = write!(line, "; reference FAILED: {e}");
+        }
+        if !run.java_walks.is_empty() {
+            let walks: Vec<String> = run
+                .java_walks
+                .iter()
+                .map(|w| format!("{:.1} s", w.secs))
+                .collect();
+            let w = &run.java_walks[0];
+            let _ = write!(
+                line,
+                "; Java walk {} ({} nodes, {} errors, peak RSS {:.0} MiB)",
+                walks.join(" / "),
+                w.nodes,
+                run.java_walks.iter().map(|w| w.errors).sum::<u64>(),
+                w.peak_rss_bytes as f64 / MIB
+            );
+        }
+        if let Some(e) = &run.java_walk_error {
+            let _ = write!(line, "; Java walk FAILED: {e}");
         }
         if let Some(z) = &run.zk_after_import {
             let _ = write!(

@@ -11,8 +11,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
-/// The Java program, embedded so that the binary runs from anywhere.
+/// The Java programs, embedded so that the binary runs from anywhere.
 const ZK_BENCH_JAVA: &str = include_str!("../../../../../bench/zk/ZkBench.java");
+const ZK_WALK_JAVA: &str = include_str!("../../../../../bench/zk/ZkWalk.java");
 /// The Kazoo script, embedded likewise.
 const KAZOO_BENCH_PY: &str = include_str!("../../../../../bench/zk/kazoo_bench.py");
 /// The SLF4J binding that silences the Java client's logging.
@@ -62,8 +63,18 @@ pub fn layer() -> anyhow::Result<Launcher> {
     })
 }
 
-/// Compiles `ZkBench.java` into `dir/bench-java`.
+/// Compiles the Java programs into `dir/bench-java`; `ZkBench` runs.
 pub fn java(dir: &Path) -> anyhow::Result<Launcher> {
+    java_program(dir, "ZkBench")
+}
+
+/// Compiles the Java programs into `dir/bench-java`; `ZkWalk` runs (a subtree read
+/// node by node, as a tree cache loads: the peer of an orchestrator's start).
+pub fn java_walk(dir: &Path) -> anyhow::Result<Launcher> {
+    java_program(dir, "ZkWalk")
+}
+
+fn java_program(dir: &Path, main_class: &str) -> anyhow::Result<Launcher> {
     let java = find_program("java").context("no `java` in $JAVA_HOME/bin or on $PATH")?;
     let javac = find_program("javac").context(
         "no `javac` in $JAVA_HOME/bin or on $PATH (install a JDK, e.g. default-jdk-headless)",
@@ -82,15 +93,22 @@ pub fn java(dir: &Path) -> anyhow::Result<Launcher> {
     };
     let classes = dir.join("bench-java");
     fs::create_dir_all(&classes).with_context(|| format!("creating {}", classes.display()))?;
-    let source = classes.join("ZkBench.java");
-    fs::write(&source, ZK_BENCH_JAVA).with_context(|| format!("writing {}", source.display()))?;
+    let mut sources = Vec::new();
+    for (name, text) in [
+        ("ZkBench.java", ZK_BENCH_JAVA),
+        ("ZkWalk.java", ZK_WALK_JAVA),
+    ] {
+        let source = classes.join(name);
+        fs::write(&source, text).with_context(|| format!("writing {}", source.display()))?;
+        sources.push(source);
+    }
     let output = Command::new(&javac)
         .arg("-nowarn")
         .arg("-cp")
         .arg(&zk_classpath)
         .arg("-d")
         .arg(&classes)
-        .arg(&source)
+        .args(&sources)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running {}", javac.display()))?;
@@ -119,7 +137,7 @@ pub fn java(dir: &Path) -> anyhow::Result<Launcher> {
         .unwrap_or_else(|| "java (version unknown)".into());
     Ok(Launcher {
         program: java,
-        args: vec!["-cp".into(), classpath.into(), "ZkBench".into()],
+        args: vec!["-cp".into(), classpath.into(), main_class.into()],
         about: format!("{version}; ZooKeeper client from {zk_classpath}"),
     })
 }
