@@ -239,7 +239,9 @@ fn notes(args: &Args) -> String {
         "\nNotes:\n\
          - vs java: median creates/s over the bounded Java client's (`java`), measured in the same runs.\n\
          - layer, layer-multi: ephemeral_budget raised to {} for this benchmark only (default 10,000 per session, ZOOKEEPER-4306);\n  \
-           the window of {} bounds requests in flight and the futures alive, hence memory. layer-multi: write_many,\n  \
+           the window of {} bounds requests in flight and the futures alive, hence memory. layer: one create (get)\n  \
+           call per node; while 64 requests are in flight the layer sends queued calls together in shared multis\n  \
+           (multiReads), each call answered on its own (`coalesced` in the lines above). layer-multi: write_many,\n  \
            up to 100 creates per multi, 64 multis in flight; its reads are single gets as in layer.\n\
          - java: official client, async API, Semaphore({}); java-unbounded: the same with no semaphore.\n\
          - kazoo: create_async/get_async, at most {} in flight, at {} nodes (its rate is per its own count).\n\
