@@ -101,7 +101,7 @@ async fn route(State(control): State<Arc<Control>>, Path(host): Path<String>) ->
     };
     let table = control.table().load();
     match table.lookup(&normalized) {
-        Some(route) => Json(route.as_ref().clone()).into_response(),
+        Some(route) => Json(route.to_model()).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             "no_route",

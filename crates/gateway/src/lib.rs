@@ -320,14 +320,15 @@ struct Loaded {
 /// Opens the store and loads its newest valid table (blocking).
 fn load(dir: &std::path::Path) -> Result<(SnapshotStore, Option<Loaded>), Error> {
     let store = SnapshotStore::open(dir)?;
-    let Some(loaded) = store.load()? else {
+    // The payload is decoded as it decompresses: it is never whole in memory.
+    let Some(loaded) = store.load_with(|_, payload| persist::decode_from(payload))? else {
         return Ok((store, None));
     };
     let path = store.path(loaded.generation);
     for rejected in &loaded.rejected {
         tracing::error!(%rejected, "a route table snapshot was rejected; starting from the previous generation");
     }
-    let table = persist::decode(&loaded.payload).map_err(|source| Error::Payload {
+    let table = loaded.value.map_err(|source| Error::Payload {
         path: path.clone(),
         source,
     })?;

@@ -17,14 +17,34 @@
 //!
 //! A route is: app id (string), `fail_open` (one byte, 0 or 1), `u32` domain count and
 //! the domains (strings), `u32` backend count and the backends (address string, `u16`
-//! weight). Every value goes back through `model`'s checks when it is read.
+//! weight).
 //!
 //! Why not the route stream's NDJSON (`model::StreamLine`)? Measured on the shared 2-core
 //! development machine, release build: parsing 100,000 route lines took 0.57 s (10 s or
-//! so at a million), against 0.56-0.59 s to decode a *million* routes of this form on one
-//! thread. Chunks let [`decode`] decode on other cores while the calling thread builds
-//! the table, so a start from disk costs about the table build (`RouteTable::upsert`)
-//! alone.
+//! so at a million); decoding a *million* routes of this form and building their table
+//! takes about 0.6 s of one core, decompression and page faults included.
+//!
+//! # Reading
+//!
+//! [`decode_from`] reads the payload as the store decompresses it
+//! ([`SnapshotStore::load_with`]), a chunk at a time, so the payload (118 MB at a
+//! million routes) is never whole in memory. Each route goes straight from the chunk's
+//! bytes into its compact form (`table::Route`, one allocation) and into the table's
+//! bulk builder, with the hashes of its keys worked out from the same bytes; no
+//! `model::Route` is built.
+//!
+//! Every value is held to `model`'s rules: the common forms (lowercase names, IPv4
+//! backends) by quick checks that accept only what `model` accepts, in one pass and
+//! without allocating; anything else by `model`'s own parsers, which decide, and word the
+//! error ([`DecodeError::Route`]).
+//!
+//! With more than one CPU, chunks are decoded on scoped threads while the calling thread
+//! decompresses the next ones and files the decoded ones in payload order (the first
+//! error in payload order is the one reported, as on one thread); with one CPU (a
+//! gateway pinned to a core) it all happens in turn on the calling thread.
+//!
+//! [`encode_into`] writes the payload a chunk at a time into the store's compressor
+//! ([`SnapshotStore::write_with`]): a write holds the compressed file, not the payload.
 //!
 //! # Writer
 //!
@@ -35,18 +55,23 @@
 //! snapshot but writes only once the old one has exited (an `flock` on `gateway.lock`),
 //! so the two never overwrite each other's files.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use model::{Backend, Route};
+use model::{AppId, Backend, Domain};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+mod fast_check;
+
 use crate::snapshot::{self, Meta, SnapshotStore};
+use crate::table::{self, Builder, Encoder, KeyedRoutes, Keys, RandomState, Route};
 use crate::RouteTable;
 
 /// The first bytes of a payload.
@@ -75,7 +100,8 @@ pub enum DecodeError {
         /// [`PAYLOAD_VERSION`].
         supported: u32,
     },
-    /// The payload ends inside a field, or has bytes after its last chunk.
+    /// The payload ends inside a field, or has bytes after its last chunk, or could not
+    /// be read.
     #[error("malformed route table payload: {0}")]
     Malformed(String),
     /// A route does not pass `model`'s checks.
@@ -90,35 +116,53 @@ pub enum DecodeError {
 
 /// Encodes a table as a snapshot payload (see the module docs).
 pub fn encode(table: &RouteTable) -> Vec<u8> {
-    let routes: Vec<&Arc<Route>> = table.routes().collect();
-    let chunks = routes.len().div_ceil(CHUNK_ROUTES);
-    let mut out = Vec::with_capacity(PAYLOAD_HEADER_LEN + routes.len() * 96);
-    out.extend_from_slice(&PAYLOAD_MAGIC);
-    out.extend_from_slice(&PAYLOAD_VERSION.to_le_bytes());
-    out.extend_from_slice(&table.version().to_le_bytes());
-    out.extend_from_slice(&(routes.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(chunks as u32).to_le_bytes());
-    for chunk in routes.chunks(CHUNK_ROUTES) {
-        out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
-        let len_at = out.len();
-        out.extend_from_slice(&[0; 8]);
-        for route in chunk {
-            put_str(&mut out, route.app.as_str());
-            out.push(u8::from(route.fail_open));
-            out.extend_from_slice(&(route.domains.len() as u32).to_le_bytes());
-            for domain in &route.domains {
-                put_str(&mut out, domain.as_str());
-            }
-            out.extend_from_slice(&(route.backends.len() as u32).to_le_bytes());
-            for backend in &route.backends {
-                put_str(&mut out, backend.addr());
-                out.extend_from_slice(&backend.weight().to_le_bytes());
-            }
-        }
-        let body_len = (out.len() - len_at - 8) as u64;
-        out[len_at..len_at + 8].copy_from_slice(&body_len.to_le_bytes());
-    }
+    let mut out = Vec::with_capacity(PAYLOAD_HEADER_LEN + table.len() * 128);
+    encode_into(table, &mut out).expect("writing to a Vec does not fail");
     out
+}
+
+/// Encodes a table as a snapshot payload into `out`, a chunk at a time: the payload is
+/// never whole in memory (the writer compresses it as it comes).
+pub fn encode_into(table: &RouteTable, out: &mut (impl Write + ?Sized)) -> io::Result<()> {
+    let count = table.len();
+    let chunks = count.div_ceil(CHUNK_ROUTES);
+    let mut header = Vec::with_capacity(PAYLOAD_HEADER_LEN);
+    header.extend_from_slice(&PAYLOAD_MAGIC);
+    header.extend_from_slice(&PAYLOAD_VERSION.to_le_bytes());
+    header.extend_from_slice(&table.version().to_le_bytes());
+    header.extend_from_slice(&(count as u64).to_le_bytes());
+    header.extend_from_slice(&(chunks as u32).to_le_bytes());
+    out.write_all(&header)?;
+    let mut routes = table.routes();
+    let mut body = Vec::new();
+    for _ in 0..chunks {
+        body.clear();
+        let mut in_chunk = 0u32;
+        for route in routes.by_ref().take(CHUNK_ROUTES) {
+            encode_route(&mut body, route);
+            in_chunk += 1;
+        }
+        out.write_all(&in_chunk.to_le_bytes())?;
+        out.write_all(&(body.len() as u64).to_le_bytes())?;
+        out.write_all(&body)?;
+    }
+    debug_assert!(routes.next().is_none());
+    Ok(())
+}
+
+fn encode_route(out: &mut Vec<u8>, route: &Route) {
+    put_str(out, route.app());
+    out.push(u8::from(route.fail_open()));
+    out.extend_from_slice(&(route.domain_count() as u32).to_le_bytes());
+    for domain in route.domains() {
+        put_str(out, domain);
+    }
+    let backends = route.backends();
+    out.extend_from_slice(&(backends.len() as u32).to_le_bytes());
+    for backend in backends.iter() {
+        put_str(out, backend.addr());
+        out.extend_from_slice(&backend.weight().to_le_bytes());
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -164,30 +208,50 @@ impl<'a> Reader<'a> {
         ))
     }
 
-    fn str(&mut self) -> Result<&'a str, DecodeError> {
+    /// A string's bytes (`u16` length first), not checked yet.
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let len = self.u16()? as usize;
-        std::str::from_utf8(self.take(len)?)
-            .map_err(|_| DecodeError::Malformed("a string is not UTF-8".into()))
+        self.take(len)
     }
 }
 
-/// One chunk's routes, not yet decoded.
-struct Chunk<'a> {
-    first_index: u64,
-    routes: u32,
-    body: &'a [u8],
+fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
+    std::str::from_utf8(bytes).map_err(|_| DecodeError::Malformed("a string is not UTF-8".into()))
 }
 
-/// Decodes a snapshot payload into a table.
-///
-/// Chunks are decoded on scoped threads (all cores but one) while the calling thread
-/// inserts them into the table in payload order: at a million routes the two halves of
-/// the work overlap, which is what brings a start from disk under a second.
+/// Bytes a [`fast_check`] accepted as a string. The fast checks accept ASCII only; the
+/// conversion checks it anyway (a few nanoseconds on short ASCII), so a bug there is a
+/// panic, never undefined behaviour.
+fn ascii(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("the fast checks accept ASCII only")
+}
+
+/// Decodes a snapshot payload into a table. See [`decode_from`].
 pub fn decode(payload: &[u8]) -> Result<RouteTable, DecodeError> {
-    let mut reader = Reader { bytes: payload };
-    if payload.len() < PAYLOAD_MAGIC.len() || reader.take(8)? != PAYLOAD_MAGIC {
+    decode_from(payload)
+}
+
+/// Decodes a snapshot payload into a table as it is read from `payload` (the store
+/// streams it out of its decompressor: the payload is never whole in memory).
+///
+/// Each route is held to `model`'s rules and written straight into its compact form
+/// (one allocation), then filed into the table's bulk builder (see the module docs,
+/// which also say how the work is spread over the CPUs).
+pub fn decode_from(payload: impl Read) -> Result<RouteTable, DecodeError> {
+    decode_on(payload, table::available_threads())
+}
+
+/// [`decode_from`] on up to `threads` threads.
+fn decode_on(mut payload: impl Read, threads: usize) -> Result<RouteTable, DecodeError> {
+    let mut header = [0u8; PAYLOAD_HEADER_LEN];
+    let magic = read_up_to(&mut payload, &mut header[..PAYLOAD_MAGIC.len()])?;
+    if magic < PAYLOAD_MAGIC.len() || header[..PAYLOAD_MAGIC.len()] != PAYLOAD_MAGIC {
         return Err(DecodeError::BadMagic);
     }
+    read_exact(&mut payload, &mut header[PAYLOAD_MAGIC.len()..])?;
+    let mut reader = Reader {
+        bytes: &header[PAYLOAD_MAGIC.len()..],
+    };
     let found = reader.u32()?;
     if found != PAYLOAD_VERSION {
         return Err(DecodeError::UnknownVersion {
@@ -198,117 +262,293 @@ pub fn decode(payload: &[u8]) -> Result<RouteTable, DecodeError> {
     let version = reader.u64()?;
     let count = reader.u64()?;
     let chunk_count = reader.u32()?;
-    let mut chunks = Vec::with_capacity(chunk_count.min(1 << 20) as usize);
+    let mut builder = Builder::new(count);
+    let decoded = if threads > 1 && chunk_count > 1 {
+        decode_on_threads(&mut payload, chunk_count, &mut builder, threads)?
+    } else {
+        decode_here(&mut payload, chunk_count, &mut builder)?
+    };
+    let trailing = io::copy(&mut payload, &mut io::sink()).map_err(read_error)?;
+    if trailing != 0 {
+        return Err(DecodeError::Malformed(format!(
+            "{trailing} bytes after the last chunk"
+        )));
+    }
+    if decoded != count {
+        return Err(DecodeError::Malformed(format!(
+            "the header says {count} routes, the chunks hold {decoded}"
+        )));
+    }
+    Ok(builder.finish(version, threads))
+}
+
+fn read_error(e: io::Error) -> DecodeError {
+    DecodeError::Malformed(format!("cannot read the payload: {e}"))
+}
+
+/// Reads until `buf` is full or the payload ends; returns the bytes read.
+fn read_up_to(payload: &mut impl Read, buf: &mut [u8]) -> Result<usize, DecodeError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match payload.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_error(e)),
+        }
+    }
+    Ok(filled)
+}
+
+fn read_exact(payload: &mut impl Read, buf: &mut [u8]) -> Result<(), DecodeError> {
+    let filled = read_up_to(payload, buf)?;
+    if filled < buf.len() {
+        return Err(DecodeError::Malformed(format!(
+            "ends inside a field ({} bytes wanted, {filled} left)",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the next chunk's header and body (into `body`); returns its route count.
+fn read_chunk(payload: &mut impl Read, body: &mut Vec<u8>) -> Result<u32, DecodeError> {
+    let mut head = [0u8; 12];
+    read_exact(payload, &mut head)?;
+    let mut reader = Reader { bytes: &head };
+    let routes = reader.u32()?;
+    let len = reader.u64()?;
+    let wanted =
+        usize::try_from(len).map_err(|_| DecodeError::Malformed("a chunk is too long".into()))?;
+    body.clear();
+    // The length is not trusted for the allocation: the body grows as it arrives.
+    body.reserve(wanted.min(64 << 20));
+    payload.take(len).read_to_end(body).map_err(read_error)?;
+    if body.len() != wanted {
+        return Err(DecodeError::Malformed(format!(
+            "ends inside a field ({wanted} bytes wanted, {} left)",
+            body.len()
+        )));
+    }
+    Ok(routes)
+}
+
+/// Decodes every chunk on the calling thread; returns the routes decoded.
+fn decode_here(
+    payload: &mut impl Read,
+    chunk_count: u32,
+    builder: &mut Builder,
+) -> Result<u64, DecodeError> {
+    let mut body = Vec::new();
+    let mut decoder = ChunkDecoder::new(builder.hasher().clone());
     let mut first_index = 0u64;
     for _ in 0..chunk_count {
-        let routes = reader.u32()?;
-        let body_len = usize::try_from(reader.u64()?)
-            .map_err(|_| DecodeError::Malformed("a chunk is too long".into()))?;
-        let body = reader.take(body_len)?;
-        chunks.push(Chunk {
-            first_index,
-            routes,
-            body,
-        });
+        let routes = read_chunk(payload, &mut body)?;
+        decoder.decode(first_index, routes, &body, |route, keys| {
+            builder.push_keyed(route, keys)
+        })?;
         first_index += u64::from(routes);
     }
-    if !reader.bytes.is_empty() {
-        return Err(DecodeError::Malformed(format!(
-            "{} bytes after the last chunk",
-            reader.bytes.len()
-        )));
-    }
-    if first_index != count {
-        return Err(DecodeError::Malformed(format!(
-            "the header says {count} routes, the chunks hold {first_index}"
-        )));
-    }
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8)
-        .min(chunks.len().max(1));
-    let routes = decode_in_parallel(&chunks, workers)?;
-    Ok(RouteTable::from_routes(version, routes))
+    Ok(first_index)
 }
 
-/// Decodes `chunks` on `workers` threads, each a contiguous run of them, and returns
-/// the routes in their order.
-fn decode_in_parallel(chunks: &[Chunk<'_>], workers: usize) -> Result<Vec<Route>, DecodeError> {
-    let per_worker = chunks.len().div_ceil(workers.max(1)).max(1);
-    let decoded: Vec<Result<Vec<Route>, DecodeError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .chunks(per_worker)
-            .map(|run| {
-                scope.spawn(move || {
-                    let mut routes = Vec::new();
-                    for chunk in run {
-                        routes.extend(decode_chunk(chunk)?);
+/// A chunk for a decoding thread.
+struct Job {
+    seq: u32,
+    first_index: u64,
+    routes: u32,
+    body: Vec<u8>,
+}
+
+/// Decodes the chunks on `threads` scoped threads while this one reads them and files
+/// the results in order; returns the routes decoded.
+fn decode_on_threads(
+    payload: &mut impl Read,
+    chunk_count: u32,
+    builder: &mut Builder,
+    threads: usize,
+) -> Result<u64, DecodeError> {
+    let hasher = builder.hasher().clone();
+    // Bounded: a fast decompressor must not queue the whole payload.
+    let (jobs, queue) = mpsc::sync_channel::<Job>(threads);
+    let queue = Mutex::new(queue);
+    let (results, done) = mpsc::channel::<(u32, Result<KeyedRoutes, DecodeError>)>();
+    let (spare, buffers) = mpsc::channel::<Vec<u8>>();
+    // Everything the threads borrow outlives the scope; the senders are moved into it,
+    // so that however it returns, they are dropped and the threads end.
+    std::thread::scope(|scope| {
+        let jobs = jobs;
+        for _ in 0..threads {
+            let (queue, results, spare) = (&queue, results.clone(), spare.clone());
+            let mut decoder = ChunkDecoder::new(hasher.clone());
+            scope.spawn(move || loop {
+                let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                let Ok(job) = job else { return };
+                let mut decoded = KeyedRoutes::with_capacity(job.routes as usize);
+                let result = decoder
+                    .decode(job.first_index, job.routes, &job.body, |route, keys| {
+                        decoded.push(route, keys)
+                    })
+                    .map(|()| decoded);
+                let _ = spare.send(job.body);
+                if results.send((job.seq, result)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop((results, spare));
+
+        let mut pending: BTreeMap<u32, Result<KeyedRoutes, DecodeError>> = BTreeMap::new();
+        let mut next = 0u32;
+        // Files the decoded chunks that are next in order; the first error in payload
+        // order wins, as on one thread.
+        let mut file =
+            |pending: &mut BTreeMap<u32, _>, next: &mut u32| -> Result<(), DecodeError> {
+                while let Some(result) = pending.remove(next) {
+                    builder.push_all(&mut result?);
+                    *next += 1;
+                }
+                Ok(())
+            };
+        let mut first_index = 0u64;
+        let mut sent = 0u32;
+        for seq in 0..chunk_count {
+            let mut body = buffers.try_recv().unwrap_or_default();
+            match read_chunk(payload, &mut body) {
+                Ok(routes) => {
+                    let job = Job {
+                        seq,
+                        first_index,
+                        routes,
+                        body,
+                    };
+                    first_index += u64::from(routes);
+                    if jobs.send(job).is_err() {
+                        break;
                     }
-                    Ok(routes)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a snapshot decoder thread panicked"))
-            .collect()
-    });
-    let mut routes = Vec::with_capacity(chunks.iter().map(|c| c.routes as usize).sum());
-    for run in decoded {
-        routes.extend(run?);
-    }
-    Ok(routes)
+                    sent += 1;
+                }
+                Err(e) => {
+                    pending.insert(seq, Err(e));
+                    break;
+                }
+            }
+            while let Ok((seq, result)) = done.try_recv() {
+                pending.insert(seq, result);
+            }
+            file(&mut pending, &mut next)?;
+        }
+        drop(jobs);
+        for (seq, result) in done.iter() {
+            pending.insert(seq, result);
+            file(&mut pending, &mut next)?;
+        }
+        file(&mut pending, &mut next)?;
+        debug_assert_eq!(next, sent);
+        Ok(first_index)
+    })
 }
 
-fn decode_chunk(chunk: &Chunk<'_>) -> Result<Vec<Route>, DecodeError> {
-    let mut reader = Reader { bytes: chunk.body };
-    let mut routes = Vec::with_capacity(chunk.routes as usize);
-    for i in 0..chunk.routes {
-        let index = chunk.first_index + u64::from(i);
-        let bad = |reason: String| DecodeError::Route { index, reason };
-        let app = reader
-            .str()?
-            .parse()
-            .map_err(|e| bad(format!("app id: {e}")))?;
-        let fail_open = match reader.take(1)?[0] {
-            0 => false,
-            1 => true,
-            other => return Err(bad(format!("fail_open byte is {other}"))),
-        };
-        let domain_count = reader.u32()?;
-        let mut domains = Vec::with_capacity(domain_count.min(1024) as usize);
-        for _ in 0..domain_count {
-            let domain = reader.str()?;
-            domains.push(
-                domain
-                    .parse()
-                    .map_err(|e| bad(format!("domain {domain:?}: {e}")))?,
-            );
+/// Decodes chunks into routes, with buffers kept from one route to the next.
+struct ChunkDecoder {
+    hasher: RandomState,
+    encoder: Encoder,
+    keys: Keys,
+    /// Lent to `model`'s checks, which take a `String` and give it back when valid.
+    scratch: String,
+}
+
+impl ChunkDecoder {
+    fn new(hasher: RandomState) -> ChunkDecoder {
+        ChunkDecoder {
+            hasher,
+            encoder: Encoder::default(),
+            keys: Keys::default(),
+            scratch: String::new(),
         }
-        let backend_count = reader.u32()?;
-        let mut backends = Vec::with_capacity(backend_count.min(1024) as usize);
-        for _ in 0..backend_count {
-            let addr = reader.str()?;
-            let weight = reader.u16()?;
-            backends.push(
-                Backend::new(addr, weight).map_err(|e| bad(format!("backend {addr:?}: {e}")))?,
-            );
+    }
+
+    /// Decodes the `routes` routes of `body`, the first of which is route `first_index`
+    /// of the payload, handing each to `each` with its keys.
+    fn decode(
+        &mut self,
+        first_index: u64,
+        routes: u32,
+        body: &[u8],
+        mut each: impl FnMut(Route, &Keys),
+    ) -> Result<(), DecodeError> {
+        let mut reader = Reader { bytes: body };
+        for i in 0..routes {
+            let index = first_index + u64::from(i);
+            let bad = |reason: String| DecodeError::Route { index, reason };
+            let app = reader.bytes()?;
+            let app = if fast_check::app_id(app) {
+                ascii(app)
+            } else {
+                let app = utf8(app)?;
+                self.check::<AppId>(app)
+                    .map_err(|e| bad(format!("app id: {e}")))?;
+                app
+            };
+            let fail_open = match reader.take(1)?[0] {
+                0 => false,
+                1 => true,
+                other => return Err(bad(format!("fail_open byte is {other}"))),
+            };
+            self.encoder.start(app, fail_open);
+            self.keys.start(&self.hasher, app);
+            let domain_count = reader.u32()?;
+            for _ in 0..domain_count {
+                let domain = reader.bytes()?;
+                let domain = if fast_check::domain(domain) {
+                    ascii(domain)
+                } else {
+                    let domain = utf8(domain)?;
+                    self.check::<Domain>(domain)
+                        .map_err(|e| bad(format!("domain {domain:?}: {e}")))?;
+                    domain
+                };
+                self.encoder.domain(domain);
+                self.keys.domain(&self.hasher, domain);
+            }
+            let backend_count = reader.u32()?;
+            for _ in 0..backend_count {
+                let addr = reader.bytes()?;
+                let weight = reader.u16()?;
+                let addr = if fast_check::backend(addr, weight) {
+                    ascii(addr)
+                } else {
+                    let addr = utf8(addr)?;
+                    Backend::new(addr, weight)
+                        .map_err(|e| bad(format!("backend {addr:?}: {e}")))?;
+                    addr
+                };
+                self.encoder.backend(addr, weight);
+            }
+            each(self.encoder.finish(), &self.keys);
         }
-        routes.push(Route {
-            app,
-            domains,
-            backends,
-            fail_open,
-        });
+        if !reader.bytes.is_empty() {
+            return Err(DecodeError::Malformed(format!(
+                "{} bytes after the routes of the chunk starting at route {}",
+                reader.bytes.len(),
+                first_index
+            )));
+        }
+        Ok(())
     }
-    if !reader.bytes.is_empty() {
-        return Err(DecodeError::Malformed(format!(
-            "{} bytes after the routes of the chunk starting at route {}",
-            reader.bytes.len(),
-            chunk.first_index
-        )));
+
+    /// `model`'s checks of `s` as a `T`, without allocating when it passes.
+    fn check<T>(&mut self, s: &str) -> Result<(), <T as TryFrom<String>>::Error>
+    where
+        T: TryFrom<String> + Into<String>,
+    {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.push_str(s);
+        let valid = T::try_from(scratch)?;
+        self.scratch = valid.into();
+        Ok(())
     }
-    Ok(routes)
 }
 
 /// The metadata the store keeps beside a table's payload.
@@ -559,9 +799,113 @@ async fn write_table(
     let store = Arc::clone(store);
     let table = Arc::clone(table);
     tokio::task::spawn_blocking(move || {
-        let payload = encode(&table);
-        store.write(&meta(&table), &payload).map(|()| payload.len())
+        store
+            .write_with(&meta(&table), |out| encode_into(&table, out))
+            .map(|len| len as usize)
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(i: usize) -> model::Route {
+        model::Route {
+            app: format!("app-{i}").parse().unwrap(),
+            domains: vec![
+                format!("app-{i}.test").parse().unwrap(),
+                format!("*.w{i}.test").parse().unwrap(),
+            ],
+            backends: vec![
+                Backend::new(format!("10.0.{}.{}:80", i / 256 % 256, i % 256), 1).unwrap(),
+            ],
+            fail_open: i % 7 == 0,
+        }
+    }
+
+    /// A payload of several chunks.
+    fn payload(n: usize) -> Vec<u8> {
+        let payload = encode(&RouteTable::from_routes(3, (0..n).map(route)));
+        assert!(n > 2 * CHUNK_ROUTES);
+        payload
+    }
+
+    #[test]
+    fn every_way_of_decoding_gives_the_same_table() {
+        let n = 2 * CHUNK_ROUTES + 1000;
+        let payload = payload(n);
+        for threads in [1, 2, 3, 8] {
+            let table = decode_on(&payload[..], threads).unwrap();
+            assert_eq!((table.version(), table.len()), (3, n), "{threads} threads");
+            assert_eq!(table.domain_count(), 2 * n);
+            for i in [0, 1, CHUNK_ROUTES, n - 1] {
+                let expected = route(i);
+                assert_eq!(table.app(expected.app.as_str()).unwrap(), &expected);
+                assert_eq!(
+                    table.lookup(&format!("app-{i}.test")).unwrap().app(),
+                    expected.app.as_str()
+                );
+                assert_eq!(
+                    table.lookup(&format!("x.w{i}.test")).unwrap().app(),
+                    expected.app.as_str()
+                );
+            }
+            // Encoding the decoded table gives the same bytes back, but for the order.
+            assert_eq!(encode(&table).len(), payload.len());
+        }
+    }
+
+    #[test]
+    fn the_first_error_in_payload_order_wins_on_any_thread_count() {
+        let n = 2 * CHUNK_ROUTES + 1000;
+        let mut bad = payload(n);
+        // The first app ids of the second and third chunks, made into ones model refuses.
+        let mut at = PAYLOAD_HEADER_LEN;
+        for chunk in 0..3 {
+            let body_len = u64::from_le_bytes(bad[at + 4..at + 12].try_into().unwrap());
+            let body = at + 12;
+            if chunk > 0 {
+                bad[body + 2] = b'A';
+            }
+            at = body + body_len as usize;
+        }
+        let index_of = |result: Result<RouteTable, DecodeError>| match result {
+            Err(DecodeError::Route { index, .. }) => index,
+            other => panic!("{other:?}"),
+        };
+        let first = index_of(decode_on(&bad[..], 1));
+        for threads in [2, 3, 8] {
+            assert_eq!(
+                index_of(decode_on(&bad[..], threads)),
+                first,
+                "{threads} threads"
+            );
+        }
+        assert_eq!(first, CHUNK_ROUTES as u64);
+
+        // A payload cut short in its last chunk, after a bad route in an earlier one.
+        let cut = &bad[..bad.len() - 10];
+        assert_eq!(index_of(decode_on(cut, 1)), first);
+        assert_eq!(index_of(decode_on(cut, 3)), first);
+        let good = payload(n);
+        for threads in [1, 3] {
+            for cut in [40, good.len() / 2, good.len() - 1] {
+                assert!(
+                    matches!(
+                        decode_on(&good[..cut], threads),
+                        Err(DecodeError::Malformed(_))
+                    ),
+                    "cut at {cut} on {threads} threads"
+                );
+            }
+            let mut longer = good.clone();
+            longer.extend_from_slice(b"extra");
+            assert!(matches!(
+                decode_on(&longer[..], threads),
+                Err(DecodeError::Malformed(_))
+            ));
+        }
+    }
 }

@@ -38,6 +38,7 @@ use model::{AppId, Route, StreamLine};
 
 use crate::config::{Guard, HoldReason};
 use crate::persist;
+use crate::table::{self, Builder, Encoder};
 use crate::RouteTable;
 
 /// Longest line the gateway accepts on a route stream (a route has at most 1,000
@@ -248,7 +249,7 @@ impl Control {
         let served = self.table.load_full();
         let removed = served
             .routes()
-            .filter(|route| new.app(&route.app).is_none())
+            .filter(|route| new.app(route.app()).is_none())
             .count();
         if new.version() < served.version() {
             tracing::warn!(
@@ -362,7 +363,7 @@ impl Control {
                         held.target.set_version(version);
                     }
                     Delta::Remove(version, app) => {
-                        held.target.remove(&app);
+                        held.target.remove(app.as_str());
                         held.target.set_version(version);
                     }
                 }
@@ -401,7 +402,7 @@ impl Control {
                     next.set_version(version);
                 }
                 Delta::Remove(version, app) => {
-                    if next.remove(&app) {
+                    if next.remove(app.as_str()) {
                         state.window.removed.insert(app);
                     }
                     next.set_version(version);
@@ -423,7 +424,7 @@ impl Control {
             Some(reason) => {
                 let removed = served
                     .routes()
-                    .filter(|route| next.app(&route.app).is_none())
+                    .filter(|route| next.app(route.app()).is_none())
                     .count();
                 self.hold(state, next, reason, removed, served.len(), first_version);
             }
@@ -668,12 +669,13 @@ struct Attempt {
 enum Phase {
     /// Waiting for `snapshot` or `resume`.
     Start,
-    /// Between `snapshot` and `ready`.
+    /// Between `snapshot` and `ready`: the routes go into a bulk builder, in order.
     Snapshot {
         version: u64,
         expected: u64,
         received: u64,
-        table: RouteTable,
+        builder: Box<Builder>,
+        encoder: Encoder,
     },
     /// Deltas and pings.
     Live,
@@ -818,7 +820,8 @@ async fn step(
                 version,
                 expected: routes,
                 received: 0,
-                table: RouteTable::empty(),
+                builder: Box::new(Builder::new(routes)),
+                encoder: Encoder::default(),
             };
             Ok(Step::Continue)
         }
@@ -837,7 +840,8 @@ async fn step(
             Phase::Snapshot {
                 expected,
                 received,
-                table,
+                builder,
+                encoder,
                 ..
             },
             StreamLine::Route(route),
@@ -846,7 +850,7 @@ async fn step(
                 return Err(format!("more route lines than the {expected} announced"));
             }
             *received += 1;
-            table.upsert(route);
+            builder.push(encoder.encode_model(&route));
             Ok(Step::Continue)
         }
         (
@@ -854,7 +858,7 @@ async fn step(
                 version,
                 expected,
                 received,
-                table,
+                ..
             },
             StreamLine::Ready { version: ready },
         ) => {
@@ -863,14 +867,18 @@ async fn step(
                     "ready for version {ready} after {received} of {expected} routes of snapshot {version}; not applied"
                 ));
             }
-            let mut table = std::mem::take(table);
-            table.set_version(ready);
-            *phase = Phase::Live;
+            let Phase::Snapshot { builder, .. } = std::mem::replace(phase, Phase::Live) else {
+                unreachable!("matched above");
+            };
             let control = Arc::clone(control);
-            // Comparing with a million served routes takes a while: not on the runtime.
-            tokio::task::spawn_blocking(move || control.apply_snapshot(table))
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            // Building the table and comparing it with a million served routes take a
+            // while: not on the runtime.
+            tokio::task::spawn_blocking(move || {
+                let table = builder.finish(ready, table::available_threads());
+                control.apply_snapshot(table)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             Ok(Step::Synced)
         }
         (Phase::Live, StreamLine::Upsert { version, route }) => {

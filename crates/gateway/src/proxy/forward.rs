@@ -90,7 +90,7 @@ async fn forward(
             .ok_or_else(|| Failure::NoRoute(host.to_string()))?;
         proxy
             .upstreams
-            .pick(&route.backends, None)
+            .pick(route.backends(), None)
             .ok_or_else(|| Failure::NoBackend(host.to_string()))?
     };
 
@@ -207,7 +207,7 @@ async fn exchange(
 fn another_backend(proxy: &Proxy, host: &str, failed: &Upstream) -> Option<Arc<Upstream>> {
     let table = proxy.table.load();
     let route = table.lookup(host)?;
-    proxy.upstreams.pick(&route.backends, Some(failed))
+    proxy.upstreams.pick(route.backends(), Some(failed))
 }
 
 enum Sent {

@@ -20,11 +20,11 @@ use std::time::Duration;
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use model::Backend;
 use tokio::net::TcpStream;
 
 use super::body::{now_ms, RequestBody};
 use super::{BackendConfig, BackendStats, ProxyConfig};
+use crate::table::Backends;
 
 /// Registry shards: lookups of different backends rarely meet on one lock.
 const SHARDS: usize = 16;
@@ -158,31 +158,29 @@ impl Upstreams {
     /// `None` when there is nothing to pick.
     pub(super) fn pick(
         &self,
-        backends: &[Backend],
+        backends: Backends<'_>,
         avoid: Option<&Upstream>,
     ) -> Option<Arc<Upstream>> {
         if avoid.is_none() {
-            match backends {
-                [] => return None,
+            match backends.len() {
+                0 => return None,
                 // All ejected means try anyway: with one backend, that is always.
-                [only] => return Some(self.get(only.addr())),
+                1 => return Some(self.get(backends.get(0).addr())),
                 _ => {}
             }
             // The common case: two draws, two lookups, no allocation.
-            let (i, j) = two_draws(backends, |b| b.weight());
-            let first = self.get(backends[i].addr());
+            let (i, j) = two_draws(backends.len(), |i| backends.get(i).weight());
+            let (a, b) = (backends.get(i), backends.get(j));
+            let first = self.get(a.addr());
             if i == j {
                 if !first.is_ejected() {
                     return Some(first);
                 }
             } else {
-                let second = self.get(backends[j].addr());
+                let second = self.get(b.addr());
                 match (first.is_ejected(), second.is_ejected()) {
                     (false, false) => {
-                        let better = less_loaded(
-                            (&first, backends[i].weight()),
-                            (&second, backends[j].weight()),
-                        );
+                        let better = less_loaded((&first, a.weight()), (&second, b.weight()));
                         return Some(if better { first } else { second });
                     }
                     (false, true) => return Some(first),
@@ -211,7 +209,7 @@ impl Upstreams {
             [] => None,
             [only] => Some(Arc::clone(&only.0)),
             _ => {
-                let (i, j) = two_draws(&pool, |c| c.1);
+                let (i, j) = two_draws(pool.len(), |i| pool[i].1);
                 let better = less_loaded((&pool[i].0, pool[i].1), (&pool[j].0, pool[j].1));
                 Some(Arc::clone(&pool[if better { i } else { j }].0))
             }
@@ -397,19 +395,20 @@ fn less_loaded(a: (&Upstream, u16), b: (&Upstream, u16)) -> bool {
     a_load <= b_load
 }
 
-/// Two independent draws from `items`, each with probability proportional to weight.
-fn two_draws<T>(items: &[T], weight: impl Fn(&T) -> u16) -> (usize, usize) {
-    let total: u64 = items.iter().map(|item| u64::from(weight(item))).sum();
+/// Two independent draws from `len` items, each with probability proportional to its
+/// weight.
+fn two_draws(len: usize, weight: impl Fn(usize) -> u16) -> (usize, usize) {
+    let total: u64 = (0..len).map(|i| u64::from(weight(i))).sum();
     let draw = || {
         let mut point = random() % total.max(1);
-        for (i, item) in items.iter().enumerate() {
-            let w = u64::from(weight(item));
+        for i in 0..len {
+            let w = u64::from(weight(i));
             if point < w {
                 return i;
             }
             point -= w;
         }
-        items.len() - 1
+        len - 1
     };
     (draw(), draw())
 }

@@ -662,3 +662,109 @@ fn a_fallback_reports_the_rejected_file_and_why() {
     assert_eq!(rejected.path, current(dir.path()));
     assert!(rejected.to_string().contains("bad magic"), "{rejected}");
 }
+
+#[test]
+fn a_streamed_load_reads_the_same_payload_and_checks_what_decode_leaves() {
+    let gens = two_generations(200_000);
+    let dir = temp();
+    lay_out(dir.path(), Some(&gens.current.2), Some(&gens.previous.2));
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    // Read in small pieces: the same bytes as `load`.
+    let decoded = store
+        .load_with(|meta, payload| {
+            assert_eq!(payload.len(), gens.current.1.len() as u64);
+            let mut bytes = Vec::new();
+            let mut piece = [0u8; 1000];
+            loop {
+                match payload.read(&mut piece).unwrap() {
+                    0 => break,
+                    n => bytes.extend_from_slice(&piece[..n]),
+                }
+            }
+            (*meta, bytes)
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(decoded.generation, Generation::Current);
+    assert_eq!(decoded.value.0, gens.current.0);
+    assert!(decoded.value.1 == gens.current.1);
+
+    // A decode that stops early (an error of its own) gets its result back, with the
+    // generation: the file is fine.
+    let decoded = store
+        .load_with(|_, payload| {
+            let mut first = [0u8; 10];
+            payload.read_exact(&mut first).unwrap();
+            Err::<(), _>("not what I expected")
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(decoded.value, Err("not what I expected"));
+    assert_eq!(decoded.generation, Generation::Current);
+    assert!(decoded.rejected.is_empty());
+
+    // A payload that does not decompress to its announced length is skipped, whatever
+    // decode made of it, even when decode stopped before the end.
+    let compressed = &gens.current.2[HEADER_LEN..];
+    let len = gens.current.1.len() as u64;
+    for (what, bytes) in [
+        (
+            "one byte more announced",
+            crafted(compressed, compressed.len() as u64, len + 1),
+        ),
+        (
+            "one byte less announced",
+            crafted(compressed, compressed.len() as u64, len - 1),
+        ),
+    ] {
+        lay_out(dir.path(), Some(&bytes), Some(&gens.previous.2));
+        for read_all in [true, false] {
+            let decoded = store
+                .load_with(|meta, payload| {
+                    let mut bytes = Vec::new();
+                    if read_all {
+                        let _ = payload.read_to_end(&mut bytes);
+                    } else {
+                        let mut first = [0u8; 10];
+                        payload.read_exact(&mut first).unwrap();
+                    }
+                    *meta
+                })
+                .unwrap()
+                .unwrap();
+            assert_eq!(decoded.generation, Generation::Previous, "{what}");
+            assert_eq!(decoded.value, gens.previous.0, "{what}");
+            assert_eq!(decoded.rejected.len(), 1, "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_streamed_write_is_a_write() {
+    let dir = temp();
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    let bytes = payload(3, 300_000);
+    let written = store
+        .write_with(&meta(3), |out| {
+            for piece in bytes.chunks(777) {
+                out.write_all(piece)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(written, bytes.len() as u64);
+    let loaded = load_ok(dir.path());
+    assert_eq!(loaded.meta, meta(3));
+    assert!(loaded.payload == bytes);
+
+    // A payload that fails half-way writes nothing.
+    let err = store
+        .write_with(&meta(4), |out| {
+            out.write_all(b"half")?;
+            Err(io::Error::other("the table went away"))
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Compress { .. }), "{err:?}");
+    assert_eq!(load_ok(dir.path()).meta, meta(3));
+    assert!(!tmp(dir.path()).exists());
+}

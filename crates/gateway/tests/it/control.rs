@@ -880,8 +880,8 @@ async fn a_stream_of_deltas_is_written_coalesced_and_the_disk_holds_the_latest()
     );
     let table = persist::decode(&loaded.payload).unwrap();
     assert_eq!(table.version(), last);
-    assert_eq!(table.lookup("app299.test").unwrap().app.as_str(), "app299");
-    assert_eq!(table.lookup("base0.test").unwrap().app.as_str(), "base0");
+    assert_eq!(table.lookup("app299.test").unwrap().app(), "app299");
+    assert_eq!(table.lookup("base0.test").unwrap().app(), "base0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1403,9 +1403,12 @@ fn a_table_round_trips_through_the_payload() {
     assert_eq!(back.len(), 2);
     assert_eq!(back.domain_count(), 2);
     for route in &routes {
-        assert_eq!(back.app(&route.app).map(|r| r.as_ref()), Some(route));
+        assert_eq!(
+            back.app(route.app.as_str()).map(|r| r.to_model()).as_ref(),
+            Some(route)
+        );
     }
-    assert_eq!(back.lookup("shop.web.test").unwrap().app.as_str(), "web");
+    assert_eq!(back.lookup("shop.web.test").unwrap().app(), "web");
 
     let empty = persist::decode(&persist::encode(&RouteTable::empty())).unwrap();
     assert_eq!((empty.version(), empty.len()), (0, 0));

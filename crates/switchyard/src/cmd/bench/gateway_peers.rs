@@ -875,7 +875,7 @@ mod tests {
         let table = gateway::RouteTable::from_routes(1, routes);
         assert_eq!(table.len(), 4);
         let bench = table.lookup(HOST).expect("the benchmarked host is routed");
-        assert_eq!(bench.backends[0].addr(), "127.0.0.1:9999");
+        assert_eq!(bench.backends().get(0).addr(), "127.0.0.1:9999");
         assert!(table.lookup("www.customer-999999.com").is_some());
     }
 }

@@ -204,6 +204,8 @@ mod tests {
             read_secs: 1.0,
             errors,
             peak_rss_bytes: 100 << 20,
+            coalesced_creates: None,
+            coalesced_reads: None,
         }
     }
 
