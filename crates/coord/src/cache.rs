@@ -1,12 +1,15 @@
 //! A tree cache: every node under a root, in memory, kept current by one persistent
 //! recursive watch (ZooKeeper 3.6+ `addWatch`) and filled by a pipelined walk.
 //!
-//! The watch is set before the walk, so nothing that happens during the walk is missed.
-//! An event makes the cache re-read its node (batched and pipelined), so the cache
-//! converges on what ZooKeeper holds whatever order events and reads come back in.
-//! Events during a disconnection can be lost (ZOOKEEPER-4698), so a reconnection
-//! triggers a full re-walk that is diffed against the cache; a session expiry sets a
-//! new watch on the new session and re-walks too.
+//! The walk reads nodes in `multiRead` batches, several in flight, each sized by the
+//! average node size seen so far to keep its answer near 128 KiB. The watch is set
+//! before the walk, so nothing that happens during the walk is missed. An event makes
+//! the cache re-read its node (in the same batches), so the cache converges on what
+//! ZooKeeper holds whatever order events and reads come back in. Events during a
+//! disconnection can be lost (ZOOKEEPER-4698), and zookeeper-client does not set a
+//! persistent watch again when it reconnects, so a reconnection sets the watch anew and
+//! triggers a full re-walk that is diffed against the cache; a session expiry sets a new
+//! watch on the new session and re-walks too.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
