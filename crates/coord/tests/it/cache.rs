@@ -190,22 +190,11 @@ fn the_walk_streams_every_node_then_loaded_and_batched_reads_answer_each_path() 
                 mode: CreateMode::Persistent,
             }))
             .await;
-        let mut x = 7u64;
-        let mut noise = |len: usize| -> Vec<u8> {
-            (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        };
         let ops: Vec<coord::Op> = (0..3000)
             .map(|i| coord::Op::Create {
                 path: format!("/tree/p{}/n{i}", i % 4),
                 payload: if i % 500 == 0 {
-                    noise(200_000)
+                    crate::noise(200_000)
                 } else {
                     format!("node {i}").into_bytes()
                 },
