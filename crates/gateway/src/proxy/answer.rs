@@ -15,6 +15,8 @@ use super::body::ResponseBody;
 pub(super) enum Failure {
     /// No `Host` header (nor URI authority), or one that is not a host name.
     BadHost,
+    /// A request body whose chunked framing is broken.
+    BadBody,
     /// No route for this (normalised) host.
     NoRoute(String),
     /// The route has no backend to send to.
@@ -32,7 +34,7 @@ pub(super) enum Failure {
 impl Failure {
     pub(super) fn status(&self) -> StatusCode {
         match self {
-            Failure::BadHost => StatusCode::BAD_REQUEST,
+            Failure::BadHost | Failure::BadBody => StatusCode::BAD_REQUEST,
             Failure::NoRoute(_) => StatusCode::NOT_FOUND,
             Failure::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
@@ -44,6 +46,7 @@ impl Failure {
     fn body(self) -> Bytes {
         match self {
             Failure::BadHost => Bytes::from_static(b"missing or invalid Host header\n"),
+            Failure::BadBody => Bytes::from_static(b"malformed request body\n"),
             Failure::NoRoute(host) => format!("no route for host {host}\n").into(),
             Failure::NoBackend(host) => format!("no backend available for host {host}\n").into(),
             Failure::ConnectMethod => Bytes::from_static(b"CONNECT is not supported\n"),
@@ -51,6 +54,11 @@ impl Failure {
             Failure::Backend => Bytes::from_static(b"backend connection failed\n"),
             Failure::Timeout => Bytes::from_static(b"backend did not answer in time\n"),
         }
+    }
+
+    /// Its status and body.
+    pub(super) fn into_parts(self) -> (StatusCode, Bytes) {
+        (self.status(), self.body())
     }
 
     /// The answer to send the client.

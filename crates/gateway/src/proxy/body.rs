@@ -196,7 +196,7 @@ impl Progress {
         }
     }
 
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         self.last_ms.store(now_ms(), Relaxed);
     }
 

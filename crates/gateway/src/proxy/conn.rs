@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::idle::{Activity, IdleTimer, Watched};
-use super::{forward, Proxy};
+use super::{forward, h1, Proxy};
 
 /// Where the proxy is in its life, as told to each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,11 +53,12 @@ pub(super) async fn aborted(drain: &mut watch::Receiver<Phase>) {
     let _ = drain.wait_for(|phase| *phase == Phase::Abort).await;
 }
 
-/// Serves one accepted connection until it closes, idles out or is drained.
+/// Serves one accepted connection until it closes, idles out or is drained: on the
+/// proxy's own HTTP/1.1 path (`h1`) while it can, then with hyper.
 pub(super) async fn serve(
     proxy: Arc<Proxy>,
     server: Arc<auto::Builder<TokioExecutor>>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     mut drain: watch::Receiver<Phase>,
 ) {
@@ -67,15 +68,29 @@ pub(super) async fn serve(
     let idle_timeout = proxy.config.idle_timeout;
     let client_ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string())
         .expect("an IP address is a valid header value");
-    let activity = Arc::new(Activity::default());
-    let io = TokioIo::new(Watched::writes_only(stream, Arc::clone(&activity)));
     let conn = Arc::new(ClientConn {
         proxy,
         client_ip,
-        activity,
+        activity: Arc::new(Activity::default()),
         drain: drain.clone(),
     });
+    let mut idle = IdleTimer::new(idle_timeout);
 
+    let outcome = {
+        let mut phase = drain.clone();
+        tokio::select! {
+            outcome = h1::serve(&conn, &mut stream, &mut idle, &mut phase) => outcome,
+            () = aborted(&mut drain) => return,
+        }
+    };
+    let h1::Outcome::HandOver(read) = outcome else {
+        return;
+    };
+    let activity = Arc::clone(&conn.activity);
+    let io = TokioIo::new(Watched::writes_only(
+        h1::Rewind::new(read, stream),
+        activity,
+    ));
     let service = {
         let conn = Arc::clone(&conn);
         service_fn(move |req| {
@@ -84,7 +99,6 @@ pub(super) async fn serve(
         })
     };
     let mut http = pin!(server.serve_connection_with_upgrades(io, service));
-    let mut idle = IdleTimer::new(idle_timeout);
     let mut closing = false;
     loop {
         tokio::select! {

@@ -33,7 +33,7 @@ pub(super) struct RequestGuard {
 }
 
 impl RequestGuard {
-    fn new(conn: Arc<ClientConn>) -> RequestGuard {
+    pub(super) fn new(conn: Arc<ClientConn>) -> RequestGuard {
         conn.activity.touch();
         conn.proxy.metrics.in_flight.increment(1.0);
         RequestGuard { conn }
@@ -204,7 +204,7 @@ async fn exchange(
 }
 
 /// Another backend of the route of `host` than `failed`, from the table as it is now.
-fn another_backend(proxy: &Proxy, host: &str, failed: &Upstream) -> Option<Arc<Upstream>> {
+pub(super) fn another_backend(proxy: &Proxy, host: &str, failed: &Upstream) -> Option<Arc<Upstream>> {
     let table = proxy.table.load();
     let route = table.lookup(host)?;
     proxy.upstreams.pick(route.backends(), Some(failed))

@@ -3,8 +3,10 @@
 //! **Invariant:** no body is ever buffered whole, in either direction, and no lock is
 //! held across an `.await`.
 //!
-//! Where things are: `conn` serves a client connection (HTTP/1.1 or HTTP/2, idle and
-//! drain handling), `forward` one request (routing, rewriting, retries), `upstream`
+//! Where things are: `conn` serves a client connection (idle and drain handling),
+//! `h1` the proxy's own HTTP/1.1 path, which serves a connection's requests while it
+//! can and hands the connection to hyper (HTTP/2, upgrades, HTTP/1.0, anything
+//! unusual) when it cannot; `forward` one request on the hyper path (routing, rewriting, retries), `upstream`
 //! the backends (connection pools, in-flight counts, ejection, the balancer), `body`
 //! the streaming bodies, `headers` the header rewriting, `tunnel` upgraded connections,
 //! `idle` idle timeouts, `answer` the proxy's own status pages and `metrics` the metric
@@ -14,6 +16,7 @@ mod answer;
 mod body;
 mod conn;
 mod forward;
+mod h1;
 mod headers;
 mod idle;
 pub mod metrics;

@@ -1,5 +1,6 @@
-//! Backends as the request path sees them: one [`Upstream`] per address, with its pool
-//! of idle HTTP/1.1 connections, its requests in flight and its ejection state; and
+//! Backends as the request path sees them: one [`Upstream`] per address, with its pools
+//! of idle HTTP/1.1 connections (hyper's for the hyper path, plain sockets for the
+//! proxy's own HTTP/1.1 path), its requests in flight and its ejection state; and
 //! the balancer that picks one of a route's backends for a request.
 //!
 //! Balancing is the power of two choices, weighted: draw two backends at random with
@@ -12,6 +13,7 @@
 //! **Invariant:** no lock here is held across an `.await`; the pools and the registry
 //! are plain mutexes and read-write locks held for a push, a pop or a lookup.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -54,6 +56,8 @@ pub(super) struct Upstream {
     /// Idle connections, most recently used last (reused first, so the surplus ages
     /// out).
     idle: Mutex<Vec<BackendConn>>,
+    /// Idle plain connections, for the HTTP/1.1 path, in the same order.
+    idle_raw: Mutex<Vec<RawConn>>,
     max_idle: usize,
 }
 
@@ -68,6 +72,42 @@ pub(super) struct BackendConn {
     pub(super) sender: http1::SendRequest<RequestBody>,
     /// [`now_ms`] when it last went back to the pool.
     idle_since_ms: u64,
+}
+
+/// A plain connection to a backend, which the proxy's own HTTP/1.1 path speaks on
+/// (`h1`). Nothing reads it while it is pooled: a close (or stray bytes) shows as
+/// readiness, checked without a system call when it is taken out.
+pub(super) struct RawConn {
+    pub(super) stream: TcpStream,
+    /// [`now_ms`] when it last went back to the pool.
+    idle_since_ms: u64,
+    /// It was found closed, or sent bytes nobody asked for.
+    broken: Cell<bool>,
+}
+
+impl RawConn {
+    fn new(stream: TcpStream) -> RawConn {
+        RawConn {
+            stream,
+            idle_since_ms: 0,
+            broken: Cell::new(false),
+        }
+    }
+
+    /// Whether the backend closed it or wrote to it while it was idle. Reads only when
+    /// the runtime saw it readable: a quiet connection costs no system call.
+    fn is_closed(&self) -> bool {
+        if self.broken.get() {
+            return true;
+        }
+        match self.stream.try_read(&mut [0; 1]) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => false,
+            _ => {
+                self.broken.set(true);
+                true
+            }
+        }
+    }
 }
 
 /// Counts a request in flight to an upstream for as long as it lives.
@@ -216,22 +256,43 @@ impl Upstreams {
         }
     }
 
-    /// Opens a new connection to `upstream`, counting a failure towards ejection.
+    /// Opens a new connection to `upstream` for the hyper path, counting a failure
+    /// towards ejection.
     pub(super) async fn connect(&self, upstream: &Upstream) -> Result<BackendConn, ConnectError> {
-        upstream.connects.fetch_add(1, Relaxed);
-        let result = self.open(&upstream.addr).await;
-        match &result {
-            Ok(_) => upstream.connected(),
-            Err(_) => upstream.connect_failed(self.eject_after_failures, self.eject_cooldown),
-        }
+        let result = match self.connect_stream(upstream).await {
+            Ok(stream) => self.handshake(stream).await,
+            Err(error) => Err(error),
+        };
+        self.count_connect(upstream, &result);
         result
     }
 
-    async fn open(&self, addr: &str) -> Result<BackendConn, ConnectError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+    /// Opens a new plain connection to `upstream` for the HTTP/1.1 path, counting a
+    /// failure towards ejection.
+    pub(super) async fn connect_raw(&self, upstream: &Upstream) -> Result<RawConn, ConnectError> {
+        let result = self.connect_stream(upstream).await.map(RawConn::new);
+        self.count_connect(upstream, &result);
+        result
+    }
+
+    fn count_connect<T>(&self, upstream: &Upstream, result: &Result<T, ConnectError>) {
+        match result {
+            Ok(_) => upstream.connected(),
+            Err(_) => upstream.connect_failed(self.eject_after_failures, self.eject_cooldown),
+        }
+    }
+
+    async fn connect_stream(&self, upstream: &Upstream) -> Result<TcpStream, ConnectError> {
+        upstream.connects.fetch_add(1, Relaxed);
+        let connect = TcpStream::connect(&*upstream.addr);
+        let stream = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
         stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    async fn handshake(&self, stream: TcpStream) -> Result<BackendConn, ConnectError> {
         let (sender, conn) = self.client.handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(error) = conn.with_upgrades().await {
@@ -281,7 +342,8 @@ impl Upstreams {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
             for upstream in shard.values() {
                 let idle = std::mem::take(&mut *upstream.idle());
-                drop(idle);
+                let idle_raw = std::mem::take(&mut *upstream.idle_raw());
+                drop((idle, idle_raw));
             }
         }
     }
@@ -297,6 +359,7 @@ impl Upstream {
             connects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             idle: Mutex::default(),
+            idle_raw: Mutex::default(),
             max_idle,
         }
     }
@@ -307,6 +370,30 @@ impl Upstream {
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<BackendConn>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn idle_raw(&self) -> std::sync::MutexGuard<'_, Vec<RawConn>> {
+        self.idle_raw.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An idle plain connection that is not known to be closed, if there is one.
+    pub(super) fn checkout_raw(&self) -> Option<RawConn> {
+        let mut idle = self.idle_raw();
+        while let Some(conn) = idle.pop() {
+            if !conn.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Puts a plain connection whose exchange is complete back in the pool.
+    pub(super) fn checkin_raw(&self, mut conn: RawConn) {
+        conn.idle_since_ms = now_ms();
+        let mut idle = self.idle_raw();
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
     }
 
     /// An idle connection that is not known to be closed, if there is one.
@@ -336,12 +423,17 @@ impl Upstream {
     fn prune(&self, idle_since: u64) {
         self.idle()
             .retain(|conn| !conn.sender.is_closed() && conn.idle_since_ms >= idle_since);
+        self.idle_raw()
+            .retain(|conn| !conn.is_closed() && conn.idle_since_ms >= idle_since);
     }
 
     /// Nothing in flight, nothing pooled, not ejected: forgetting it loses nothing but
     /// a count of failures too short to eject.
     fn is_unused(&self) -> bool {
-        self.in_flight.load(Relaxed) == 0 && !self.is_ejected() && self.idle().is_empty()
+        self.in_flight.load(Relaxed) == 0
+            && !self.is_ejected()
+            && self.idle().is_empty()
+            && self.idle_raw().is_empty()
     }
 
     fn is_ejected(&self) -> bool {
@@ -380,7 +472,12 @@ impl Upstream {
                 .idle()
                 .iter()
                 .filter(|conn| !conn.sender.is_closed())
-                .count(),
+                .count()
+                + self
+                    .idle_raw()
+                    .iter()
+                    .filter(|conn| !conn.is_closed())
+                    .count(),
             connects_total: self.connects.load(Relaxed),
             connect_failures_total: self.connect_failures.load(Relaxed),
             ejected: self.is_ejected(),

@@ -1,0 +1,555 @@
+//! The proxy's own HTTP/1.1 path: a client connection's requests are read, routed and
+//! sent to a plain pooled backend socket, and the answers streamed back, all in the
+//! connection's one task.
+//!
+//! hyper's server and client (the path in `forward`) cost more per request than the
+//! kernel work every proxy pays: a request crossed three tasks and four wake-ups (the
+//! client connection, the backend connection's driver, the body channel between them),
+//! and the benchmark put the gateway at 0.7-0.9x nginx's requests/s. Here a request is
+//! two reads and two writes, its heads parsed in place (httparse) and rewritten into
+//! one buffer, with no allocation once the connection's buffers have grown.
+//!
+//! This path takes HTTP/1.1 requests in origin form, with or without a body
+//! (`Content-Length` or chunked), `Expect: 100-continue` and pipelining included.
+//! Anything else (HTTP/2's preface, HTTP/1.0, an `Upgrade`, `CONNECT`, a head it
+//! does not parse or finds ambiguous) hands the connection, with the bytes read so
+//! far, to hyper ([`Outcome::HandOver`]), which serves it from there as before.
+//!
+//! **Invariant:** the statuses, bodies, headers, timeouts, retries and metrics are
+//! those of the hyper path; the proxy tests run against both.
+//! **Invariant:** a backend socket goes back to its pool only after a response that
+//! ended where its framing said, with nothing after it, to a request sent whole.
+
+mod framing;
+mod head;
+
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use self::framing::{BodyEnd, Framing};
+use self::head::{Parse, RequestHead};
+use super::answer::Failure;
+use super::body::Progress;
+use super::conn::{ClientConn, Phase};
+use super::forward::{another_backend, RequestGuard};
+use super::idle::{Activity, IdleTimer};
+use super::upstream::{Lease, RawConn, Upstream};
+use super::Proxy;
+
+/// How a connection left this path.
+pub(super) enum Outcome {
+    /// It is done with: drop it.
+    Closed,
+    /// hyper takes it on, starting with these bytes, already read from it.
+    HandOver(Vec<u8>),
+}
+
+/// Bytes asked of the kernel per read.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Serves `client`'s HTTP/1.1 requests until it closes, idles out, is drained, or
+/// sends something for hyper.
+pub(super) async fn serve(
+    conn: &Arc<ClientConn>,
+    client: &mut TcpStream,
+    idle: &mut IdleTimer,
+    drain: &mut watch::Receiver<Phase>,
+) -> Outcome {
+    let mut buffers = Buffers {
+        client: Vec::with_capacity(READ_SIZE),
+        backend: Vec::new(),
+        head: Vec::new(),
+        response: Vec::new(),
+    };
+    let mut first_byte = Box::pin(tokio::time::sleep(conn.proxy.config.first_byte_timeout));
+    loop {
+        let req = loop {
+            if !buffers.client.is_empty() {
+                let parsed = head::request(
+                    &buffers.client,
+                    conn.client_ip.as_bytes(),
+                    &mut buffers.head,
+                );
+                match parsed {
+                    Parse::Done(req) => break req,
+                    Parse::HandOver => return Outcome::HandOver(buffers.client),
+                    Parse::Partial => {}
+                }
+            } else if *drain.borrow() != Phase::Serving {
+                return Outcome::Closed;
+            }
+            tokio::select! {
+                read = read_more(client, &mut buffers.client) => match read {
+                    Ok(0) | Err(_) => return Outcome::Closed,
+                    Ok(_) => {}
+                },
+                () = idle.expired(&conn.activity) => return Outcome::Closed,
+                changed = drain.changed() => if changed.is_err() {
+                    return Outcome::Closed;
+                },
+            }
+        };
+        let close = !req.keep_alive || *drain.borrow() != Phase::Serving;
+        let exchange = Exchange {
+            conn,
+            req,
+            close,
+            first_byte: first_byte.as_mut(),
+        };
+        let open = exchange.run(client, idle, &mut buffers).await;
+        if !open || *drain.borrow() != Phase::Serving {
+            return Outcome::Closed;
+        }
+    }
+}
+
+/// A connection's buffers, kept from one request to the next.
+struct Buffers {
+    /// Bytes read from the client and not yet handled.
+    client: Vec<u8>,
+    /// Bytes read from the backend.
+    backend: Vec<u8>,
+    /// The request head (and the body bytes that came with it) for the backend.
+    head: Vec<u8>,
+    /// What goes to the client next.
+    response: Vec<u8>,
+}
+
+/// Reads what the peer has sent, appending it to `buf`.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.reserve(READ_SIZE);
+    stream.read_buf(buf).await
+}
+
+/// One request, from its parsed head to the end of its answer.
+struct Exchange<'a> {
+    conn: &'a Arc<ClientConn>,
+    req: RequestHead,
+    /// The client connection closes after the answer.
+    close: bool,
+    first_byte: Pin<&'a mut Sleep>,
+}
+
+/// Why a response ended badly.
+enum Broken {
+    /// Before its head reached the client: the proxy answers instead.
+    Answer(Failure),
+    /// After: the client connection is closed mid-answer.
+    Cut,
+}
+
+impl Exchange<'_> {
+    /// Whether the client connection stays open.
+    async fn run(self, client: &mut TcpStream, idle: &mut IdleTimer, buffers: &mut Buffers) -> bool {
+        let Exchange {
+            conn,
+            req,
+            close,
+            first_byte,
+        } = self;
+        let proxy = &*conn.proxy;
+        let request = RequestGuard::new(Arc::clone(conn));
+        let mut body = BodyEnd::new(req.framing);
+        // Body bytes that came with the head go out with it.
+        let with_head = match body.advance(&buffers.client[req.len..]) {
+            Ok(taken) => taken,
+            Err(_) => {
+                let answer = Answer::new(Failure::BadBody, &req, true);
+                answer.send(proxy, client, &mut buffers.response).await;
+                return false;
+            }
+        };
+        let upstream = match route(proxy, &buffers.client[req.host.clone()]) {
+            Ok(upstream) => upstream,
+            Err(failure) => {
+                // The body is not read: the connection cannot go on after it.
+                let close = close || req.framing != Framing::Empty;
+                let answer = Answer::new(failure, &req, close);
+                let sent = answer.send(proxy, client, &mut buffers.response).await;
+                buffers.client.drain(..req.len);
+                return sent && !close;
+            }
+        };
+        let sent_with_head = req.len..req.len + with_head;
+        buffers.head.extend_from_slice(&buffers.client[sent_with_head.clone()]);
+
+        let started = Instant::now();
+        let waiting = conn.activity.hold();
+        let retry_elsewhere = req.idempotent && req.framing == Framing::Empty;
+        let host = &buffers.client[req.host.clone()];
+        let sent = send_head(proxy, upstream, &buffers.head, retry_elsewhere, host).await;
+        buffers.client.drain(..sent_with_head.end);
+        let (mut backend, lease) = match sent {
+            Ok(sent) => sent,
+            Err(failure) => {
+                drop(waiting);
+                let close = close || !body.is_done();
+                let answer = Answer::new(failure, &req, close);
+                return answer.send(proxy, client, &mut buffers.response).await && !close;
+            }
+        };
+
+        // The rest of the request body goes on while the answer is awaited and
+        // streamed back: a backend may answer before it has read it all.
+        let progress = Progress::new();
+        let mut uploaded = body.is_done();
+        let answered = {
+            let (mut from_client, mut to_client) = client.split();
+            let (mut from_backend, mut to_backend) = backend.stream.split();
+            let mut upload = pin!(upload(
+                &mut from_client,
+                &mut to_backend,
+                &mut buffers.client,
+                &mut body,
+                &progress,
+            ));
+            let mut answer = pin!(respond(Respond {
+                proxy,
+                activity: &conn.activity,
+                is_head: req.is_head,
+                close,
+                started,
+                progress: &progress,
+                first_byte,
+                waiting: Some(waiting),
+                from_backend: &mut from_backend,
+                to_client: &mut to_client,
+                buf: &mut buffers.backend,
+                out: &mut buffers.response,
+                idle,
+            }));
+            loop {
+                tokio::select! {
+                    biased;
+                    answered = answer.as_mut() => break answered,
+                    sent = upload.as_mut(), if !uploaded => match sent {
+                        Ok(()) => uploaded = true,
+                        Err(error) => {
+                            tracing::debug!(%error, "request body not forwarded");
+                            return false;
+                        }
+                    },
+                }
+            }
+        };
+        let uploaded = uploaded && body.is_done();
+
+        match answered {
+            Ok(ended) => {
+                if ended.backend_reusable && uploaded {
+                    lease.upstream().checkin_raw(backend);
+                }
+                drop((lease, request));
+                uploaded && !ended.client_close
+            }
+            Err(Broken::Answer(failure)) => {
+                drop((backend, lease));
+                let close = close || !uploaded;
+                let answer = Answer::new(failure, &req, close);
+                answer.send(proxy, client, &mut buffers.response).await && !close
+            }
+            Err(Broken::Cut) => false,
+        }
+    }
+}
+
+/// The backend for a request to `host`.
+fn route(proxy: &Proxy, host: &[u8]) -> Result<Arc<Upstream>, Failure> {
+    let host = std::str::from_utf8(host)
+        .ok()
+        .and_then(model::normalize_host)
+        .ok_or(Failure::BadHost)?;
+    let table = proxy.table.load();
+    let route = table
+        .lookup(&host)
+        .ok_or_else(|| Failure::NoRoute(host.to_string()))?;
+    proxy
+        .upstreams
+        .pick(route.backends(), None)
+        .ok_or_else(|| Failure::NoBackend(host.to_string()))
+}
+
+/// Writes `head` to a pooled connection to `upstream` (another one if it turns out
+/// closed) or a new one; after a failed connect, to another backend of the route of
+/// `host` once, if `retry_elsewhere`.
+async fn send_head(
+    proxy: &Proxy,
+    upstream: Arc<Upstream>,
+    head: &[u8],
+    retry_elsewhere: bool,
+    host: &[u8],
+) -> Result<(RawConn, Lease), Failure> {
+    let mut lease = Lease::new(upstream);
+    let mut retried = false;
+    loop {
+        while let Some(mut conn) = lease.upstream().checkout_raw() {
+            // A write that fails was not read by anyone: the socket is closed.
+            if conn.stream.write_all(head).await.is_ok() {
+                return Ok((conn, lease));
+            }
+        }
+        match proxy.upstreams.connect_raw(lease.upstream()).await {
+            Ok(mut conn) => {
+                return match conn.stream.write_all(head).await {
+                    Ok(()) => Ok((conn, lease)),
+                    Err(error) => {
+                        tracing::debug!(%error, "backend request failed");
+                        Err(Failure::Backend)
+                    }
+                };
+            }
+            Err(error) => {
+                tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
+                if retry_elsewhere && !retried {
+                    retried = true;
+                    let host = std::str::from_utf8(host).ok().and_then(model::normalize_host);
+                    let other = host.and_then(|host| another_backend(proxy, &host, lease.upstream()));
+                    if let Some(other) = other {
+                        lease = Lease::new(other);
+                        continue;
+                    }
+                }
+                return Err(Failure::Connect);
+            }
+        }
+    }
+}
+
+/// Sends the rest of a request body to the backend as it arrives.
+async fn upload(
+    from_client: &mut ReadHalf<'_>,
+    to_backend: &mut WriteHalf<'_>,
+    buf: &mut Vec<u8>,
+    body: &mut BodyEnd,
+    progress: &Progress,
+) -> io::Result<()> {
+    while !body.is_done() {
+        buf.reserve(READ_SIZE);
+        if from_client.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let taken = body.advance(buf).map_err(io::Error::other)?;
+        to_backend.write_all(&buf[..taken]).await?;
+        // What follows the body is the client's next request.
+        buf.drain(..taken);
+        progress.touch();
+    }
+    Ok(())
+}
+
+/// What [`respond`] needs.
+struct Respond<'a, 'b> {
+    proxy: &'a Proxy,
+    activity: &'a Activity,
+    is_head: bool,
+    close: bool,
+    started: Instant,
+    /// When the request body last moved: the first-byte timeout counts from then.
+    progress: &'a Progress,
+    first_byte: Pin<&'a mut Sleep>,
+    /// Holds the client connection (not idle) until the response head.
+    waiting: Option<super::idle::Hold<'a>>,
+    from_backend: &'a mut ReadHalf<'b>,
+    to_client: &'a mut WriteHalf<'b>,
+    buf: &'a mut Vec<u8>,
+    out: &'a mut Vec<u8>,
+    idle: &'a mut IdleTimer,
+}
+
+/// How a response ended.
+struct Ended {
+    backend_reusable: bool,
+    client_close: bool,
+}
+
+/// Reads the backend's answer and streams it to the client: interim (1xx) heads, the
+/// final head, the body.
+async fn respond(mut r: Respond<'_, '_>) -> Result<Ended, Broken> {
+    let timeout = r.proxy.config.first_byte_timeout;
+    r.first_byte.as_mut().reset(r.started + timeout);
+    r.buf.clear();
+    let head = loop {
+        r.out.clear();
+        match head::response(r.buf, r.is_head, r.close, r.out) {
+            Ok(Some(head)) if head.status >= 200 => break head,
+            Ok(Some(interim)) => {
+                write(r.to_client, r.out, r.activity).await?;
+                r.buf.drain(..interim.len);
+                continue;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::debug!(%error, "backend answer refused");
+                return Err(Broken::Answer(Failure::Backend));
+            }
+        }
+        r.buf.reserve(READ_SIZE);
+        tokio::select! {
+            biased;
+            read = r.from_backend.read_buf(r.buf) => match read {
+                Ok(0) | Err(_) => return Err(Broken::Answer(Failure::Backend)),
+                Ok(_) => {}
+            },
+            () = r.first_byte.as_mut() => {
+                let Some(left) = r.progress.left_of(timeout) else {
+                    return Err(Broken::Answer(Failure::Timeout));
+                };
+                r.first_byte.as_mut().reset(Instant::now() + left);
+            }
+        }
+    };
+    drop(r.waiting.take());
+    r.proxy.metrics.upstream_duration(r.started.elapsed());
+    if let Ok(status) = StatusCode::from_u16(head.status) {
+        r.proxy.metrics.count(status);
+    }
+
+    let mut body = BodyEnd::new(head.framing);
+    let rest = &r.buf[head.len..];
+    let taken = body.advance(rest).map_err(|_| Broken::Cut)?;
+    let mut stray = taken < rest.len();
+    r.out.extend_from_slice(&rest[..taken]);
+    write(r.to_client, r.out, r.activity).await?;
+    while !body.is_done() {
+        r.buf.clear();
+        r.buf.reserve(READ_SIZE);
+        tokio::select! {
+            read = r.from_backend.read_buf(r.buf) => match read {
+                Ok(0) if body.until_close() => break,
+                Ok(0) | Err(_) => return Err(Broken::Cut),
+                Ok(_) => {}
+            },
+            // A backend stalled mid-body leaves the client connection idle.
+            () = r.idle.expired(r.activity) => return Err(Broken::Cut),
+        }
+        let taken = body.advance(r.buf).map_err(|_| Broken::Cut)?;
+        stray |= taken < r.buf.len();
+        write(r.to_client, &r.buf[..taken], r.activity).await?;
+    }
+    Ok(Ended {
+        backend_reusable: head.keep_alive && !stray && body.is_done(),
+        client_close: r.close || head.framing == Framing::UntilClose,
+    })
+}
+
+async fn write(to: &mut WriteHalf<'_>, bytes: &[u8], activity: &Activity) -> Result<(), Broken> {
+    to.write_all(bytes).await.map_err(|_| Broken::Cut)?;
+    activity.touch();
+    Ok(())
+}
+
+/// The proxy's own answer to a request.
+struct Answer {
+    failure: Failure,
+    is_head: bool,
+    close: bool,
+}
+
+impl Answer {
+    fn new(failure: Failure, req: &RequestHead, close: bool) -> Answer {
+        Answer {
+            failure,
+            is_head: req.is_head,
+            close,
+        }
+    }
+
+    /// Whether it was sent.
+    async fn send(self, proxy: &Proxy, client: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+        tracing::debug!(failure = ?self.failure, "request not forwarded");
+        let (status, body) = self.failure.into_parts();
+        proxy.metrics.count(status);
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        if self.close {
+            out.extend_from_slice(b"\r\nconnection: close");
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+        if !self.is_head {
+            out.extend_from_slice(&body);
+        }
+        client.write_all(out).await.is_ok()
+    }
+}
+
+/// A client connection handed to hyper: the bytes already read come first.
+pub(super) struct Rewind {
+    read: Vec<u8>,
+    at: usize,
+    stream: TcpStream,
+}
+
+impl Rewind {
+    pub(super) fn new(read: Vec<u8>, stream: TcpStream) -> Rewind {
+        Rewind {
+            read,
+            at: 0,
+            stream,
+        }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.read.len() {
+            let n = buf.remaining().min(this.read.len() - this.at);
+            buf.put_slice(&this.read[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.read.len() {
+                this.read = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

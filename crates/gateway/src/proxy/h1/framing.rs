@@ -1,0 +1,246 @@
+//! Where an HTTP/1.1 body ends (RFC 9112 §6), found while its bytes pass through the
+//! proxy unchanged: a byte count, or the chunked coding read chunk by chunk.
+//!
+//! **Invariant:** the chunked scanner is strict (hex sizes of at most 15 digits, CRLF
+//! line ends, bounded extensions and trailers): the proxy and the peer after it must
+//! never disagree on where a message ends, or one client could slip a request past
+//! the proxy inside another's body.
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// A response without either: its body ends when the backend closes.
+    UntilClose,
+}
+
+/// A body's framing broken by the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed chunked body")]
+pub(super) struct Malformed;
+
+/// Chunk extensions and trailer fields allowed per body, in bytes.
+const MAX_META: usize = 64 * 1024;
+
+/// Follows one body through its bytes.
+#[derive(Debug)]
+pub(super) struct BodyEnd {
+    state: State,
+    /// The size of the chunk being read.
+    size: u64,
+    /// Bytes of chunk extensions and trailers seen so far.
+    meta: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Remaining(u64),
+    UntilClose,
+    /// Chunk size digits read so far.
+    Size(u8),
+    /// After the size: an extension, up to CR.
+    Extension,
+    SizeLf,
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final CRLF).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    FinalLf,
+    Done,
+}
+
+impl BodyEnd {
+    pub(super) fn new(framing: Framing) -> BodyEnd {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Remaining(n),
+            Framing::Chunked => State::Size(0),
+            Framing::UntilClose => State::UntilClose,
+        };
+        BodyEnd {
+            state,
+            size: 0,
+            meta: 0,
+        }
+    }
+
+    /// Whether the body has ended.
+    pub(super) fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Whether only the peer closing ends the body.
+    pub(super) fn until_close(&self) -> bool {
+        self.state == State::UntilClose
+    }
+
+    /// Takes `bytes`, which follow what was taken before: how many of them belong to
+    /// the body (the rest, if any, come after it).
+    pub(super) fn advance(&mut self, bytes: &[u8]) -> Result<usize, Malformed> {
+        let mut at = 0;
+        while at < bytes.len() {
+            match self.state {
+                State::Done => break,
+                State::UntilClose => return Ok(bytes.len()),
+                State::Remaining(n) => {
+                    let take = n.min((bytes.len() - at) as u64);
+                    at += take as usize;
+                    self.state = match n - take {
+                        0 => State::Done,
+                        left => State::Remaining(left),
+                    };
+                }
+                State::Data(n) => {
+                    let take = n.min((bytes.len() - at) as u64);
+                    at += take as usize;
+                    self.state = match n - take {
+                        0 => State::DataCr,
+                        left => State::Data(left),
+                    };
+                }
+                _ => {
+                    self.step(bytes[at])?;
+                    at += 1;
+                }
+            }
+        }
+        Ok(at)
+    }
+
+    /// One byte of chunk framing.
+    fn step(&mut self, byte: u8) -> Result<(), Malformed> {
+        self.state = match (self.state, byte) {
+            (State::Size(digits), _) => match (byte as char).to_digit(16) {
+                Some(digit) if digits < 15 => {
+                    self.size = self.size << 4 | u64::from(digit);
+                    State::Size(digits + 1)
+                }
+                None if digits > 0 && byte == b'\r' => State::SizeLf,
+                None if digits > 0 && matches!(byte, b';' | b' ' | b'\t') => {
+                    self.count_meta()?;
+                    State::Extension
+                }
+                _ => return Err(Malformed),
+            },
+            (State::Extension, b'\r') => State::SizeLf,
+            (State::Extension, b'\n') => return Err(Malformed),
+            (State::Extension, _) => {
+                self.count_meta()?;
+                State::Extension
+            }
+            (State::SizeLf, b'\n') if self.size == 0 => State::TrailerStart,
+            (State::SizeLf, b'\n') => State::Data(std::mem::take(&mut self.size)),
+            (State::DataCr, b'\r') => State::DataLf,
+            (State::DataLf, b'\n') => State::Size(0),
+            (State::TrailerStart, b'\r') => State::FinalLf,
+            (State::TrailerStart | State::TrailerLine, b'\n') => return Err(Malformed),
+            (State::TrailerLine, b'\r') => State::TrailerLf,
+            (State::TrailerStart | State::TrailerLine, _) => {
+                self.count_meta()?;
+                State::TrailerLine
+            }
+            (State::TrailerLf, b'\n') => State::TrailerStart,
+            (State::FinalLf, b'\n') => State::Done,
+            _ => return Err(Malformed),
+        };
+        Ok(())
+    }
+
+    fn count_meta(&mut self) -> Result<(), Malformed> {
+        self.meta += 1;
+        if self.meta > MAX_META {
+            return Err(Malformed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `body` in pieces of `step` bytes: where it ends.
+    fn end_of(framing: Framing, body: &[u8], step: usize) -> Result<Option<usize>, Malformed> {
+        let mut end = BodyEnd::new(framing);
+        let mut at = 0;
+        for piece in body.chunks(step) {
+            let taken = end.advance(piece)?;
+            at += taken;
+            if end.is_done() {
+                return Ok(Some(at));
+            }
+            assert_eq!(taken, piece.len(), "an unfinished body takes every byte");
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn a_length_ends_after_its_bytes_whatever_the_pieces() {
+        for step in [1, 2, 5, 100] {
+            assert_eq!(end_of(Framing::Length(5), b"hello, next", step), Ok(Some(5)));
+            assert_eq!(end_of(Framing::Length(50), b"hello", step), Ok(None));
+        }
+        assert!(BodyEnd::new(Framing::Length(0)).is_done());
+        assert!(BodyEnd::new(Framing::Empty).is_done());
+        let mut close = BodyEnd::new(Framing::UntilClose);
+        assert_eq!(close.advance(b"anything"), Ok(8));
+        assert!(close.until_close() && !close.is_done());
+    }
+
+    #[test]
+    fn a_chunked_body_ends_after_its_last_chunk_and_trailers() {
+        let cases: [(&[u8], usize); 5] = [
+            (b"0\r\n\r\nGET", 5),
+            (b"5\r\nhello\r\n0\r\n\r\n", 15),
+            (b"5;name=value\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\nrest", 41),
+            (b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-Other: 2\r\n\r\n", 35),
+            (b"000\r\n\r\n", 7),
+        ];
+        for (body, end) in cases {
+            for step in [1, 2, 3, 7, 1000] {
+                assert_eq!(
+                    end_of(Framing::Chunked, body, step),
+                    Ok(Some(end)),
+                    "{:?} in pieces of {step}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+        assert_eq!(end_of(Framing::Chunked, b"5\r\nhel", 2), Ok(None));
+    }
+
+    #[test]
+    fn malformed_chunk_framing_is_refused() {
+        let cases: [&[u8]; 10] = [
+            b"\r\n",
+            b"x\r\n",
+            b"5\nhello\r\n",
+            b"5\r\nhelloX\r\n",
+            b"5\r\nhello\rX",
+            b"0\r\nX-Sum: 1\n\r\n",
+            b"0\r\n\n",
+            b"-5\r\n",
+            b"1234567890abcdef0\r\n",
+            b"5;ext\n",
+        ];
+        for body in cases {
+            assert_eq!(
+                end_of(Framing::Chunked, body, 1),
+                Err(Malformed),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let mut long = b"1;".to_vec();
+        long.resize(MAX_META + 10, b'a');
+        assert_eq!(end_of(Framing::Chunked, &long, 4096), Err(Malformed));
+    }
+}
