@@ -204,7 +204,11 @@ async fn exchange(
 }
 
 /// Another backend of the route of `host` than `failed`, from the table as it is now.
-pub(super) fn another_backend(proxy: &Proxy, host: &str, failed: &Upstream) -> Option<Arc<Upstream>> {
+pub(super) fn another_backend(
+    proxy: &Proxy,
+    host: &str,
+    failed: &Upstream,
+) -> Option<Arc<Upstream>> {
     let table = proxy.table.load();
     let route = table.lookup(host)?;
     proxy.upstreams.pick(route.backends(), Some(failed))

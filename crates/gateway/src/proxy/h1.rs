@@ -149,7 +149,12 @@ enum Broken {
 
 impl Exchange<'_> {
     /// Whether the client connection stays open.
-    async fn run(self, client: &mut TcpStream, idle: &mut IdleTimer, buffers: &mut Buffers) -> bool {
+    async fn run(
+        self,
+        client: &mut TcpStream,
+        idle: &mut IdleTimer,
+        buffers: &mut Buffers,
+    ) -> bool {
         let Exchange {
             conn,
             req,
@@ -180,7 +185,9 @@ impl Exchange<'_> {
             }
         };
         let sent_with_head = req.len..req.len + with_head;
-        buffers.head.extend_from_slice(&buffers.client[sent_with_head.clone()]);
+        buffers
+            .head
+            .extend_from_slice(&buffers.client[sent_with_head.clone()]);
 
         let started = Instant::now();
         let waiting = conn.activity.hold();
@@ -197,6 +204,16 @@ impl Exchange<'_> {
                 return answer.send(proxy, client, &mut buffers.response).await && !close;
             }
         };
+
+        if req.expect_continue
+            && !body.is_done()
+            && client
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return false;
+        }
 
         // The rest of the request body goes on while the answer is awaited and
         // streamed back: a backend may answer before it has read it all.
@@ -311,8 +328,11 @@ async fn send_head(
                 tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
                 if retry_elsewhere && !retried {
                     retried = true;
-                    let host = std::str::from_utf8(host).ok().and_then(model::normalize_host);
-                    let other = host.and_then(|host| another_backend(proxy, &host, lease.upstream()));
+                    let host = std::str::from_utf8(host)
+                        .ok()
+                        .and_then(model::normalize_host);
+                    let other =
+                        host.and_then(|host| another_backend(proxy, &host, lease.upstream()));
                     if let Some(other) = other {
                         lease = Lease::new(other);
                         continue;

@@ -2,3 +2,4 @@
 
 mod control;
 mod proxy;
+mod wire;

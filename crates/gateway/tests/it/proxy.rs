@@ -43,7 +43,7 @@ type Handler = Arc<
 >;
 
 /// Fails the test instead of hanging it.
-async fn within<F: Future>(future: F) -> F::Output {
+pub(crate) async fn within<F: Future>(future: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(60), future)
         .await
         .expect("gave up after a minute")
@@ -68,8 +68,8 @@ where
 }
 
 /// A backend HTTP/1.1 server on a loopback port.
-struct TestBackend {
-    addr: SocketAddr,
+pub(crate) struct TestBackend {
+    pub(crate) addr: SocketAddr,
     accept: JoinHandle<()>,
     kill: watch::Sender<bool>,
 }
@@ -102,7 +102,7 @@ impl TestBackend {
     }
 
     /// A backend that answers with its name, and more by path (see [`named_handler`]).
-    async fn named(name: &'static str) -> TestBackend {
+    pub(crate) async fn named(name: &'static str) -> TestBackend {
         TestBackend::start(named_handler(name)).await
     }
 
@@ -177,7 +177,7 @@ fn dump(headers: &HeaderMap) -> String {
 }
 
 /// The values of header `name` in a [`dump`].
-fn values<'a>(dump: &'a str, name: &str) -> Vec<&'a str> {
+pub(crate) fn values<'a>(dump: &'a str, name: &str) -> Vec<&'a str> {
     dump.lines()
         .filter_map(|line| line.split_once(": "))
         .filter(|(n, _)| *n == name)
@@ -185,7 +185,7 @@ fn values<'a>(dump: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn route(app: &str, domains: &[&str], backends: &[(SocketAddr, u16)]) -> Route {
+pub(crate) fn route(app: &str, domains: &[&str], backends: &[(SocketAddr, u16)]) -> Route {
     Route {
         app: app.parse().unwrap(),
         domains: domains.iter().map(|d| d.parse().unwrap()).collect(),
@@ -204,16 +204,16 @@ async fn dead_addr() -> SocketAddr {
 }
 
 /// A proxy serving on a loopback port.
-struct Gateway {
-    addr: SocketAddr,
-    proxy: Arc<Proxy>,
+pub(crate) struct Gateway {
+    pub(crate) addr: SocketAddr,
+    pub(crate) proxy: Arc<Proxy>,
     table: Arc<ArcSwap<RouteTable>>,
     stop: Option<oneshot::Sender<()>>,
     served: JoinHandle<io::Result<()>>,
 }
 
 impl Gateway {
-    async fn start(routes: Vec<Route>) -> Gateway {
+    pub(crate) async fn start(routes: Vec<Route>) -> Gateway {
         Gateway::start_with(routes, ProxyConfig::default(), BackendConfig::default()).await
     }
 
@@ -243,13 +243,13 @@ impl Gateway {
         }
     }
 
-    async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         Client::connect(self.addr).await
     }
 }
 
 /// An HTTP/1.1 client on one keep-alive connection.
-struct Client {
+pub(crate) struct Client {
     sender: hyper::client::conn::http1::SendRequest<TestBody>,
 }
 
@@ -297,12 +297,12 @@ impl Client {
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
-    async fn get(&mut self, host: &str, path: &str) -> (StatusCode, String) {
+    pub(crate) async fn get(&mut self, host: &str, path: &str) -> (StatusCode, String) {
         self.request(Method::GET, host, path, "").await
     }
 }
 
-fn ok(body: &str) -> (StatusCode, String) {
+pub(crate) fn ok(body: &str) -> (StatusCode, String) {
     (StatusCode::OK, body.to_string())
 }
 
@@ -648,7 +648,7 @@ where
 }
 
 /// Reads a response head, byte by byte, up to its blank line.
-async fn read_head(stream: &mut TcpStream) -> String {
+pub(crate) async fn read_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         head.push(within(stream.read_u8()).await.unwrap());

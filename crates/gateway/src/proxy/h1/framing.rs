@@ -185,7 +185,10 @@ mod tests {
     #[test]
     fn a_length_ends_after_its_bytes_whatever_the_pieces() {
         for step in [1, 2, 5, 100] {
-            assert_eq!(end_of(Framing::Length(5), b"hello, next", step), Ok(Some(5)));
+            assert_eq!(
+                end_of(Framing::Length(5), b"hello, next", step),
+                Ok(Some(5))
+            );
             assert_eq!(end_of(Framing::Length(50), b"hello", step), Ok(None));
         }
         assert!(BodyEnd::new(Framing::Length(0)).is_done());
@@ -200,7 +203,10 @@ mod tests {
         let cases: [(&[u8], usize); 5] = [
             (b"0\r\n\r\nGET", 5),
             (b"5\r\nhello\r\n0\r\n\r\n", 15),
-            (b"5;name=value\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\nrest", 41),
+            (
+                b"5;name=value\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\nrest",
+                41,
+            ),
             (b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-Other: 2\r\n\r\n", 35),
             (b"000\r\n\r\n", 7),
         ];

@@ -43,6 +43,9 @@ pub(super) struct RequestHead {
     pub(super) is_head: bool,
     /// Safe to send again after a failed connect (RFC 9110 §9.2.2), when bodiless.
     pub(super) idempotent: bool,
+    /// `Expect: 100-continue`: the proxy answers it itself when it starts sending the
+    /// body on (as hyper's server does on the other path), and does not forward it.
+    pub(super) expect_continue: bool,
 }
 
 /// Parses the request at the start of `buf`; when it is one to take, writes the head
@@ -70,6 +73,7 @@ pub(super) fn request(buf: &[u8], client_ip: &[u8], out: &mut Vec<u8>) -> Parse<
     let mut length = None;
     let mut chunked = false;
     let mut has_upgrade = false;
+    let mut expect_continue = false;
     for header in req.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
@@ -88,6 +92,12 @@ pub(super) fn request(buf: &[u8], client_ip: &[u8], out: &mut Vec<u8>) -> Parse<
             chunked = true;
         } else if name.eq_ignore_ascii_case("upgrade") {
             has_upgrade = true;
+        } else if name.eq_ignore_ascii_case("expect") {
+            // Any other expectation is hyper's to refuse (417).
+            if expect_continue || !trimmed(header.value).eq_ignore_ascii_case(b"100-continue") {
+                return Parse::HandOver;
+            }
+            expect_continue = true;
         }
     }
     let (Some(host), 1) = (host, hosts) else {
@@ -114,7 +124,8 @@ pub(super) fn request(buf: &[u8], client_ip: &[u8], out: &mut Vec<u8>) -> Parse<
             || name.eq_ignore_ascii_case("x-forwarded-for")
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("x-forwarded-host")
-            || name.eq_ignore_ascii_case("via"))
+            || name.eq_ignore_ascii_case("via")
+            || name.eq_ignore_ascii_case("expect"))
         {
             line(out, name.as_bytes(), header.value);
         }
@@ -138,6 +149,7 @@ pub(super) fn request(buf: &[u8], client_ip: &[u8], out: &mut Vec<u8>) -> Parse<
             method,
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
         ),
+        expect_continue,
     })
 }
 
@@ -352,4 +364,139 @@ fn trimmed(value: &[u8]) -> &[u8] {
 fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
     let start = part.as_ptr() as usize - buf.as_ptr() as usize;
     start..start + part.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(req: &str) -> Parse<(RequestHead, String)> {
+        let mut out = Vec::new();
+        match request(req.as_bytes(), b"10.1.2.3", &mut out) {
+            Parse::Done(head) => Parse::Done((head, String::from_utf8(out).unwrap())),
+            Parse::Partial => Parse::Partial,
+            Parse::HandOver => Parse::HandOver,
+        }
+    }
+
+    #[test]
+    fn a_request_is_rewritten_for_its_backend() {
+        let req = "GET /a?b HTTP/1.1\r\nHost: App.Test\r\nConnection: keep-alive, X-Hop\r\n\
+                   X-Hop: 1\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n\
+                   X-Forwarded-Proto: https\r\nVia: 1.0 edge\r\nExpect: 100-continue\r\nX-Kept: yes\r\n\r\nnext";
+        let Parse::Done((head, out)) = rewrite(req) else {
+            panic!("not taken")
+        };
+        assert_eq!(head.len, req.len() - 4);
+        assert_eq!(&req[head.host.clone()], "App.Test");
+        assert_eq!(head.framing, Framing::Empty);
+        assert!(head.keep_alive && head.idempotent && head.expect_continue && !head.is_head);
+        assert_eq!(
+            out,
+            "GET /a?b HTTP/1.1\r\nHost: App.Test\r\nX-Kept: yes\r\n\
+             x-forwarded-for: 10.0.0.1, 10.0.0.2, 10.1.2.3\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: App.Test\r\nvia: 1.0 edge, 1.1 switchyard\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn bodies_and_close_are_read_from_the_head() {
+        let Parse::Done((head, out)) = rewrite(
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n",
+        ) else {
+            panic!("not taken")
+        };
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(!head.keep_alive && !head.idempotent);
+        assert!(out.ends_with("transfer-encoding: chunked\r\n\r\n"), "{out}");
+        let Parse::Done((head, _)) = rewrite(
+            "PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n",
+        ) else {
+            panic!("not taken")
+        };
+        assert_eq!(head.framing, Framing::Length(12));
+        assert!(matches!(
+            rewrite("GET / HTTP/1.1\r\nHost: a\r\n"),
+            Parse::Partial
+        ));
+    }
+
+    #[test]
+    fn what_this_path_does_not_take_goes_to_hyper() {
+        for req in [
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: a, b, c, d, e, f, g, h, i\r\n\r\n",
+        ] {
+            assert!(matches!(rewrite(req), Parse::HandOver), "{req:?}");
+        }
+        let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
+        assert!(matches!(rewrite(&endless), Parse::HandOver));
+    }
+
+    #[test]
+    fn a_response_is_rewritten_for_the_client() {
+        let mut out = Vec::new();
+        let answer = b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
+                       Content-Length: 9\r\nTransfer-Encoding: gzip, chunked\r\nX-Kept: yes\r\n\r\n";
+        let head = response(answer, false, true, &mut out).unwrap().unwrap();
+        assert_eq!(
+            (head.len, head.status, head.framing),
+            (answer.len(), 200, Framing::Chunked)
+        );
+        assert!(head.keep_alive);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nX-Kept: yes\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n"
+        );
+
+        let mut out = Vec::new();
+        let head = response(
+            b"HTTP/1.0 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+            false,
+            &mut out,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.framing, Framing::Empty);
+        assert!(!head.keep_alive, "an HTTP/1.0 backend closes");
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("Content-Length: 9\r\n"));
+
+        let head = response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+            true,
+            false,
+            &mut Vec::new(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            head.framing,
+            Framing::Empty,
+            "the answer to a HEAD has no body"
+        );
+        let head = response(b"HTTP/1.1 200 OK\r\n\r\n", false, false, &mut Vec::new())
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.framing, Framing::UntilClose);
+        assert!(
+            response(b"HTTP/1.1 200 OK\r\n", false, false, &mut Vec::new())
+                .unwrap()
+                .is_none()
+        );
+    }
 }

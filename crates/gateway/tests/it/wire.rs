@@ -1,0 +1,424 @@
+//! HTTP/1.1 at the byte level: what clients and backends may send that a typed client
+//! or server never would (pipelined requests, both body framings cut at any byte,
+//! `Expect: 100-continue`, interim answers, bodies that end at a close, broken
+//! framing, stray bytes), and connections that go from the proxy's own HTTP/1.1 path
+//! to hyper's in mid-life.
+//!
+//! Clients here are raw sockets; backends are the hyper test backend or a raw one
+//! that answers every request head with fixed bytes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::proxy::{ok, read_head, route, values, within, Gateway, TestBackend};
+
+/// A backend that answers every request head (requests here have no body) with
+/// `answer`, and closes the connection after it when `close`.
+struct RawBackend {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl RawBackend {
+    async fn start(answer: &'static [u8], close: bool) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                counter.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let end = loop {
+                            if let Some(at) = find(&buf, b"\r\n\r\n") {
+                                break at + 4;
+                            }
+                            let mut chunk = [0; 1024];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        buf.drain(..end);
+                        if stream.write_all(answer).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawBackend { addr, accepted }
+    }
+
+    fn connections(&self) -> usize {
+        self.accepted.load(SeqCst)
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn gateway_for(backend: SocketAddr) -> Gateway {
+    Gateway::start(vec![route("app", &["app.test"], &[(backend, 1)])]).await
+}
+
+async fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        line.push(within(stream.read_u8()).await.unwrap());
+    }
+    line.truncate(line.len() - 2);
+    String::from_utf8(line).unwrap()
+}
+
+/// Reads one response: its head (lower-cased) and its body, decoded: up to its
+/// `Content-Length`, chunk by chunk, or to the end of the stream.
+async fn read_response(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let head = read_head(stream).await.to_ascii_lowercase();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .map(str::to_string)
+    };
+    let mut body = Vec::new();
+    if ["http/1.1 1", "http/1.1 204", "http/1.1 304"]
+        .iter()
+        .any(|bodiless| head.starts_with(bodiless))
+    {
+        return (head, body);
+    }
+    if let Some(length) = header("content-length") {
+        body.resize(length.parse().unwrap(), 0);
+        within(stream.read_exact(&mut body)).await.unwrap();
+    } else if header("transfer-encoding").as_deref() == Some("chunked") {
+        loop {
+            let line = read_line(stream).await;
+            let size = line.split(';').next().unwrap().trim();
+            let size = usize::from_str_radix(size, 16).unwrap();
+            if size == 0 {
+                while !read_line(stream).await.is_empty() {}
+                break;
+            }
+            let mut chunk = vec![0; size];
+            within(stream.read_exact(&mut chunk)).await.unwrap();
+            body.extend_from_slice(&chunk);
+            assert_eq!(read_line(stream).await, "");
+        }
+    } else {
+        within(stream.read_to_end(&mut body)).await.unwrap();
+    }
+    (head, body)
+}
+
+fn status_of(head: &str) -> u16 {
+    head[9..12].parse().unwrap()
+}
+
+/// Whether the peer has closed `stream` (after everything it sent was read).
+async fn closed(stream: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    within(stream.read_to_end(&mut rest)).await.is_ok() && rest.is_empty()
+}
+
+/// Writes `bytes` a few at a time, so that they arrive in many reads.
+async fn trickle(stream: &mut TcpStream, bytes: &[u8]) {
+    for piece in bytes.chunks(3) {
+        stream.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let backend = TestBackend::named("app").await;
+    let gateway = gateway_for(backend.addr).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /headers HTTP/1.1\r\nHost: app.test\r\nX-N: 1\r\n\r\n\
+              POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello\
+              GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n\
+              GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let seen = String::from_utf8(body).unwrap();
+    assert_eq!(values(&seen, "x-n"), ["1"], "{seen}");
+    assert_eq!(values(&seen, "x-forwarded-for"), ["127.0.0.1"], "{seen}");
+
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!(
+        (status_of(&head), &body[..]),
+        (200, &b"hello"[..]),
+        "{head}"
+    );
+
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 404, "{head}");
+    assert_eq!(body, b"no route for host nowhere.test\n");
+
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!((status_of(&head), &body[..]), (200, &b"app"[..]), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(closed(&mut stream).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_of_either_framing_arrive_whole_however_they_are_cut() {
+    let backend = TestBackend::named("app").await;
+    let gateway = gateway_for(backend.addr).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+
+    trickle(
+        &mut stream,
+        b"POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;note=first\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: 42\r\n\r\n",
+    )
+    .await;
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(body, b"hello world");
+
+    trickle(
+        &mut stream,
+        b"PUT /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 11\r\n\r\nhello again",
+    )
+    .await;
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!(
+        (status_of(&head), &body[..]),
+        (200, &b"hello again"[..]),
+        "{head}"
+    );
+
+    // The connection is still in step: the next request is answered.
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!((status_of(&head), &body[..]), (200, &b"app"[..]), "{head}");
+    let stats = gateway.proxy.backend(&backend.addr.to_string()).unwrap();
+    assert_eq!(stats.connects_total, 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_once_the_request_is_on_its_way() {
+    let backend = TestBackend::named("app").await;
+    let gateway = gateway_for(backend.addr).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // The proxy asks for the body once the request is on its way to the backend.
+    let (head, _) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 100, "{head}");
+    stream.write_all(b"ping").await.unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!((status_of(&head), &body[..]), (200, &b"ping"[..]), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_request_framing_is_refused_and_the_connection_closed() {
+    let backend = TestBackend::named("app").await;
+    let gateway = gateway_for(backend.addr).await;
+
+    // A chunk size that is not hex.
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+              zz\r\nGET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 400, "{head}");
+    assert_eq!(body, b"malformed request body\n");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(closed(&mut stream).await);
+
+    // Two lengths that disagree: hyper's parser refuses the request.
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\n\
+              Content-Length: 30\r\n\r\nabc",
+        )
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 400, "{head}");
+    assert!(closed(&mut stream).await);
+
+    // A chunk that breaks off after the head went to the backend: the exchange is
+    // abandoned, the connection closed, and the proxy serves on.
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b"3\r\nabcX\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = within(stream.read_to_end(&mut rest)).await;
+    let mut client = gateway.client().await;
+    assert_eq!(client.get("app.test", "/").await, ok("app"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_moves_to_hyper_for_http_1_0_and_upgrades() {
+    let backend = TestBackend::named("app").await;
+    let gateway = gateway_for(backend.addr).await;
+
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!((status_of(&head), &body[..]), (200, &b"app"[..]), "{head}");
+    stream
+        .write_all(b"GET /headers HTTP/1.0\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let seen = String::from_utf8(body).unwrap();
+    assert_eq!(values(&seen, "via"), ["1.0 switchyard"], "{seen}");
+    assert!(closed(&mut stream).await);
+
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    stream.write_all(b"through the tunnel").await.unwrap();
+    let mut echoed = [0; 18];
+    within(stream.read_exact(&mut echoed)).await.unwrap();
+    assert_eq!(&echoed, b"through the tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_ends_at_the_close_reaches_the_client_which_is_told_to_close() {
+    let backend = RawBackend::start(
+        b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nstreamed until close",
+        true,
+    )
+    .await;
+    let gateway = gateway_for(backend.addr).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(head.contains("\r\nx-kind: eof\r\n"), "{head}");
+    assert_eq!(body, b"streamed until close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_answers_and_chunked_bodies_pass_through() {
+    let backend = RawBackend::start(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+          HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n\
+          2\r\nok\r\n3;ext=1\r\n!!!\r\n0\r\nX-Trailer: yes\r\n\r\n",
+        false,
+    )
+    .await;
+    let gateway = gateway_for(backend.addr).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    for _ in 0..3 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, _) = read_response(&mut stream).await;
+        assert_eq!(status_of(&head), 103, "{head}");
+        assert!(
+            head.contains("\r\nlink: </style.css>; rel=preload\r\n"),
+            "{head}"
+        );
+        let (head, body) = read_response(&mut stream).await;
+        assert_eq!(status_of(&head), 200, "{head}");
+        assert!(!head.contains("connection:"), "{head}");
+        assert_eq!(body, b"ok!!!");
+    }
+    assert_eq!(
+        backend.connections(),
+        1,
+        "the backend connection was reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_connection_with_bytes_after_its_answer_is_not_reused() {
+    let clean = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false).await;
+    let stray = RawBackend::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
+        false,
+    )
+    .await;
+    for (backend, connections) in [(&clean, 1), (&stray, 3)] {
+        let gateway = gateway_for(backend.addr).await;
+        let mut client = gateway.client().await;
+        for _ in 0..3 {
+            assert_eq!(client.get("app.test", "/").await, ok("ok"));
+        }
+        assert_eq!(backend.connections(), connections);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_proxy_cannot_pass_on_is_a_502() {
+    for answer in [
+        &b"NOT HTTP AT ALL\r\n\r\n"[..],
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: nothing\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
+    ] {
+        let backend = RawBackend::start(answer, true).await;
+        let gateway = gateway_for(backend.addr).await;
+        let mut client = gateway.client().await;
+        assert_eq!(
+            client.get("app.test", "/").await,
+            (
+                StatusCode::BAD_GATEWAY,
+                "backend connection failed\n".to_string()
+            ),
+            "{}",
+            String::from_utf8_lossy(answer)
+        );
+    }
+}
