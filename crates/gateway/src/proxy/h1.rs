@@ -402,7 +402,7 @@ async fn respond(mut r: Respond<'_, '_>) -> Result<Ended, Broken> {
         match head::response(r.buf, r.is_head, r.close, r.out) {
             Ok(Some(head)) if head.status >= 200 => break head,
             Ok(Some(interim)) => {
-                write(r.to_client, r.out, r.activity).await?;
+                write(r.to_client, r.out, r.activity, r.idle).await?;
                 r.buf.drain(..interim.len);
                 continue;
             }
@@ -438,7 +438,7 @@ async fn respond(mut r: Respond<'_, '_>) -> Result<Ended, Broken> {
     let taken = body.advance(rest).map_err(|_| Broken::Cut)?;
     let mut stray = taken < rest.len();
     r.out.extend_from_slice(&rest[..taken]);
-    write(r.to_client, r.out, r.activity).await?;
+    write(r.to_client, r.out, r.activity, r.idle).await?;
     while !body.is_done() {
         r.buf.clear();
         r.buf.reserve(READ_SIZE);
@@ -453,7 +453,7 @@ async fn respond(mut r: Respond<'_, '_>) -> Result<Ended, Broken> {
         }
         let taken = body.advance(r.buf).map_err(|_| Broken::Cut)?;
         stray |= taken < r.buf.len();
-        write(r.to_client, &r.buf[..taken], r.activity).await?;
+        write(r.to_client, &r.buf[..taken], r.activity, r.idle).await?;
     }
     Ok(Ended {
         backend_reusable: head.keep_alive && !stray && body.is_done(),
@@ -461,8 +461,18 @@ async fn respond(mut r: Respond<'_, '_>) -> Result<Ended, Broken> {
     })
 }
 
-async fn write(to: &mut WriteHalf<'_>, bytes: &[u8], activity: &Activity) -> Result<(), Broken> {
-    to.write_all(bytes).await.map_err(|_| Broken::Cut)?;
+/// Writes `bytes` to the client; one that stops reading is let go after the idle
+/// timeout, as the hyper path does.
+async fn write(
+    to: &mut WriteHalf<'_>,
+    bytes: &[u8],
+    activity: &Activity,
+    idle: &mut IdleTimer,
+) -> Result<(), Broken> {
+    tokio::select! {
+        written = to.write_all(bytes) => written.map_err(|_| Broken::Cut)?,
+        () = idle.expired(activity) => return Err(Broken::Cut),
+    }
     activity.touch();
     Ok(())
 }
