@@ -11,6 +11,7 @@
 //! A request that failed after its bytes were written is answered 502 and never
 //! re-sent. **Invariant:** no request reaches a backend twice through the proxy.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
@@ -77,22 +78,7 @@ async fn forward(
         return Err(Failure::ConnectMethod);
     }
     let raw_host = headers::raw_host(&req).ok_or(Failure::BadHost)?;
-    let host = raw_host
-        .to_str()
-        .ok()
-        .and_then(model::normalize_host)
-        .ok_or(Failure::BadHost)?;
-    let upstream = {
-        // The table guard is not held across an await.
-        let table = proxy.table.load();
-        let route = table
-            .lookup(&host)
-            .ok_or_else(|| Failure::NoRoute(host.to_string()))?;
-        proxy
-            .upstreams
-            .pick(route.backends(), None)
-            .ok_or_else(|| Failure::NoBackend(host.to_string()))?
-    };
+    let (host, upstream) = route(proxy, raw_host.as_bytes())?;
 
     let upgrade = headers::is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -201,6 +187,28 @@ async fn exchange(
             }
         }
     }
+}
+
+/// The host a request is for (from its raw `Host`), normalised, and the backend to
+/// send it to.
+pub(super) fn route<'h>(
+    proxy: &Proxy,
+    raw_host: &'h [u8],
+) -> Result<(Cow<'h, str>, Arc<Upstream>), Failure> {
+    let host = std::str::from_utf8(raw_host)
+        .ok()
+        .and_then(model::normalize_host)
+        .ok_or(Failure::BadHost)?;
+    // The table guard is not held across an await.
+    let table = proxy.table.load();
+    let route = table
+        .lookup(&host)
+        .ok_or_else(|| Failure::NoRoute(host.to_string()))?;
+    let upstream = proxy
+        .upstreams
+        .pick(route.backends(), None)
+        .ok_or_else(|| Failure::NoBackend(host.to_string()))?;
+    Ok((host, upstream))
 }
 
 /// Another backend of the route of `host` than `failed`, from the table as it is now.

@@ -40,7 +40,7 @@ use self::head::{Parse, RequestHead};
 use super::answer::Failure;
 use super::body::Progress;
 use super::conn::{ClientConn, Phase};
-use super::forward::{another_backend, RequestGuard};
+use super::forward::{another_backend, route, RequestGuard};
 use super::idle::{Activity, IdleTimer};
 use super::upstream::{Lease, RawConn, Upstream};
 use super::Proxy;
@@ -64,12 +64,7 @@ pub(super) async fn serve(
     idle: &mut IdleTimer,
     drain: &mut watch::Receiver<Phase>,
 ) -> Outcome {
-    let mut buffers = Buffers {
-        client: Vec::with_capacity(READ_SIZE),
-        backend: Vec::new(),
-        head: Vec::new(),
-        response: Vec::new(),
-    };
+    let mut buffers = Buffers::default();
     let mut first_byte = Box::pin(tokio::time::sleep(conn.proxy.config.first_byte_timeout));
     loop {
         let req = loop {
@@ -81,17 +76,32 @@ pub(super) async fn serve(
                 );
                 match parsed {
                     Parse::Done(req) => break req,
-                    Parse::HandOver => return Outcome::HandOver(buffers.client),
+                    Parse::HandOver => {
+                        return Outcome::HandOver(std::mem::take(&mut buffers.client))
+                    }
                     Parse::Partial => {}
                 }
             } else if *drain.borrow() != Phase::Serving {
                 return Outcome::Closed;
             }
             tokio::select! {
-                read = read_more(client, &mut buffers.client) => match read {
-                    Ok(0) | Err(_) => return Outcome::Closed,
-                    Ok(_) => {}
-                },
+                ready = client.readable() => {
+                    if ready.is_err() {
+                        return Outcome::Closed;
+                    }
+                    buffers.lend();
+                    buffers.client.reserve(READ_SIZE);
+                    match client.try_read_buf(&mut buffers.client) {
+                        Ok(0) => return Outcome::Closed,
+                        Ok(_) => {}
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                            if buffers.client.is_empty() {
+                                buffers.give_back();
+                            }
+                        }
+                        Err(_) => return Outcome::Closed,
+                    }
+                }
                 () = idle.expired(&conn.activity) => return Outcome::Closed,
                 changed = drain.changed() => if changed.is_err() {
                     return Outcome::Closed;
@@ -109,10 +119,16 @@ pub(super) async fn serve(
         if !open || *drain.borrow() != Phase::Serving {
             return Outcome::Closed;
         }
+        if buffers.client.is_empty() {
+            buffers.give_back();
+        }
     }
 }
 
-/// A connection's buffers, kept from one request to the next.
+/// A connection's buffers. Lent by the thread's spares while a request is read and
+/// answered, given back when the connection waits for the next one: a connection
+/// that idles between requests holds no buffer (there may be many thousands).
+#[derive(Default)]
 struct Buffers {
     /// Bytes read from the client and not yet handled.
     client: Vec<u8>,
@@ -124,10 +140,71 @@ struct Buffers {
     response: Vec<u8>,
 }
 
-/// Reads what the peer has sent, appending it to `buf`.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    buf.reserve(READ_SIZE);
-    stream.read_buf(buf).await
+impl Buffers {
+    fn lend(&mut self) {
+        for buf in self.all() {
+            if buf.capacity() == 0 {
+                *buf = spare::take();
+            }
+        }
+    }
+
+    fn give_back(&mut self) {
+        for buf in self.all() {
+            spare::give(std::mem::take(buf));
+        }
+    }
+
+    fn all(&mut self) -> [&mut Vec<u8>; 4] {
+        [
+            &mut self.client,
+            &mut self.backend,
+            &mut self.head,
+            &mut self.response,
+        ]
+    }
+}
+
+impl Drop for Buffers {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+/// Spare buffers, per thread: taking one costs no allocation once the thread has
+/// served as many requests at once as it ever will.
+mod spare {
+    use std::cell::RefCell;
+
+    use super::READ_SIZE;
+
+    /// Buffers kept per thread (four per request in progress).
+    const KEEP: usize = 256;
+    /// A buffer that grew beyond this is freed, not kept.
+    const KEEP_CAPACITY: usize = 64 * 1024;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take() -> Vec<u8> {
+        SPARE
+            .with(|spare| spare.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(READ_SIZE))
+    }
+
+    pub(super) fn give(mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > KEEP_CAPACITY {
+            return;
+        }
+        buf.clear();
+        SPARE.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < KEEP {
+                spare.push(buf);
+            }
+        });
+    }
 }
 
 /// One request, from its parsed head to the end of its answer.
@@ -174,7 +251,7 @@ impl Exchange<'_> {
             }
         };
         let upstream = match route(proxy, &buffers.client[req.host.clone()]) {
-            Ok(upstream) => upstream,
+            Ok((_, upstream)) => upstream,
             Err(failure) => {
                 // The body is not read: the connection cannot go on after it.
                 let close = close || req.framing != Framing::Empty;
@@ -279,22 +356,6 @@ impl Exchange<'_> {
     }
 }
 
-/// The backend for a request to `host`.
-fn route(proxy: &Proxy, host: &[u8]) -> Result<Arc<Upstream>, Failure> {
-    let host = std::str::from_utf8(host)
-        .ok()
-        .and_then(model::normalize_host)
-        .ok_or(Failure::BadHost)?;
-    let table = proxy.table.load();
-    let route = table
-        .lookup(&host)
-        .ok_or_else(|| Failure::NoRoute(host.to_string()))?;
-    proxy
-        .upstreams
-        .pick(route.backends(), None)
-        .ok_or_else(|| Failure::NoBackend(host.to_string()))
-}
-
 /// Writes `head` to a pooled connection to `upstream` (another one if it turns out
 /// closed) or a new one; after a failed connect, to another backend of the route of
 /// `host` once, if `retry_elsewhere`.
@@ -372,6 +433,7 @@ struct Respond<'a, 'b> {
     activity: &'a Activity,
     is_head: bool,
     close: bool,
+    /// When a backend was chosen.
     started: Instant,
     /// When the request body last moved: the first-byte timeout counts from then.
     progress: &'a Progress,
@@ -394,8 +456,9 @@ struct Ended {
 /// Reads the backend's answer and streams it to the client: interim (1xx) heads, the
 /// final head, the body.
 async fn respond(mut r: Respond<'_, '_>) -> Result<Ended, Broken> {
+    // Counted from the request's head going out, as on the hyper path.
     let timeout = r.proxy.config.first_byte_timeout;
-    r.first_byte.as_mut().reset(r.started + timeout);
+    r.first_byte.as_mut().reset(Instant::now() + timeout);
     r.buf.clear();
     let head = loop {
         r.out.clear();

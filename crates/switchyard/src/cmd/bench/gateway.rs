@@ -122,6 +122,11 @@ pub struct Args {
     /// attempt the benchmark waits (up to --quiet-wait-secs) until they use less.
     #[arg(long, default_value_t = 10.0)]
     max_others_percent: f64,
+    /// A sample during which the hypervisor took more than this share of the CPUs'
+    /// time (steal, in %: a shared host) is measured again, like one disturbed by other
+    /// processes; before each attempt the benchmark also waits for steal to drop below it.
+    #[arg(long, default_value_t = 5.0)]
+    max_steal_percent: f64,
     /// See --max-others-percent.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=10))]
     attempts: u64,
@@ -430,6 +435,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "warmup_secs": args.warmup_secs,
                 "connections": args.connections,
                 "max_others_percent": args.max_others_percent,
+                "max_steal_percent": args.max_steal_percent,
                 "attempts": args.attempts,
                 "rates": rates.iter().map(|(m, r)| (m.name(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
                 "routes": args.routes,
@@ -605,11 +611,13 @@ impl Bench<'_> {
             self.wait_for_quiet()?;
             let mut sample = self.measure_once(mode, run, peer, rate, attempt)?;
             let others = sample.others_percent.unwrap_or(0.0);
-            sample.disturbed = others > self.args.max_others_percent;
+            let steal = sample.steal_percent.unwrap_or(0.0);
+            sample.disturbed =
+                others > self.args.max_others_percent || steal > self.args.max_steal_percent;
             if sample.disturbed && attempt < attempts {
                 eprintln!(
-                    "bench:   disturbed: other processes used {others:.0}% of a CPU (over --max-others-percent {}); measuring again",
-                    self.args.max_others_percent
+                    "bench:   disturbed: other processes used {others:.0}% of a CPU (--max-others-percent {}), steal {steal:.0}% (--max-steal-percent {}); measuring again",
+                    self.args.max_others_percent, self.args.max_steal_percent
                 );
                 discarded.push(sample);
                 continue;
@@ -620,7 +628,8 @@ impl Bench<'_> {
     }
 
     /// Waits until tasks other than the backend and this benchmark use at most
-    /// --max-others-percent of a CPU over a second, for at most --quiet-wait-secs.
+    /// --max-others-percent of a CPU over a second, and steal is at most
+    /// --max-steal-percent, for at most --quiet-wait-secs.
     fn wait_for_quiet(&self) -> anyhow::Result<()> {
         let limit = Instant::now() + Duration::from_secs(self.args.quiet_wait_secs);
         let began = Instant::now();
@@ -635,7 +644,8 @@ impl Bench<'_> {
             let ours = (self.backend.usage().cpu_secs - backend.cpu_secs)
                 + (gateway_load::process_cpu_secs() - own);
             let others = (100.0 * (busy - ours) / wall).max(0.0);
-            if others <= self.args.max_others_percent {
+            let steal = self.steal_percent(&cpus, &peers::cpu_times());
+            if others <= self.args.max_others_percent && steal <= self.args.max_steal_percent {
                 if waiting {
                     eprint!("(quiet after {:.0} s) ", began.elapsed().as_secs_f64());
                 }
@@ -649,10 +659,29 @@ impl Bench<'_> {
                 return Ok(());
             }
             if !waiting {
-                eprint!("(waiting for a quiet machine: others use {others:.0}% of a CPU) ");
+                eprint!("(waiting for a quiet machine: others use {others:.0}% of a CPU, steal {steal:.0}%) ");
                 waiting = true;
             }
         }
+    }
+
+    /// The share of the allowed CPUs' time the hypervisor took between two readings,
+    /// in %.
+    fn steal_percent(&self, before: &[CpuTimes], after: &[CpuTimes]) -> f64 {
+        let delta = |cpu: usize, f: fn(&CpuTimes) -> u64| {
+            let then = before.get(cpu).map_or(0, f);
+            after.get(cpu).map_or(0, f).saturating_sub(then)
+        };
+        let (steal, total) = self
+            .layout
+            .allowed
+            .iter()
+            .map(|&cpu| (delta(cpu, |t| t.steal), delta(cpu, |t| t.total)))
+            .fold((0, 0), |(s, t), (ds, dt)| (s + ds, t + dt));
+        if total == 0 {
+            return 0.0;
+        }
+        100.0 * steal as f64 / total as f64
     }
 
     /// Task time on the allowed CPUs between two readings, in seconds.
@@ -850,20 +879,7 @@ impl Bench<'_> {
         sample.backend_cpu_percent =
             Some(100.0 * (backend.cpu_secs - before.backend.cpu_secs) / wall);
         let cpus = peers::cpu_times();
-        let delta = |cpu: usize, f: fn(&CpuTimes) -> u64| {
-            let now = cpus.get(cpu).map_or(0, f);
-            let then = before.cpus.get(cpu).map_or(0, f);
-            now.saturating_sub(then) as f64 / ticks
-        };
-        let (steal, total): (f64, f64) = self
-            .layout
-            .allowed
-            .iter()
-            .map(|&cpu| (delta(cpu, |t| t.steal), delta(cpu, |t| t.total)))
-            .fold((0.0, 0.0), |(s, t), (ds, dt)| (s + ds, t + dt));
-        if total > 0.0 {
-            sample.steal_percent = Some(100.0 * steal / total);
-        }
+        sample.steal_percent = Some(self.steal_percent(&before.cpus, &cpus));
         let busy_percent = 100.0 * self.busy_secs(&before.cpus, &cpus) / wall;
         if let Some(process) = &running.process {
             let after = process.usage();
@@ -872,7 +888,9 @@ impl Bench<'_> {
             sample.peak_rss_mib = Some(after.peak_rss_bytes as f64 / (1024.0 * 1024.0));
             sample.rss_mib = Some(after.rss_bytes as f64 / (1024.0 * 1024.0));
             if mode == Mode::OneCore && self.layout.proxy != self.layout.load {
-                let busy = delta(self.layout.proxy[0], |t| t.busy);
+                let cpu = self.layout.proxy[0];
+                let then = before.cpus.get(cpu).map_or(0, |t| t.busy);
+                let busy = cpus.get(cpu).map_or(0, |t| t.busy).saturating_sub(then) as f64 / ticks;
                 sample.others_on_proxy_cpu_percent =
                     Some((100.0 * (busy - proxy_secs) / wall).max(0.0));
             }
