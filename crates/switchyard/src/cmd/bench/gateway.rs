@@ -125,7 +125,7 @@ pub struct Args {
     /// A sample during which the hypervisor took more than this share of the CPUs'
     /// time (steal, in %: a shared host) is measured again, like one disturbed by other
     /// processes; before each attempt the benchmark also waits for steal to drop below it.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 10.0)]
     max_steal_percent: f64,
     /// See --max-others-percent.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=10))]
