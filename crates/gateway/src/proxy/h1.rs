@@ -372,9 +372,19 @@ async fn send_head(
     let mut retried = false;
     loop {
         while let Some(mut conn) = lease.upstream().checkout_raw() {
-            // A write that fails was not read by anyone: the socket is closed.
-            if conn.stream.write_all(head).await.is_ok() {
-                return Ok((conn, lease));
+            // A first write that fails wrote nothing: the socket was closed under us,
+            // and the request can go on another. Once any byte is written, it cannot.
+            match conn.stream.write(head).await {
+                Ok(0) | Err(_) => continue,
+                Ok(written) => {
+                    return match conn.stream.write_all(&head[written..]).await {
+                        Ok(()) => Ok((conn, lease)),
+                        Err(error) => {
+                            tracing::debug!(%error, "backend request failed");
+                            Err(Failure::Backend)
+                        }
+                    };
+                }
             }
         }
         match proxy.upstreams.connect_raw(lease.upstream()).await {
