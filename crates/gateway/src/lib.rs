@@ -88,6 +88,8 @@ pub struct Gateway {
     config: Config,
     control: Arc<Control>,
     listener: Option<tokio::net::TcpListener>,
+    /// Threads of their own the proxy runs on; 0: the runtime `serve` is called on.
+    proxy_threads: usize,
     listen_addr: SocketAddr,
     admin_addr: SocketAddr,
     admin_stop: Option<oneshot::Sender<()>>,
@@ -188,6 +190,7 @@ impl Gateway {
             config,
             control,
             listener: Some(listener),
+            proxy_threads: 0,
             listen_addr,
             admin_addr,
             admin_stop: Some(admin_stop),
@@ -211,6 +214,14 @@ impl Gateway {
         self.control.table().load_full()
     }
 
+    /// Runs the proxy on `threads` threads of its own, each with a single-threaded
+    /// runtime (see [`Proxy::serve_on_threads`]), instead of on the runtime
+    /// [`Gateway::serve`] is called on (`0`, the default). The control side stays there.
+    pub fn with_proxy_threads(mut self, threads: usize) -> Gateway {
+        self.proxy_threads = threads;
+        self
+    }
+
     /// Serves requests until `shutdown` resolves; then `/readyz` turns 503, the proxy
     /// stops accepting and drains (at most `drain_timeout`), and the latest table is
     /// written to disk before this returns.
@@ -221,9 +232,20 @@ impl Gateway {
             self.config.proxy_config(),
         ));
         let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
-        let serving = proxy.serve(listener, async move {
+        let proxy_stopped = async move {
             let _ = proxy_stopped.await;
-        });
+        };
+        let threads = self.proxy_threads;
+        let serving = async move {
+            match threads {
+                0 => proxy.serve(listener, proxy_stopped).await,
+                threads => {
+                    proxy
+                        .serve_on_threads(listener, threads, proxy_stopped)
+                        .await
+                }
+            }
+        };
         tokio::pin!(serving);
         tokio::pin!(shutdown);
         let ended_early = tokio::select! {

@@ -233,6 +233,69 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// [`Proxy::serve`] on `threads` threads of its own, each with a single-threaded
+    /// runtime accepting from the same listener (as nginx runs one worker process per
+    /// core): a connection, its requests and its pooled backend sockets stay on one
+    /// thread, with no work stealing and no wake-up across threads. A busy thread is
+    /// slower to accept, so new connections go mostly to the others. Returns when
+    /// `shutdown` resolved and every thread drained, or when a thread stopped on its
+    /// own (with its error).
+    pub async fn serve_on_threads(
+        self: Arc<Self>,
+        listener: TcpListener,
+        threads: usize,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> io::Result<()> {
+        let listener = listener.into_std()?;
+        let (stop, stopped) = watch::channel(false);
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<io::Result<()>>();
+        for index in 1..=threads.max(1) {
+            let listener = listener.try_clone()?;
+            let proxy = Arc::clone(&self);
+            let mut stopped = stopped.clone();
+            let done_tx = done_tx.clone();
+            let work = move || {
+                upstream::set_thread(index);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    let shutdown = async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    };
+                    proxy.serve(listener, shutdown).await
+                })
+            };
+            std::thread::Builder::new()
+                .name(format!("gateway-proxy-{index}"))
+                .spawn(move || {
+                    let _ = done_tx.send(work());
+                })?;
+        }
+        drop((listener, done_tx));
+
+        let mut shutdown = std::pin::pin!(shutdown);
+        let early = tokio::select! {
+            () = shutdown.as_mut() => None,
+            ended = done.recv() => Some(ended.unwrap_or(Ok(()))),
+        };
+        let _ = stop.send(true);
+        let mut result = match early {
+            Some(Ok(())) => Err(io::Error::other("a proxy thread returned before shutdown")),
+            Some(Err(error)) => Err(error),
+            None => Ok(()),
+        };
+        while let Some(ended) = done.recv().await {
+            if let (Ok(()), Err(error)) = (&result, ended) {
+                result = Err(error);
+            }
+        }
+        result
+    }
+}
+
 async fn accept_failed(error: io::Error) {
     match error.kind() {
         // The client gave up before we got to it: nothing to wait out.

@@ -79,6 +79,9 @@ pub(super) struct BackendConn {
 /// readiness, checked without a system call when it is taken out.
 pub(super) struct RawConn {
     pub(super) stream: TcpStream,
+    /// The proxy thread whose runtime drives the socket (see [`set_thread`]): it is
+    /// lent to requests on that thread only.
+    thread: usize,
     /// [`now_ms`] when it last went back to the pool.
     idle_since_ms: u64,
     /// It was found closed, or sent bytes nobody asked for.
@@ -89,6 +92,7 @@ impl RawConn {
     fn new(stream: TcpStream) -> RawConn {
         RawConn {
             stream,
+            thread: this_thread(),
             idle_since_ms: 0,
             broken: Cell::new(false),
         }
@@ -108,6 +112,20 @@ impl RawConn {
             }
         }
     }
+}
+
+thread_local! {
+    static THREAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as proxy thread `index` (from 1), whose runtime drives the
+/// sockets it opens.
+pub(super) fn set_thread(index: usize) {
+    THREAD.with(|thread| thread.set(index));
+}
+
+fn this_thread() -> usize {
+    THREAD.with(std::cell::Cell::get)
 }
 
 /// Counts a request in flight to an upstream for as long as it lives.
@@ -376,10 +394,13 @@ impl Upstream {
         self.idle_raw.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An idle plain connection that is not known to be closed, if there is one.
+    /// An idle plain connection of this thread's that is not known to be closed, if
+    /// there is one.
     pub(super) fn checkout_raw(&self) -> Option<RawConn> {
+        let thread = this_thread();
         let mut idle = self.idle_raw();
-        while let Some(conn) = idle.pop() {
+        while let Some(at) = idle.iter().rposition(|conn| conn.thread == thread) {
+            let conn = idle.remove(at);
             if !conn.is_closed() {
                 return Some(conn);
             }

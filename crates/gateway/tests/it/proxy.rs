@@ -1129,3 +1129,41 @@ async fn counts_requests_by_status_class() {
         assert!(rendered.contains(line), "no {line:?} in\n{rendered}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_on_threads_of_its_own_and_drains_them_all() {
+    let backend = TestBackend::named("app").await;
+    let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
+        1,
+        [route("app", &["app.test"], &[(backend.addr, 1)])],
+    )));
+    let proxy = Arc::new(Proxy::new(Arc::clone(&table), ProxyConfig::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(Arc::clone(&proxy).serve_on_threads(listener, 3, async {
+        let _ = stopped.await;
+    }));
+
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        clients.push(Client::connect(addr).await);
+    }
+    for _ in 0..10 {
+        for client in &mut clients {
+            assert_eq!(client.get("app.test", "/").await, ok("app"));
+        }
+    }
+    // One request at a time: each thread needed one backend connection, kept in its
+    // own pool, whichever of the 12 client connections it served.
+    let stats = proxy.backend(&backend.addr.to_string()).unwrap();
+    assert!((1..=3).contains(&stats.connects_total), "{stats:?}");
+
+    // The stop drains every thread: idle connections are closed, and serving ends.
+    stop.send(()).unwrap();
+    within(served).await.unwrap().unwrap();
+    assert_eq!(proxy.stats().connections_open, 0);
+    for client in &clients {
+        eventually(|| client.sender.is_closed()).await;
+    }
+}

@@ -7,7 +7,10 @@ use anyhow::Context;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Worker threads of the async runtime [default: one per core].
+    /// Threads that serve requests [default: one per core]. With more than one, each
+    /// is a single-threaded runtime of its own accepting from the shared listener, and
+    /// the control side (admin API, route stream, snapshots) runs on one more; with
+    /// one, everything shares that one thread.
     #[arg(long, env = "SWITCHYARD_GATEWAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
 
@@ -23,14 +26,25 @@ pub fn run(args: Args, matches: Option<&clap::ArgMatches>) -> anyhow::Result<Exi
         None => args.config,
     };
     config.validate()?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all().thread_name("gateway");
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(workers.into());
-    }
-    let runtime = runtime.build().context("starting the async runtime")?;
+    let workers = match args.workers {
+        Some(workers) => usize::from(workers),
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("gateway")
+        .build()
+        .context("starting the async runtime")?;
+    let proxy_threads = if workers > 1 { workers } else { 0 };
     runtime
-        .block_on(gateway::run(config, super::shutdown_signal()))
+        .block_on(async {
+            gateway::Gateway::start(config)
+                .await?
+                .with_proxy_threads(proxy_threads)
+                .serve(super::shutdown_signal())
+                .await
+        })
         .context("running the gateway")?;
     Ok(ExitCode::SUCCESS)
 }
