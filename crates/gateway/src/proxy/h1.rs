@@ -252,8 +252,8 @@ impl Exchange<'_> {
                 return false;
             }
         };
-        let upstream = match route(proxy, &buffers.client[req.host.clone()]) {
-            Ok((_, upstream)) => upstream,
+        let (host, upstream) = match route(proxy, &buffers.client[req.host.clone()]) {
+            Ok(routed) => routed,
             Err(failure) => {
                 // The body is not read: the connection cannot go on after it.
                 let close = close || req.framing != Framing::Empty;
@@ -271,8 +271,7 @@ impl Exchange<'_> {
         let started = Instant::now();
         let waiting = conn.activity.hold();
         let retry_elsewhere = req.idempotent && req.framing == Framing::Empty;
-        let host = &buffers.client[req.host.clone()];
-        let sent = send_head(proxy, upstream, &buffers.head, retry_elsewhere, host).await;
+        let sent = send_head(proxy, upstream, &buffers.head, retry_elsewhere, &host).await;
         buffers.client.drain(..sent_with_head.end);
         let (mut backend, lease) = match sent {
             Ok(sent) => sent,
@@ -366,7 +365,7 @@ async fn send_head(
     upstream: Arc<Upstream>,
     head: &[u8],
     retry_elsewhere: bool,
-    host: &[u8],
+    host: &str,
 ) -> Result<(RawConn, Lease), Failure> {
     let mut lease = Lease::new(upstream);
     let mut retried = false;
@@ -401,12 +400,7 @@ async fn send_head(
                 tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
                 if retry_elsewhere && !retried {
                     retried = true;
-                    let host = std::str::from_utf8(host)
-                        .ok()
-                        .and_then(model::normalize_host);
-                    let other =
-                        host.and_then(|host| another_backend(proxy, &host, lease.upstream()));
-                    if let Some(other) = other {
+                    if let Some(other) = another_backend(proxy, host, lease.upstream()) {
                         lease = Lease::new(other);
                         continue;
                     }
