@@ -148,12 +148,11 @@ async fn exchange(
     proxy: &Proxy,
     upstream: Arc<Upstream>,
     mut req: Request<RequestBody>,
-    retry_elsewhere: bool,
+    mut retry_elsewhere: bool,
     host: &str,
     progress: Option<&Progress>,
 ) -> Result<(Response<Incoming>, BackendConn, Lease), Failure> {
     let mut lease = Lease::new(upstream);
-    let mut retried = false;
     loop {
         while let Some(mut conn) = lease.upstream().checkout() {
             if conn.sender.ready().await.is_err() {
@@ -176,12 +175,8 @@ async fn exchange(
             }
             Err(error) => {
                 tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
-                if retry_elsewhere && !retried {
-                    retried = true;
-                    if let Some(other) = another_backend(proxy, host, lease.upstream()) {
-                        lease = Lease::new(other);
-                        continue;
-                    }
+                if move_elsewhere(proxy, host, &mut lease, &mut retry_elsewhere) {
+                    continue;
                 }
                 return Err(Failure::Connect);
             }
@@ -211,12 +206,28 @@ pub(super) fn route<'h>(
     Ok((host, upstream))
 }
 
-/// Another backend of the route of `host` than `failed`, from the table as it is now.
-pub(super) fn another_backend(
+/// After a failed connect: moves `lease` to another backend of the route of `host`, if
+/// the request may still go elsewhere (`allowed`, used up here). Whether it did.
+pub(super) fn move_elsewhere(
     proxy: &Proxy,
     host: &str,
-    failed: &Upstream,
-) -> Option<Arc<Upstream>> {
+    lease: &mut Lease,
+    allowed: &mut bool,
+) -> bool {
+    if !std::mem::take(allowed) {
+        return false;
+    }
+    match another_backend(proxy, host, lease.upstream()) {
+        Some(other) => {
+            *lease = Lease::new(other);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Another backend of the route of `host` than `failed`, from the table as it is now.
+fn another_backend(proxy: &Proxy, host: &str, failed: &Upstream) -> Option<Arc<Upstream>> {
     let table = proxy.table.load();
     let route = table.lookup(host)?;
     proxy.upstreams.pick(route.backends(), Some(failed))

@@ -42,7 +42,7 @@ use self::head::{Parse, RequestHead};
 use super::answer::Failure;
 use super::body::Progress;
 use super::conn::{ClientConn, Phase};
-use super::forward::{another_backend, route, RequestGuard};
+use super::forward::{move_elsewhere, route, RequestGuard};
 use super::idle::{Activity, IdleTimer};
 use super::upstream::{Lease, RawConn, Upstream};
 use super::Proxy;
@@ -364,11 +364,10 @@ async fn send_head(
     proxy: &Proxy,
     upstream: Arc<Upstream>,
     head: &[u8],
-    retry_elsewhere: bool,
+    mut retry_elsewhere: bool,
     host: &str,
 ) -> Result<(RawConn, Lease), Failure> {
     let mut lease = Lease::new(upstream);
-    let mut retried = false;
     loop {
         while let Some(mut conn) = lease.upstream().checkout_raw() {
             // A first write that fails wrote nothing: the socket was closed under us,
@@ -398,12 +397,8 @@ async fn send_head(
             }
             Err(error) => {
                 tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
-                if retry_elsewhere && !retried {
-                    retried = true;
-                    if let Some(other) = another_backend(proxy, host, lease.upstream()) {
-                        lease = Lease::new(other);
-                        continue;
-                    }
+                if move_elsewhere(proxy, host, &mut lease, &mut retry_elsewhere) {
+                    continue;
                 }
                 return Err(Failure::Connect);
             }
