@@ -122,6 +122,12 @@ async fn read_response(stream: &mut TcpStream) -> (String, Vec<u8>) {
     (head, body)
 }
 
+/// Sends `request` and reads the response to it.
+async fn ask(stream: &mut TcpStream, request: &[u8]) -> (String, Vec<u8>) {
+    stream.write_all(request).await.unwrap();
+    read_response(stream).await
+}
+
 fn status_of(head: &str) -> u16 {
     head[9..12].parse().unwrap()
 }
@@ -207,11 +213,7 @@ async fn request_bodies_of_either_framing_arrive_whole_however_they_are_cut() {
     );
 
     // The connection is still in step: the next request is answered.
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut stream).await;
+    let (head, body) = ask(&mut stream, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
     assert_eq!((status_of(&head), &body[..]), (200, &b"app"[..]), "{head}");
     let stats = gateway.proxy.backend(&backend.addr.to_string()).unwrap();
     assert_eq!(stats.connects_total, 1, "{stats:?}");
@@ -291,28 +293,20 @@ async fn a_connection_moves_to_hyper_for_http_1_0_and_upgrades() {
     let gateway = gateway_for(backend.addr).await;
 
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut stream).await;
+    let (head, body) = ask(&mut stream, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
     assert_eq!((status_of(&head), &body[..]), (200, &b"app"[..]), "{head}");
-    stream
-        .write_all(b"GET /headers HTTP/1.0\r\nHost: app.test\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut stream).await;
+    let (head, body) = ask(
+        &mut stream,
+        b"GET /headers HTTP/1.0\r\nHost: app.test\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&head), 200, "{head}");
     let seen = String::from_utf8(body).unwrap();
     assert_eq!(values(&seen, "via"), ["1.0 switchyard"], "{seen}");
     assert!(closed(&mut stream).await);
 
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, _) = read_response(&mut stream).await;
+    let (head, _) = ask(&mut stream, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
     assert_eq!(status_of(&head), 200, "{head}");
     stream
         .write_all(
@@ -337,11 +331,7 @@ async fn a_body_that_ends_at_the_close_reaches_the_client_which_is_told_to_close
     .await;
     let gateway = gateway_for(backend.addr).await;
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = read_response(&mut stream).await;
+    let (head, body) = ask(&mut stream, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
     assert_eq!(status_of(&head), 200, "{head}");
     assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
     assert!(head.contains("\r\nx-kind: eof\r\n"), "{head}");
