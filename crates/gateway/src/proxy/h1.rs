@@ -492,15 +492,17 @@ async fn respond(mut r: Respond<'_, '_>) -> Result<Ended, Broken> {
         }
     };
     drop(r.waiting.take());
+    let mut body = BodyEnd::new(head.framing);
+    let rest = &r.buf[head.len..];
+    // Broken framing in what came with the head: nothing has reached the client yet.
+    let taken = body
+        .advance(rest)
+        .map_err(|_| Broken::Answer(Failure::Backend))?;
+    let mut stray = taken < rest.len();
     r.proxy.metrics.upstream_duration(r.started.elapsed());
     if let Ok(status) = StatusCode::from_u16(head.status) {
         r.proxy.metrics.count(status);
     }
-
-    let mut body = BodyEnd::new(head.framing);
-    let rest = &r.buf[head.len..];
-    let taken = body.advance(rest).map_err(|_| Broken::Cut)?;
-    let mut stray = taken < rest.len();
     r.out.extend_from_slice(&rest[..taken]);
     write(r.to_client, r.out, r.activity, r.idle).await?;
     while !body.is_done() {

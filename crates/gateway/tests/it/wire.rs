@@ -397,6 +397,7 @@ async fn an_answer_the_proxy_cannot_pass_on_is_a_502() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: nothing\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     ] {
         let backend = RawBackend::start(answer, true).await;
         let gateway = gateway_for(backend.addr).await;
