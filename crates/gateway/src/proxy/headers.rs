@@ -48,7 +48,7 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// The hop-by-hop headers every message loses (`Connection` names more).
-static HOP_BY_HOP: [&HeaderName; 7] = [
+pub(super) static HOP_BY_HOP: [&HeaderName; 7] = [
     &CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,

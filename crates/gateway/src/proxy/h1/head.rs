@@ -8,6 +8,7 @@
 
 use std::ops::Range;
 
+use super::super::headers::HOP_BY_HOP;
 use super::framing::Framing;
 
 /// Header lines read at most; a head with more goes to hyper (which refuses it).
@@ -307,18 +308,12 @@ impl<'a> Connection<'a> {
     }
 }
 
-/// The hop-by-hop headers every message loses (RFC 9110 §7.6.1).
+/// Whether `name` is one of the hop-by-hop headers every message loses (RFC 9110
+/// §7.6.1), the same list the hyper path strips.
 fn is_hop_by_hop(name: &str) -> bool {
-    const HOP_BY_HOP: [&str; 7] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ];
-    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+    HOP_BY_HOP
+        .iter()
+        .any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
 }
 
 /// Writes list header `name` as one line: its values in `headers` (if any), joined
