@@ -300,7 +300,11 @@ impl Server {
     pub fn pause(&mut self) -> Result<(), Error> {
         self.signal(libc::SIGSTOP)?;
         self.paused = true;
-        Ok(())
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return Ok(());
+        };
+        spawn::wait_stopped(pid, Duration::from_secs(10))
+            .map_err(io_err(format!("pausing ZooKeeper server {}", self.id)))
     }
 
     /// Thaws a paused process (SIGCONT).

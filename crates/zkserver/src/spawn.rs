@@ -79,3 +79,50 @@ pub(crate) fn signal_group(pid: u32, signal: libc::c_int) -> io::Result<()> {
         }
     }
 }
+
+/// Waits until every thread of process `pid` has stopped after a SIGSTOP.
+///
+/// `killpg` returns once the signal is queued, not once it has taken effect: the kernel
+/// stops the other threads of a process only when one of its threads runs and takes
+/// the signal, and meanwhile a thread woken by the network can still answer a request.
+/// A caller that promises "paused" must wait for the stop itself.
+#[cfg(target_os = "linux")]
+pub(crate) fn wait_stopped(pid: u32, timeout: std::time::Duration) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let tasks = format!("/proc/{pid}/task");
+    loop {
+        let mut all_stopped = true;
+        for task in std::fs::read_dir(&tasks)? {
+            let stat = match std::fs::read_to_string(task?.path().join("stat")) {
+                Ok(stat) => stat,
+                // A thread that ended between the listing and the read has stopped.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            };
+            // The state is the first field after the parenthesised command name,
+            // which may itself hold spaces and parentheses.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            if !matches!(state, Some('T' | 't' | 'Z' | 'X')) {
+                all_stopped = false;
+                break;
+            }
+        }
+        if all_stopped {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("process {pid} did not stop within {timeout:?} of SIGSTOP"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn wait_stopped(_pid: u32, _timeout: std::time::Duration) -> io::Result<()> {
+    Ok(())
+}
