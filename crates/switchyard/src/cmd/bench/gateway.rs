@@ -397,7 +397,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if bench.wrk.is_some() {
             let _ = writeln!(
                 text,
-                "Closed loop (wrk -t{} -c{} --latency; CPU% of the proxy, wrk and the backend, 100 = one core):",
+                "Closed loop (wrk -t{} -c{} --latency; CPU% of the proxy, wrk and the backend, 100 = one core; CPU µs: the proxy's per request):",
                 wrk_threads(mode, &bench.layout),
                 args.connections
             );

@@ -107,6 +107,10 @@ pub struct Row {
     pub p99_ms: Option<f64>,
     pub p99_vs_nginx: Option<f64>,
     pub proxy_cpu_percent: Option<f64>,
+    /// Median over the wrk runs of the proxy's CPU time per request, in µs: what the
+    /// proxy costs, whether or not the load side let it run flat out.
+    pub cpu_us_per_request: Option<f64>,
+    pub cpu_per_request_vs_nginx: Option<f64>,
     pub wrk_cpu_percent: Option<f64>,
     pub backend_cpu_percent: Option<f64>,
     /// Medians of [`Sample::others_percent`] under wrk and at the fixed rate.
@@ -193,6 +197,10 @@ pub fn summarise(
                 p50_ms: med(wrk.iter().map(|(_, r)| r.p50_ms)),
                 p99_ms: med(wrk.iter().map(|(_, r)| r.p99_ms)),
                 proxy_cpu_percent: med(wrk.iter().filter_map(|(s, _)| s.proxy_cpu_percent)),
+                cpu_us_per_request: med(wrk.iter().filter_map(|(s, r)| {
+                    let cpu = s.proxy_cpu_percent?;
+                    (r.requests_per_sec > 0.0).then(|| cpu * 1e4 / r.requests_per_sec)
+                })),
                 wrk_cpu_percent: med(wrk.iter().map(|(_, r)| r.wrk_cpu_percent)),
                 backend_cpu_percent: med(wrk.iter().filter_map(|(s, _)| s.backend_cpu_percent)),
                 others_percent: med(wrk.iter().filter_map(|(s, _)| s.others_percent)),
@@ -249,6 +257,8 @@ pub fn summarise(
         if let Some(reference) = &reference {
             row.requests_per_sec_vs_nginx = ratio(row.requests_per_sec, reference.requests_per_sec);
             row.p99_vs_nginx = ratio(row.p99_ms, reference.p99_ms);
+            row.cpu_per_request_vs_nginx =
+                ratio(row.cpu_us_per_request, reference.cpu_us_per_request);
             row.rate_p99_vs_nginx = ratio(row.rate_p99_ms, reference.rate_p99_ms);
         }
         for (run, rps, vs) in &mut row.per_run_requests_per_sec {
@@ -384,7 +394,7 @@ pub fn wrk_table(rows: &[Row], runs: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<15} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>9} {:>8} {:>7}  STATUS",
+        "{:<15} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>8} {:>6} {:>6} {:>6} {:>9} {:>8} {:>7}  STATUS",
         "PEER",
         "ROUTES",
         "REQ/S",
@@ -393,6 +403,8 @@ pub fn wrk_table(rows: &[Row], runs: usize) -> String {
         "p99 ms",
         "vs nginx",
         "CPU%",
+        "CPU µs",
+        "vs nginx",
         "wrk%",
         "bknd%",
         "othr%",
@@ -403,7 +415,7 @@ pub fn wrk_table(rows: &[Row], runs: usize) -> String {
     for row in rows {
         let _ = writeln!(
             out,
-            "{:<15} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>9} {:>8} {:>7}  {}",
+            "{:<15} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>8} {:>6} {:>6} {:>6} {:>9} {:>8} {:>7}  {}",
             row.peer,
             row.routes,
             num(row.requests_per_sec, 0),
@@ -412,6 +424,8 @@ pub fn wrk_table(rows: &[Row], runs: usize) -> String {
             ms(row.p99_ms),
             times(row.p99_vs_nginx),
             num(row.proxy_cpu_percent, 0),
+            num(row.cpu_us_per_request, 1),
+            times(row.cpu_per_request_vs_nginx),
             num(row.wrk_cpu_percent, 0),
             num(row.backend_cpu_percent, 0),
             num(row.others_percent, 0),
@@ -577,6 +591,11 @@ mod tests {
         assert_eq!(rows[1].rate_p99_vs_nginx, Some(0.5));
         assert_eq!((rows[1].wrk_runs, rows[1].rate_runs), (3, 1));
         assert_eq!(rows[1].per_run_requests_per_sec[0], (1, 220.0, Some(2.2)));
+        // 99 % of a CPU over 200 and 220 req/s (the medians of each run's own figure).
+        assert_eq!(rows[0].cpu_us_per_request, Some(4950.0));
+        assert_eq!(rows[1].cpu_us_per_request, Some(4500.0));
+        let cheaper = rows[1].cpu_per_request_vs_nginx.unwrap();
+        assert!((cheaper - 10.0 / 11.0).abs() < 1e-9, "{cheaper}");
         let targets = targets("one-core", &rows);
         assert_eq!(targets[0].met, Some(true), "{targets:?}");
         assert_eq!(targets[1].met, Some(true));
