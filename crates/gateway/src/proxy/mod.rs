@@ -9,10 +9,11 @@
 //! unusual) when it cannot; `forward` one request on the hyper path (routing, rewriting, retries), `upstream`
 //! the backends (connection pools, in-flight counts, ejection, the balancer), `body`
 //! the streaming bodies, `headers` the header rewriting, `tunnel` upgraded connections,
-//! `idle` idle timeouts, `answer` the proxy's own status pages and `metrics` the metric
-//! names.
+//! `idle` idle timeouts, `answer` the proxy's own status pages, `balance` how proxy
+//! threads share connections and `metrics` the metric names.
 
 mod answer;
+mod balance;
 mod body;
 mod conn;
 mod forward;
@@ -30,12 +31,13 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use self::balance::{Balance, Share};
 use self::conn::Phase;
 use self::metrics::Metrics;
 use self::upstream::Upstreams;
@@ -103,6 +105,8 @@ pub struct Proxy {
     upstreams: Upstreams,
     metrics: Metrics,
     connections_open: AtomicUsize,
+    /// Set while serving on threads of its own.
+    balance: ArcSwapOption<Balance>,
 }
 
 /// A snapshot of the proxy's state, for the admin side.
@@ -112,6 +116,9 @@ pub struct ProxyStats {
     pub connections_open: usize,
     /// Backend addresses the proxy keeps state for (pools, ejection).
     pub backends: usize,
+    /// Client connections open per proxy thread, in thread order, when it serves on
+    /// threads of its own ([`Proxy::serve_on_threads`]); empty otherwise.
+    pub connections_per_thread: Vec<usize>,
 }
 
 /// The state of one backend address.
@@ -158,6 +165,7 @@ impl Proxy {
             table,
             config,
             connections_open: AtomicUsize::new(0),
+            balance: ArcSwapOption::empty(),
         }
     }
 
@@ -166,6 +174,11 @@ impl Proxy {
         ProxyStats {
             connections_open: self.connections_open.load(Relaxed),
             backends: self.upstreams.len(),
+            connections_per_thread: self
+                .balance
+                .load()
+                .as_ref()
+                .map_or_else(Vec::new, |balance| balance.open()),
         }
     }
 
@@ -190,31 +203,70 @@ impl Proxy {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> io::Result<()> {
+        self.serve_with(listener, shutdown, None).await
+    }
+
+    /// [`Proxy::serve`]; with a `share`, as one of the threads of
+    /// [`Proxy::serve_on_threads`], which also serves the connections others hand it.
+    async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+        mut share: Option<Share>,
+    ) -> io::Result<()> {
         let (drain_tx, drain_rx) = watch::channel(Phase::Serving);
         let server = Arc::new(auto::Builder::new(TokioExecutor::new()));
         let sweeper = tokio::spawn(sweep(Arc::downgrade(&self), self.config.idle_timeout));
+        let spawn = |stream: TcpStream, peer, counted: Option<Counted>| {
+            let conn = conn::serve(
+                Arc::clone(&self),
+                Arc::clone(&server),
+                stream,
+                peer,
+                drain_rx.clone(),
+            );
+            tokio::spawn(async move {
+                conn.await;
+                drop(counted);
+            });
+        };
 
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.as_mut() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tokio::spawn(conn::serve(
-                            Arc::clone(&self),
-                            Arc::clone(&server),
-                            stream,
-                            peer,
-                            drain_rx.clone(),
-                        ));
+                Some((stream, peer)) = handed(&mut share) => {
+                    let share = share.as_ref().expect("only a share receives connections");
+                    let counted = Counted(Arc::clone(&share.balance), share.index);
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => spawn(stream, peer, Some(counted)),
+                        Err(error) => {
+                            tracing::warn!(%error, "taking a connection from another thread failed");
+                        }
                     }
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => match &share {
+                        None => spawn(stream, peer, None),
+                        Some(share) => place(share, stream, peer, spawn),
+                    },
                     Err(error) => accept_failed(error).await,
                 },
             }
         }
 
         drop(listener);
+        if let Some(share) = &mut share {
+            // Connections handed over but not taken yet are served (and drained) too.
+            share.inbox.close();
+            while let Ok((stream, peer)) = share.inbox.try_recv() {
+                let counted = Counted(Arc::clone(&share.balance), share.index);
+                if let Ok(stream) = TcpStream::from_std(stream) {
+                    spawn(stream, peer, Some(counted));
+                }
+            }
+        }
         drop(drain_rx);
         let _ = drain_tx.send(Phase::Draining);
         let drained = tokio::time::timeout(self.config.drain_timeout, drain_tx.closed()).await;
@@ -250,7 +302,9 @@ impl Proxy {
         let listener = listener.into_std()?;
         let (stop, stopped) = watch::channel(false);
         let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<io::Result<()>>();
-        for index in 1..=threads.max(1) {
+        let (balance, shares) = Balance::new(threads.max(1));
+        self.balance.store(Some(balance));
+        for (share, index) in shares.into_iter().zip(1..) {
             let listener = listener.try_clone()?;
             let proxy = Arc::clone(&self);
             let mut stopped = stopped.clone();
@@ -265,7 +319,7 @@ impl Proxy {
                     let shutdown = async move {
                         let _ = stopped.wait_for(|stop| *stop).await;
                     };
-                    proxy.serve(listener, shutdown).await
+                    proxy.serve_with(listener, shutdown, Some(share)).await
                 })
             };
             std::thread::Builder::new()
@@ -293,6 +347,53 @@ impl Proxy {
             }
         }
         result
+    }
+}
+
+/// One open connection of a proxy thread, counted in its [`Balance`] while it lives.
+struct Counted(Arc<Balance>, usize);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.closed(self.1);
+    }
+}
+
+/// The next connection another thread handed to this one; never, without a share.
+async fn handed(share: &mut Option<Share>) -> Option<balance::Handed> {
+    match share {
+        Some(share) => share.inbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves a connection this thread accepted here, or hands it to a less busy thread.
+fn place(
+    share: &Share,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    spawn: impl Fn(TcpStream, std::net::SocketAddr, Option<Counted>),
+) {
+    let balance = &share.balance;
+    let here = share.index;
+    let target = balance.assign(here);
+    if target == here {
+        return spawn(stream, peer, Some(Counted(Arc::clone(balance), here)));
+    }
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            balance.closed(target);
+            return tracing::warn!(%error, "handing a connection to another thread failed");
+        }
+    };
+    // Sent, or given back because that thread has stopped: then it is served here.
+    if let Err((stream, peer)) = balance.hand(target, (stream, peer)) {
+        balance.moved(target, here);
+        match TcpStream::from_std(stream) {
+            Ok(stream) => spawn(stream, peer, Some(Counted(Arc::clone(balance), here))),
+            Err(error) => tracing::warn!(%error, "taking back a connection failed"),
+        }
     }
 }
 

@@ -1168,3 +1168,44 @@ async fn serves_on_threads_of_its_own_and_drains_them_all() {
         eventually(|| client.sender.is_closed()).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_is_spread_over_the_proxy_threads() {
+    let backend = TestBackend::named("app").await;
+    let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
+        1,
+        [route("app", &["app.test"], &[(backend.addr, 1)])],
+    )));
+    let proxy = Arc::new(Proxy::new(Arc::clone(&table), ProxyConfig::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(Arc::clone(&proxy).serve_on_threads(listener, 3, async {
+        let _ = stopped.await;
+    }));
+
+    // All at once: whichever thread wakes first would accept them all.
+    let connects: Vec<_> = (0..30)
+        .map(|_| tokio::spawn(Client::connect(addr)))
+        .collect();
+    let mut clients = Vec::new();
+    for connect in connects {
+        clients.push(connect.await.unwrap());
+    }
+    eventually(|| proxy.stats().connections_open == 30).await;
+    let per_thread = proxy.stats().connections_per_thread;
+    assert_eq!(per_thread.len(), 3);
+    assert_eq!(per_thread.iter().sum::<usize>(), 30, "{per_thread:?}");
+    let (most, fewest) = (per_thread.iter().max(), per_thread.iter().min());
+    assert!(most.unwrap() - fewest.unwrap() <= 2, "{per_thread:?}");
+
+    // Connections handed from one thread to another are served there like any other.
+    for client in &mut clients {
+        assert_eq!(client.get("app.test", "/").await, ok("app"));
+    }
+    drop(clients);
+    eventually(|| proxy.stats().connections_per_thread == [0, 0, 0]).await;
+
+    stop.send(()).unwrap();
+    within(served).await.unwrap().unwrap();
+}
