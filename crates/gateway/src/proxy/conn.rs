@@ -45,6 +45,7 @@ pub(super) struct ClientConn {
 impl Drop for ClientConn {
     fn drop(&mut self) {
         self.proxy.connections_open.fetch_sub(1, Relaxed);
+        self.proxy.metrics.connections.decrement(1.0);
     }
 }
 
@@ -65,6 +66,7 @@ pub(super) async fn serve(
     // Small responses must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     proxy.connections_open.fetch_add(1, Relaxed);
+    proxy.metrics.connections.increment(1.0);
     let idle_timeout = proxy.config.idle_timeout;
     let client_ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string())
         .expect("an IP address is a valid header value");

@@ -15,6 +15,8 @@ pub const UPSTREAM_DURATION_SECONDS: &str = "switchyard_gateway_upstream_duratio
 /// Requests whose response has not been fully sent yet (an upgraded connection counts
 /// as one request until it closes).
 pub const REQUESTS_IN_FLIGHT: &str = "switchyard_gateway_requests_in_flight";
+/// Client connections open, upgraded ones included.
+pub const CONNECTIONS_OPEN: &str = "switchyard_gateway_connections_open";
 /// The label of [`REQUESTS_TOTAL`].
 pub const CODE_LABEL: &str = "code";
 
@@ -38,6 +40,11 @@ pub fn describe() {
         Unit::Count,
         "Requests whose response is not fully sent yet."
     );
+    metrics::describe_gauge!(
+        CONNECTIONS_OPEN,
+        Unit::Count,
+        "Client connections open, upgraded ones included."
+    );
 }
 
 /// Handles registered once, so a request does not look its metrics up by name.
@@ -45,6 +52,7 @@ pub(super) struct Metrics {
     requests: [Counter; 5],
     upstream_duration: Histogram,
     pub(super) in_flight: Gauge,
+    pub(super) connections: Gauge,
 }
 
 impl Metrics {
@@ -55,6 +63,7 @@ impl Metrics {
             requests: CLASSES.map(|class| metrics::counter!(REQUESTS_TOTAL, CODE_LABEL => class)),
             upstream_duration: metrics::histogram!(UPSTREAM_DURATION_SECONDS),
             in_flight: metrics::gauge!(REQUESTS_IN_FLIGHT),
+            connections: metrics::gauge!(CONNECTIONS_OPEN),
         }
     }
 

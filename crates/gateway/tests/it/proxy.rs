@@ -1126,9 +1126,17 @@ async fn counts_requests_by_status_class() {
         "switchyard_gateway_requests_total{code=\"4xx\"} 1\n",
         "switchyard_gateway_requests_total{code=\"5xx\"} 1\n",
         "switchyard_gateway_upstream_duration_seconds_count 3\n",
+        "switchyard_gateway_connections_open 1\n",
     ] {
         assert!(rendered.contains(line), "no {line:?} in\n{rendered}");
     }
+    drop(client);
+    eventually(|| {
+        metrics
+            .render()
+            .contains("switchyard_gateway_connections_open 0\n")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
