@@ -1139,20 +1139,50 @@ async fn counts_requests_by_status_class() {
     .await;
 }
 
+/// A proxy serving `app.test` on threads of its own, from a listener on loopback.
+struct Threaded {
+    backend: TestBackend,
+    proxy: Arc<Proxy>,
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Threaded {
+    async fn start(threads: usize) -> Threaded {
+        let backend = TestBackend::named("app").await;
+        let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
+            1,
+            [route("app", &["app.test"], &[(backend.addr, 1)])],
+        )));
+        let proxy = Arc::new(Proxy::new(Arc::clone(&table), ProxyConfig::default()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(
+            Arc::clone(&proxy).serve_on_threads(listener, threads, async {
+                let _ = stopped.await;
+            }),
+        );
+        Threaded {
+            backend,
+            proxy,
+            addr,
+            stop,
+            served,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_on_threads_of_its_own_and_drains_them_all() {
-    let backend = TestBackend::named("app").await;
-    let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
-        1,
-        [route("app", &["app.test"], &[(backend.addr, 1)])],
-    )));
-    let proxy = Arc::new(Proxy::new(Arc::clone(&table), ProxyConfig::default()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(Arc::clone(&proxy).serve_on_threads(listener, 3, async {
-        let _ = stopped.await;
-    }));
+    let Threaded {
+        backend,
+        proxy,
+        addr,
+        stop,
+        served,
+    } = Threaded::start(3).await;
 
     let mut clients = Vec::new();
     for _ in 0..12 {
@@ -1179,18 +1209,13 @@ async fn serves_on_threads_of_its_own_and_drains_them_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_connections_is_spread_over_the_proxy_threads() {
-    let backend = TestBackend::named("app").await;
-    let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
-        1,
-        [route("app", &["app.test"], &[(backend.addr, 1)])],
-    )));
-    let proxy = Arc::new(Proxy::new(Arc::clone(&table), ProxyConfig::default()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(Arc::clone(&proxy).serve_on_threads(listener, 3, async {
-        let _ = stopped.await;
-    }));
+    let Threaded {
+        backend: _backend,
+        proxy,
+        addr,
+        stop,
+        served,
+    } = Threaded::start(3).await;
 
     // All at once: whichever thread wakes first would accept them all.
     let connects: Vec<_> = (0..30)
