@@ -135,8 +135,8 @@ fn read_now(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     match std::future::Future::poll(pin!(stream.read_buf(buf)), &mut cx) {
         Poll::Ready(read) => read,
-        // Not readable after all; the caller waits with `readable()`, which replaces
-        // the no-op waker this left behind.
+        // Not readable after all. The caller waits with `readable()`, which has a
+        // waiter of its own; the no-op waker left in the socket's reader slot is inert.
         Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
     }
 }

@@ -384,14 +384,16 @@ fn place(
         Ok(stream) => stream,
         Err(error) => {
             balance.closed(target);
-            return tracing::warn!(%error, "handing a connection to another thread failed");
+            tracing::warn!(%error, "handing a connection to another thread failed");
+            return;
         }
     };
     // Sent, or given back because that thread has stopped: then it is served here.
     if let Err((stream, peer)) = balance.hand(target, (stream, peer)) {
         balance.moved(target, here);
+        let counted = Counted(Arc::clone(balance), here);
         match TcpStream::from_std(stream) {
-            Ok(stream) => spawn(stream, peer, Some(Counted(Arc::clone(balance), here))),
+            Ok(stream) => spawn(stream, peer, Some(counted)),
             Err(error) => tracing::warn!(%error, "taking back a connection failed"),
         }
     }
