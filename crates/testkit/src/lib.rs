@@ -13,6 +13,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use zkserver::ports::{free_port, free_run};
 pub use zkserver::{Config, Ensemble, Mode, Ports, Server};
 
 /// Running ZooKeeper servers in a temporary folder.

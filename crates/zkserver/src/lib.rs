@@ -11,16 +11,17 @@
 #![warn(missing_docs)]
 
 mod install;
+pub mod ports;
 mod spawn;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use install::{Installation, CLASSPATH_ENV, DEBIAN_JAR};
@@ -52,6 +53,16 @@ pub enum Error {
         role: &'static str,
         /// The server that needed it.
         server: u32,
+    },
+    /// A fixed first port leaves no room for every server's port after it.
+    #[error("{role} {base} leaves no room for {servers} servers' ports (the last port is 65535)")]
+    PortRange {
+        /// The first server's port.
+        base: u16,
+        /// Which of the servers' ports it is.
+        role: &'static str,
+        /// How many servers need one.
+        servers: u32,
     },
     /// A server process exited while it was being started.
     #[error("ZooKeeper server {server} exited during start ({status}); last lines of {log}:\n{log_tail}")]
@@ -442,14 +453,31 @@ impl Ensemble {
         let mut ports = Vec::with_capacity(n as usize);
         for i in 0..n {
             ports.push(match config.ports {
-                Ports::Free => (free_port()?, free_port()?, free_port()?),
+                Ports::Free => {
+                    let free =
+                        || ports::free_port().map_err(io_err("finding a free port on 127.0.0.1"));
+                    (free()?, free()?, free()?)
+                }
                 Ports::Fixed {
                     client,
                     quorum,
                     election,
                 } => {
-                    let offset = |base: u16| base.checked_add(i as u16).expect("port overflow");
-                    let trio = (offset(client), offset(quorum), offset(election));
+                    let offset = |base: u16, role| {
+                        u16::try_from(i)
+                            .ok()
+                            .and_then(|i| base.checked_add(i))
+                            .ok_or(Error::PortRange {
+                                base,
+                                role,
+                                servers: n,
+                            })
+                    };
+                    let trio = (
+                        offset(client, "client port")?,
+                        offset(quorum, "quorum port")?,
+                        offset(election, "election port")?,
+                    );
                     for (port, role) in [
                         (trio.0, "client port"),
                         (trio.1, "quorum port"),
@@ -637,27 +665,6 @@ impl Ensemble {
     }
 }
 
-/// A free loopback port that this process has not handed out before.
-fn free_port() -> Result<u16, Error> {
-    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    let given = GIVEN.get_or_init(Default::default);
-    for _ in 0..100 {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(io_err("finding a free port on 127.0.0.1"))?;
-        let port = listener
-            .local_addr()
-            .map_err(io_err("finding a free port on 127.0.0.1"))?
-            .port();
-        if given.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
-            return Ok(port);
-        }
-    }
-    Err(Error::Io {
-        context: "finding a free port on 127.0.0.1".into(),
-        source: io::Error::new(io::ErrorKind::AddrInUse, "no free port after 100 tries"),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,12 +684,6 @@ mod tests {
         let m = parse_mntr("zk_version\t3.8.0\nzk_server_state\tleader\nnot a pair\n");
         assert_eq!(m.get("zk_server_state").map(String::as_str), Some("leader"));
         assert_eq!(m.len(), 2);
-    }
-
-    #[test]
-    fn free_ports_are_never_repeated() {
-        let ports: HashSet<u16> = (0..50).map(|_| free_port().unwrap()).collect();
-        assert_eq!(ports.len(), 50);
     }
 
     #[test]
@@ -709,6 +710,28 @@ mod tests {
                 assert_eq!((p, role, server), (port, "client port", 1));
             }
             other => panic!("expected PortInUse, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fixed_ports_past_65535_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::ensemble(dir.path(), 3);
+        config.ports = Ports::Fixed {
+            client: ports::free_run(3).unwrap(),
+            quorum: ports::free_run(3).unwrap(),
+            election: 65_534,
+        };
+        let install = Arc::new(Installation {
+            java: "java".into(),
+            classpath: String::new(),
+        });
+        match Ensemble::configure(&config, &install) {
+            Err(err @ Error::PortRange { .. }) => assert_eq!(
+                err.to_string(),
+                "election port 65534 leaves no room for 3 servers' ports (the last port is 65535)"
+            ),
+            other => panic!("expected PortRange, got {other:?}"),
         }
     }
 }

@@ -3,7 +3,7 @@
 mod api;
 mod routes;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,8 +23,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub fn free_addr() -> SocketAddr {
-    let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    probe.local_addr().unwrap()
+    SocketAddr::from((Ipv4Addr::LOCALHOST, testkit::free_port().unwrap()))
 }
 
 /// An orchestrator running in this process until dropped (or `stop`ped).

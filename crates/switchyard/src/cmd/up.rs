@@ -39,9 +39,13 @@ pub struct Args {
     /// Client port of the first ZooKeeper server; the others take the next ones.
     #[arg(long, default_value_t = 2181)]
     zk_port: u16,
-    /// Quorum port of the first server; election ports start 1000 above it.
+    /// Quorum port of the first server; the others take the next ones.
     #[arg(long, default_value_t = 2888)]
     zk_peer_port: u16,
+    /// Leader-election port of the first server; the others take the next ones
+    /// [default: 1000 above --zk-peer-port].
+    #[arg(long)]
+    zk_election_port: Option<u16>,
     /// JVM heap limit of each ZooKeeper server, in MiB.
     #[arg(long, default_value_t = 512)]
     zk_heap_mib: u32,
@@ -213,12 +217,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         plan.push((Kind::Gateway, i + 1, p, Some(a)));
     }
 
-    let Some(election) = args.zk_peer_port.checked_add(1000) else {
+    let Some(election) = args
+        .zk_election_port
+        .or_else(|| args.zk_peer_port.checked_add(1000))
+    else {
         bail!(
-            "--zk-peer-port {} leaves no room for election ports 1000 above it",
+            "--zk-peer-port {} leaves no room for election ports 1000 above it; \
+             choose them with --zk-election-port",
             args.zk_peer_port
         );
     };
+    let last = u16::try_from(args.zk_servers - 1).expect("at most 7 servers");
+    port(args.zk_port, last, "zk-port")?;
+    port(args.zk_peer_port, last, "zk-peer-port")?;
+    port(election, last, "zk-election-port")?;
     let mut config = Config::ensemble(dir.join("zookeeper"), args.zk_servers);
     config.ports = Ports::Fixed {
         client: args.zk_port,

@@ -34,13 +34,9 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// A free loopback port, outside the ephemeral range (see `zkserver::ports`).
 fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    zkserver::ports::free_port().expect("a free loopback port")
 }
 
 /// A route for `app` on `{app}.test`, as the route stream writes it (`model::Route`).

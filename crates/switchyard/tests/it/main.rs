@@ -12,23 +12,10 @@ pub fn switchyard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
 }
 
-/// `n` consecutive free loopback ports (best effort: checked free right now).
+/// The first of `n` consecutive free loopback ports, outside the ephemeral range so
+/// that no outgoing connection takes one before the server binds it.
 pub fn free_port_run(n: u16) -> u16 {
-    'search: for _ in 0..200 {
-        let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base.checked_add(n + 1000).is_none() {
-            continue;
-        }
-        for port in base..base + n {
-            if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
-                continue 'search;
-            }
-        }
-        return base;
-    }
-    panic!("no run of {n} free ports");
+    zkserver::ports::free_run(n).expect("free loopback ports")
 }
 
 pub fn process_exists(pid: u32) -> bool {
@@ -63,4 +50,23 @@ fn bad_arguments_are_refused_with_a_usage_error() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--zk-servers"), "{stderr}");
+}
+
+#[test]
+fn up_refuses_zookeeper_ports_past_65535_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = switchyard()
+        .args(["up", "--zk-servers", "3", "--dir"])
+        .arg(dir.path())
+        .args(["--orchestrators", "0", "--gateways", "0", "--backends", "0"])
+        .args(["--zk-election-port", "65534"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--zk-election-port 65534 leaves no room for 3 ports"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("zookeeper").exists(), "{stderr}");
 }

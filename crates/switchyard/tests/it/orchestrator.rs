@@ -51,10 +51,7 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     pub fn start(zk: &testkit::Zk, dir: &std::path::Path, member: &str) -> Orchestrator {
-        let addr: SocketAddr = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap()
-        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], zkserver::ports::free_port().unwrap()));
         // One file per member: members start together, and rewriting a shared file
         // while another member reads it would hand that member an empty token.
         let token = dir.join(format!("{member}.token"));

@@ -47,6 +47,7 @@ impl Up {
         let dir = tempfile::tempdir().unwrap();
         let zk = free_port_run(3);
         let peer = free_port_run(3);
+        let election = free_port_run(3);
         let orchestrators = free_port_run(2);
         let gateways = free_port_run(2);
         let admins = free_port_run(2);
@@ -60,6 +61,8 @@ impl Up {
                 &zk.to_string(),
                 "--zk-peer-port",
                 &peer.to_string(),
+                "--zk-election-port",
+                &election.to_string(),
                 "--zk-heap-mib",
                 "256",
             ])

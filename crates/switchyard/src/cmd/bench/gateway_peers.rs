@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -509,11 +509,10 @@ pub fn clock_ticks() -> f64 {
 // ---------------------------------------------------------------------------------------
 // HTTP probes.
 
-/// A port on 127.0.0.1 nobody listens on right now.
+/// A port on 127.0.0.1 nobody listens on right now, outside the ephemeral range (see
+/// `zkserver::ports`).
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port on 127.0.0.1")?;
-    Ok(listener.local_addr()?.port())
+    zkserver::ports::free_port().context("finding a free port on 127.0.0.1")
 }
 
 /// One `GET /` with `Host: host` on a new connection; the status and the (de-chunked)

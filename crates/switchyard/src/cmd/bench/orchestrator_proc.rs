@@ -4,7 +4,7 @@
 //! The child is started with `zkserver::spawn_bound`: its own process group, killed by
 //! the kernel if the benchmark dies, and killed on `Drop` if it is still running.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -200,9 +200,8 @@ pub fn cpu_secs(pid: &str) -> Option<f64> {
 
 /// A free port on 127.0.0.1 (free when asked; the orchestrator binds it just after).
 fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port on 127.0.0.1")?;
-    listener.local_addr().context("reading the free port")
+    let port = zkserver::ports::free_port().context("finding a free port on 127.0.0.1")?;
+    Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
 /// Writes a random 32-character token to `dir/token`, readable by us only.
