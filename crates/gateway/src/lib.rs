@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod snapshot;
 mod sync;
 pub mod table;
+pub mod tls;
 
 pub use config::{Config, ConfigError};
 pub use table::RouteTable;
