@@ -9,6 +9,7 @@
 //! | `GET /routes/{host}` | the route a request for `host` takes, as JSON; 404 if none |
 //! | `GET /admin/held` | `{"held": null}`, or the held update |
 //! | `POST /admin/confirm` | body `{"version": V}`: applies the held update `V` names |
+//! | `POST /admin/tls/reload` | reads the TLS certificate folder again; 422 and why if it fails (the old set stays) |
 //!
 //! Errors are JSON: `{"error": "<code>", "detail": "<what to do>"}`. There is no
 //! authentication: whoever reaches this address can confirm a deletion.
@@ -45,6 +46,7 @@ fn router(control: Arc<Control>) -> Router {
         .route("/routes/{host}", get(route))
         .route("/admin/held", get(held))
         .route("/admin/confirm", post(confirm))
+        .route("/admin/tls/reload", post(tls_reload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(control)
@@ -151,6 +153,31 @@ async fn confirm(State(control): State<Arc<Control>>, body: Bytes) -> Response {
                 "version {version} does not name the held update (versions {} to {}): check GET /admin/held again",
                 held.version, held.latest_version
             ),
+        ),
+    }
+}
+
+/// Reads the TLS certificate folder again; a folder that fails to load leaves the
+/// certificates in use and says why.
+async fn tls_reload(State(control): State<Arc<Control>>) -> Response {
+    let Some(tls) = control.tls.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no_tls",
+            "this gateway serves no TLS (start it with --tls-listen and --tls-certs)",
+        );
+    };
+    match tokio::task::spawn_blocking(move || tls.reload()).await {
+        Ok(Ok(files)) => Json(json!({ "reloaded": { "files": files } })).into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tls_reload_failed",
+            format!("{e}; the certificates loaded before stay in use"),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "tls_reload_failed",
+            e.to_string(),
         ),
     }
 }

@@ -66,6 +66,18 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_GATEWAY_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,
 
+    /// Address of the TLS (HTTPS) listener, also bound with SO_REUSEPORT; needs
+    /// --tls-certs. None: no TLS.
+    #[arg(long, env = "SWITCHYARD_GATEWAY_TLS_LISTEN", value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// Folder of `*.pem` files, each one certificate chain (server certificate first)
+    /// and its private key; a certificate serves the DNS names of its subjectAltName
+    /// (`*.example.com` included), chosen by the name the client asks for (SNI). Read
+    /// again on SIGHUP and on POST /admin/tls/reload.
+    #[arg(long, env = "SWITCHYARD_GATEWAY_TLS_CERTS", value_name = "DIR")]
+    pub tls_certs: Option<PathBuf>,
+
     /// Orchestrator base URL (`http://host:port`), repeatable or comma-separated; tried in
     /// turn. None: the gateway serves the table on disk only.
     #[arg(
@@ -158,6 +170,8 @@ impl Default for Config {
             config: None,
             listen: DEFAULT_LISTEN.parse().expect("the defaults parse"),
             admin: DEFAULT_ADMIN.parse().expect("the defaults parse"),
+            tls_listen: None,
+            tls_certs: None,
             orchestrators: Vec::new(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             mass_delete_share: DEFAULT_MASS_DELETE_SHARE
@@ -259,6 +273,8 @@ impl Config {
             config,
             listen,
             admin,
+            tls_listen,
+            tls_certs,
             orchestrators,
             state_dir,
             mass_delete_share,
@@ -305,6 +321,32 @@ impl Config {
                 self.admin,
                 "the admin API and the proxy cannot share an address: give --admin another port",
             ));
+        }
+        match (self.tls_listen, &self.tls_certs) {
+            (Some(addr), None) => {
+                return Err(invalid(
+                    "tls-listen",
+                    addr,
+                    "needs --tls-certs, the folder of certificates to serve",
+                ))
+            }
+            (None, Some(dir)) => {
+                return Err(invalid(
+                    "tls-certs",
+                    dir.display(),
+                    "needs --tls-listen, the address to serve TLS on",
+                ))
+            }
+            (Some(addr), Some(_))
+                if addr.port() != 0 && (addr == self.listen || addr == self.admin) =>
+            {
+                return Err(invalid(
+                    "tls-listen",
+                    addr,
+                    "the TLS listener needs an address of its own: give it another port",
+                ))
+            }
+            _ => {}
         }
         for url in &self.orchestrators {
             parse_orchestrator_url(url)?;

@@ -61,10 +61,13 @@ pub enum Error {
         /// The state folder.
         dir: PathBuf,
     },
+    /// The TLS certificate folder cannot be used.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
     /// A listening socket could not be set up.
     #[error("cannot listen on {addr} for the {what}: {source}")]
     Bind {
-        /// `proxy` or `admin API`.
+        /// `proxy`, `TLS proxy` or `admin API`.
         what: &'static str,
         /// The address.
         addr: SocketAddr,
@@ -88,10 +91,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
 pub struct Gateway {
     config: Config,
     control: Arc<Control>,
-    listener: Option<tokio::net::TcpListener>,
+    listener: Option<proxy::Listeners>,
     /// Threads of their own the proxy runs on; 0: the runtime `serve` is called on.
     proxy_threads: usize,
     listen_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
     admin_stop: Option<oneshot::Sender<()>>,
     admin_task: Option<JoinHandle<io::Result<()>>>,
@@ -114,6 +118,10 @@ impl Gateway {
             .map(|url| config::parse_orchestrator_url(url))
             .collect::<Result<Vec<_>, _>>()?;
         metrics::install();
+        let tls = match &config.tls_certs {
+            Some(dir) => Some(Arc::new(tls::CertFolder::load(dir)?)),
+            None => None,
+        };
 
         let dir = config.state_dir.clone();
         let started = Instant::now();
@@ -128,6 +136,10 @@ impl Gateway {
         }
 
         let listener = bind(config.listen, "proxy")?;
+        let tls_listener = match (config.tls_listen, &tls) {
+            (Some(addr), Some(certs)) => Some((bind(addr, "TLS proxy")?, certs.acceptor())),
+            _ => None,
+        };
         let admin_listener = bind(config.admin, "admin API")?;
         let local = |listener: &tokio::net::TcpListener, what, addr| {
             listener
@@ -135,6 +147,10 @@ impl Gateway {
                 .map_err(|source| Error::Bind { what, addr, source })
         };
         let listen_addr = local(&listener, "proxy", config.listen)?;
+        let tls_addr = match (&tls_listener, config.tls_listen) {
+            (Some((listener, _)), Some(addr)) => Some(local(listener, "TLS proxy", addr)?),
+            _ => None,
+        };
         let admin_addr = local(&admin_listener, "admin API", config.admin)?;
         if !admin_addr.ip().is_loopback() {
             tracing::warn!(admin = %admin_addr, "the admin API is not on loopback: whoever reaches it can confirm held deletions");
@@ -146,6 +162,8 @@ impl Gateway {
         };
         tracing::info!(
             proxy = %listen_addr,
+            tls = ?tls_addr,
+            tls.certificates = tls.as_ref().map(|t| t.files()),
             admin = %admin_addr,
             table.version = table.version(),
             routes = table.len(),
@@ -173,6 +191,7 @@ impl Gateway {
                 reconnect_min: config.reconnect_min,
                 reconnect_max: config.reconnect_max,
             },
+            tls.clone(),
         ));
         let (admin_stop, admin_stopped) = oneshot::channel::<()>();
         let admin_task = tokio::spawn(admin::serve(
@@ -182,17 +201,25 @@ impl Gateway {
                 let _ = admin_stopped.await;
             },
         ));
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(sync::follow(Arc::clone(&control), urls)),
             tokio::spawn(sync::hold_timer(Arc::clone(&control))),
             tokio::spawn(metrics::upkeep()),
         ];
+        if let Some(tls) = tls {
+            background.push(tokio::spawn(reload_on_sighup(tls)));
+        }
+        let mut listeners = proxy::Listeners::from(listener);
+        if let Some((listener, acceptor)) = tls_listener {
+            listeners = listeners.with_tls(listener, acceptor);
+        }
         Ok(Gateway {
             config,
             control,
-            listener: Some(listener),
+            listener: Some(listeners),
             proxy_threads: 0,
             listen_addr,
+            tls_addr,
             admin_addr,
             admin_stop: Some(admin_stop),
             admin_task: Some(admin_task),
@@ -203,6 +230,11 @@ impl Gateway {
     /// The address the proxy listens on (the actual port when configured with port 0).
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen_addr
+    }
+
+    /// The address of the TLS listener, if the gateway serves TLS.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The address of the admin API.
@@ -330,6 +362,23 @@ impl Drop for Gateway {
             task.abort();
         }
         self.control.writer().abort();
+    }
+}
+
+/// Reads the TLS certificate folder again on each SIGHUP (as nginx and HAProxy reload
+/// on a signal), so renewed certificates are served without a restart.
+async fn reload_on_sighup(tls: Arc<tls::CertFolder>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reload TLS certificates with POST /admin/tls/reload");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let tls = Arc::clone(&tls);
+        let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
     }
 }
 

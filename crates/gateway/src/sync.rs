@@ -178,6 +178,8 @@ pub(crate) struct Control {
     registry: crate::metrics::Registry,
     /// How long loading the snapshot took at start-up.
     load_duration: Duration,
+    /// The TLS certificates, when the gateway serves TLS.
+    pub(crate) tls: Option<Arc<crate::tls::CertFolder>>,
 }
 
 impl Control {
@@ -190,6 +192,7 @@ impl Control {
         load_duration: Duration,
         writer: persist::Writer,
         config: SyncConfig,
+        tls: Option<Arc<crate::tls::CertFolder>>,
     ) -> Control {
         let baseline = table.load().len();
         Control {
@@ -207,6 +210,7 @@ impl Control {
             stats: StreamStats::default(),
             registry: crate::metrics::Registry::new(),
             load_duration,
+            tls,
         }
     }
 

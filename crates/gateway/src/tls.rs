@@ -266,6 +266,48 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// The certificate folder a gateway serves from, and what it loaded.
+#[derive(Debug)]
+pub struct CertFolder {
+    dir: PathBuf,
+    resolver: Arc<Resolver>,
+}
+
+impl CertFolder {
+    /// Loads `dir` (an error if it cannot be used, see [`Certificates::load`]).
+    pub fn load(dir: &Path) -> Result<CertFolder, TlsError> {
+        Ok(CertFolder {
+            dir: dir.to_owned(),
+            resolver: Resolver::new(Certificates::load(dir)?),
+        })
+    }
+
+    /// Reads the folder again (see [`Resolver::reload`]), logging the outcome; the
+    /// number of files now served.
+    pub fn reload(&self) -> Result<usize, TlsError> {
+        match self.resolver.reload(&self.dir) {
+            Ok(files) => {
+                tracing::info!(dir = %self.dir.display(), files, "TLS certificates reloaded");
+                Ok(files)
+            }
+            Err(error) => {
+                tracing::error!(%error, "TLS certificates not reloaded; the previous ones stay in use");
+                Err(error)
+            }
+        }
+    }
+
+    /// Files served now.
+    pub fn files(&self) -> usize {
+        self.resolver.certificates().files()
+    }
+
+    /// The handshake side, serving from this folder (and its reloads).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        acceptor(Arc::clone(&self.resolver))
+    }
+}
+
 /// The server side of the TLS listener: certificates from `resolver`, ALPN `h2` and
 /// `http/1.1`, TLS 1.2 and 1.3.
 pub fn acceptor(resolver: Arc<Resolver>) -> tokio_rustls::TlsAcceptor {

@@ -1,5 +1,7 @@
 //! A client connection: HTTP/1.1 or HTTP/2 (prior knowledge), told apart by its first
-//! bytes and served by hyper, closed when idle, shut down gracefully on a drain.
+//! bytes and served by hyper, closed when idle, shut down gracefully on a drain. A
+//! connection from the TLS listener is decrypted first and served by hyper (HTTP/2 when
+//! ALPN chose it).
 //!
 //! **Invariant:** every client connection (and every tunnel made from one) holds a
 //! receiver of the drain channel until it is gone, so `serve` knows when the last one
@@ -15,8 +17,10 @@ use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use super::idle::{Activity, IdleTimer, Watched};
 use super::{forward, h1, Proxy};
@@ -36,6 +40,8 @@ pub(super) struct ClientConn {
     pub(super) proxy: Arc<Proxy>,
     /// The client's address, ready for `X-Forwarded-For`.
     pub(super) client_ip: HeaderValue,
+    /// Whether the client connected over TLS (`X-Forwarded-Proto: https`).
+    pub(super) tls: bool,
     /// Bytes written, requests begun and ended; a request waiting for its response
     /// head holds the connection.
     pub(super) activity: Arc<Activity>,
@@ -55,12 +61,14 @@ pub(super) async fn aborted(drain: &mut watch::Receiver<Phase>) {
 }
 
 /// Serves one accepted connection until it closes, idles out or is drained: on the
-/// proxy's own HTTP/1.1 path (`h1`) while it can, then with hyper.
+/// proxy's own HTTP/1.1 path (`h1`) while it can, then with hyper; with `tls`, after
+/// the handshake, with hyper.
 pub(super) async fn serve(
     proxy: Arc<Proxy>,
     server: Arc<auto::Builder<TokioExecutor>>,
     mut stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
     mut drain: watch::Receiver<Phase>,
 ) {
     // Small responses must not wait for Nagle.
@@ -73,10 +81,33 @@ pub(super) async fn serve(
     let conn = Arc::new(ClientConn {
         proxy,
         client_ip,
+        tls: tls.is_some(),
         activity: Arc::new(Activity::default()),
         drain: drain.clone(),
     });
     let mut idle = IdleTimer::new(idle_timeout);
+
+    if let Some(acceptor) = tls {
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+        let stream = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    conn.proxy.metrics.tls_handshake_failures.increment(1);
+                    tracing::debug!(%error, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    conn.proxy.metrics.tls_handshake_failures.increment(1);
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            },
+            () = aborted(&mut drain) => return,
+        };
+        let io = Watched::writes_only(stream, Arc::clone(&conn.activity));
+        return serve_hyper(&conn, &server, io, peer, idle, drain).await;
+    }
 
     let outcome = {
         let mut phase = drain.clone();
@@ -89,12 +120,27 @@ pub(super) async fn serve(
         return;
     };
     let activity = Arc::clone(&conn.activity);
-    let io = TokioIo::new(Watched::writes_only(
-        h1::Rewind::new(read, stream),
-        activity,
-    ));
+    let io = Watched::writes_only(h1::Rewind::new(read, stream), activity);
+    serve_hyper(&conn, &server, io, peer, idle, drain).await;
+}
+
+/// Bounds a TLS handshake (a client that connects and sends nothing holds a socket).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `io` with hyper until it closes, idles out or is drained.
+async fn serve_hyper<IO>(
+    conn: &Arc<ClientConn>,
+    server: &auto::Builder<TokioExecutor>,
+    io: IO,
+    peer: SocketAddr,
+    mut idle: IdleTimer,
+    mut drain: watch::Receiver<Phase>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let service = {
-        let conn = Arc::clone(&conn);
+        let conn = Arc::clone(conn);
         service_fn(move |req| {
             let conn = Arc::clone(&conn);
             async move { Ok::<_, Infallible>(forward::handle(conn, req).await) }

@@ -82,7 +82,13 @@ async fn forward(
 
     let upgrade = headers::is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    headers::prepare_request(&mut req, &conn.client_ip, raw_host.clone(), upgrade);
+    headers::prepare_request(
+        &mut req,
+        &conn.client_ip,
+        conn.tls,
+        raw_host.clone(),
+        upgrade,
+    );
     let retry_elsewhere = is_idempotent(req.method()) && req.body().is_end_stream();
     let progress = (!req.body().is_end_stream()).then(|| Arc::new(Progress::new()));
     let req = req.map(|body| RequestBody::new(body, progress.clone()));

@@ -107,6 +107,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 pub(super) fn prepare_request<B>(
     req: &mut Request<B>,
     client_ip: &HeaderValue,
+    tls: bool,
     host: HeaderValue,
     upgrade: bool,
 ) {
@@ -125,7 +126,8 @@ pub(super) fn prepare_request<B>(
         headers.insert(HOST, host.clone());
     }
     append(headers, &X_FORWARDED_FOR, client_ip.clone());
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     headers.insert(&X_FORWARDED_HOST, host);
     append(headers, &VIA, via);
 

@@ -17,6 +17,9 @@ pub const UPSTREAM_DURATION_SECONDS: &str = "switchyard_gateway_upstream_duratio
 pub const REQUESTS_IN_FLIGHT: &str = "switchyard_gateway_requests_in_flight";
 /// Client connections open, upgraded ones included.
 pub const CONNECTIONS_OPEN: &str = "switchyard_gateway_connections_open";
+/// TLS handshakes that failed or timed out (a name no certificate covers, a client
+/// that gave up, a protocol error).
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_gateway_tls_handshake_failures_total";
 /// The label of [`REQUESTS_TOTAL`].
 pub const CODE_LABEL: &str = "code";
 
@@ -45,6 +48,11 @@ pub fn describe() {
         Unit::Count,
         "Client connections open, upgraded ones included."
     );
+    metrics::describe_counter!(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        Unit::Count,
+        "TLS handshakes that failed or timed out."
+    );
 }
 
 /// Handles registered once, so a request does not look its metrics up by name.
@@ -53,6 +61,7 @@ pub(super) struct Metrics {
     upstream_duration: Histogram,
     pub(super) in_flight: Gauge,
     pub(super) connections: Gauge,
+    pub(super) tls_handshake_failures: Counter,
 }
 
 impl Metrics {
@@ -64,6 +73,7 @@ impl Metrics {
             upstream_duration: metrics::histogram!(UPSTREAM_DURATION_SECONDS),
             in_flight: metrics::gauge!(REQUESTS_IN_FLIGHT),
             connections: metrics::gauge!(CONNECTIONS_OPEN),
+            tls_handshake_failures: metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL),
         }
     }
 

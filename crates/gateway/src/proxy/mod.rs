@@ -36,6 +36,7 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use self::balance::{Balance, Share};
 use self::conn::Phase;
@@ -92,6 +93,80 @@ impl Default for BackendConfig {
             eject_cooldown: Duration::from_secs(10),
             max_idle_per_backend: 1024,
         }
+    }
+}
+
+/// Where the proxy takes connections from: a plain listener and, optionally, one whose
+/// connections speak TLS (see [`crate::tls`]).
+///
+/// The caller binds them (with `SO_REUSEPORT` if a new process is to start beside this
+/// one); a bare [`TcpListener`] converts into plain-only listeners.
+pub struct Listeners {
+    plain: TcpListener,
+    tls: Option<(TcpListener, TlsAcceptor)>,
+}
+
+impl Listeners {
+    /// Connections on `listener` are TLS, set up by `acceptor`.
+    pub fn with_tls(mut self, listener: TcpListener, acceptor: TlsAcceptor) -> Listeners {
+        self.tls = Some((listener, acceptor));
+        self
+    }
+
+    /// One copy per proxy thread.
+    fn into_std(self) -> io::Result<StdListeners> {
+        Ok(StdListeners {
+            plain: self.plain.into_std()?,
+            tls: match self.tls {
+                Some((listener, acceptor)) => Some((listener.into_std()?, acceptor)),
+                None => None,
+            },
+        })
+    }
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(plain: TcpListener) -> Listeners {
+        Listeners { plain, tls: None }
+    }
+}
+
+/// [`Listeners`] between threads.
+struct StdListeners {
+    plain: std::net::TcpListener,
+    tls: Option<(std::net::TcpListener, TlsAcceptor)>,
+}
+
+impl StdListeners {
+    fn try_clone(&self) -> io::Result<StdListeners> {
+        Ok(StdListeners {
+            plain: self.plain.try_clone()?,
+            tls: match &self.tls {
+                Some((listener, acceptor)) => Some((listener.try_clone()?, acceptor.clone())),
+                None => None,
+            },
+        })
+    }
+
+    /// Registers the sockets with the current runtime.
+    fn into_tokio(self) -> io::Result<Listeners> {
+        Ok(Listeners {
+            plain: TcpListener::from_std(self.plain)?,
+            tls: match self.tls {
+                Some((listener, acceptor)) => Some((TcpListener::from_std(listener)?, acceptor)),
+                None => None,
+            },
+        })
+    }
+}
+
+/// The next connection on the TLS listener; never, without one.
+async fn accept_tls(
+    tls: &Option<(TcpListener, TlsAcceptor)>,
+) -> io::Result<(TcpStream, std::net::SocketAddr)> {
+    match tls {
+        Some((listener, _)) => listener.accept().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -200,29 +275,36 @@ impl Proxy {
     /// returned.
     pub async fn serve(
         self: Arc<Self>,
-        listener: TcpListener,
+        listeners: impl Into<Listeners>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> io::Result<()> {
-        self.serve_with(listener, shutdown, None).await
+        self.serve_with(listeners.into(), shutdown, None).await
     }
 
     /// [`Proxy::serve`]; with a `share`, as one of the threads of
     /// [`Proxy::serve_on_threads`], which also serves the connections others hand it.
     async fn serve_with(
         self: Arc<Self>,
-        listener: TcpListener,
+        listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send,
         mut share: Option<Share>,
     ) -> io::Result<()> {
         let (drain_tx, drain_rx) = watch::channel(Phase::Serving);
         let server = Arc::new(auto::Builder::new(TokioExecutor::new()));
         let sweeper = tokio::spawn(sweep(Arc::downgrade(&self), self.config.idle_timeout));
-        let spawn = |stream: TcpStream, peer, counted: Option<Counted>| {
+        let Listeners {
+            plain: listener,
+            tls,
+        } = listeners;
+        let acceptor = tls.as_ref().map(|(_, acceptor)| acceptor.clone());
+        let spawn = |stream: TcpStream, peer, secure: bool, counted: Option<Counted>| {
+            let tls = if secure { acceptor.clone() } else { None };
             let conn = conn::serve(
                 Arc::clone(&self),
                 Arc::clone(&server),
                 stream,
                 peer,
+                tls,
                 drain_rx.clone(),
             );
             tokio::spawn(async move {
@@ -236,11 +318,11 @@ impl Proxy {
             tokio::select! {
                 biased;
                 () = shutdown.as_mut() => break,
-                Some((stream, peer)) = handed(&mut share) => {
+                Some((stream, peer, secure)) = handed(&mut share) => {
                     let share = share.as_ref().expect("only a share receives connections");
                     let counted = Counted(Arc::clone(&share.balance), share.index);
                     match TcpStream::from_std(stream) {
-                        Ok(stream) => spawn(stream, peer, Some(counted)),
+                        Ok(stream) => spawn(stream, peer, secure, Some(counted)),
                         Err(error) => {
                             tracing::warn!(%error, "taking a connection from another thread failed");
                         }
@@ -248,22 +330,29 @@ impl Proxy {
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => match &share {
-                        None => spawn(stream, peer, None),
-                        Some(share) => place(share, stream, peer, spawn),
+                        None => spawn(stream, peer, false, None),
+                        Some(share) => place(share, stream, peer, false, spawn),
+                    },
+                    Err(error) => accept_failed(error).await,
+                },
+                accepted = accept_tls(&tls) => match accepted {
+                    Ok((stream, peer)) => match &share {
+                        None => spawn(stream, peer, true, None),
+                        Some(share) => place(share, stream, peer, true, spawn),
                     },
                     Err(error) => accept_failed(error).await,
                 },
             }
         }
 
-        drop(listener);
+        drop((listener, tls));
         if let Some(share) = &mut share {
             // Connections handed over but not taken yet are served (and drained) too.
             share.inbox.close();
-            while let Ok((stream, peer)) = share.inbox.try_recv() {
+            while let Ok((stream, peer, secure)) = share.inbox.try_recv() {
                 let counted = Counted(Arc::clone(&share.balance), share.index);
                 if let Ok(stream) = TcpStream::from_std(stream) {
-                    spawn(stream, peer, Some(counted));
+                    spawn(stream, peer, secure, Some(counted));
                 }
             }
         }
@@ -295,11 +384,11 @@ impl Proxy {
     /// own (with its error).
     pub async fn serve_on_threads(
         self: Arc<Self>,
-        listener: TcpListener,
+        listeners: impl Into<Listeners>,
         threads: usize,
         shutdown: impl Future<Output = ()> + Send,
     ) -> io::Result<()> {
-        let listener = listener.into_std()?;
+        let listener = listeners.into().into_std()?;
         let (stop, stopped) = watch::channel(false);
         let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<io::Result<()>>();
         let (balance, shares) = Balance::new(threads.max(1));
@@ -315,7 +404,7 @@ impl Proxy {
                     .enable_all()
                     .build()?;
                 runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener)?;
+                    let listener = listener.into_tokio()?;
                     let shutdown = async move {
                         let _ = stopped.wait_for(|stop| *stop).await;
                     };
@@ -372,13 +461,19 @@ fn place(
     share: &Share,
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    spawn: impl Fn(TcpStream, std::net::SocketAddr, Option<Counted>),
+    secure: bool,
+    spawn: impl Fn(TcpStream, std::net::SocketAddr, bool, Option<Counted>),
 ) {
     let balance = &share.balance;
     let here = share.index;
     let target = balance.assign(here);
     if target == here {
-        return spawn(stream, peer, Some(Counted(Arc::clone(balance), here)));
+        return spawn(
+            stream,
+            peer,
+            secure,
+            Some(Counted(Arc::clone(balance), here)),
+        );
     }
     let stream = match stream.into_std() {
         Ok(stream) => stream,
@@ -389,11 +484,11 @@ fn place(
         }
     };
     // Sent, or given back because that thread has stopped: then it is served here.
-    if let Err((stream, peer)) = balance.hand(target, (stream, peer)) {
+    if let Err((stream, peer, secure)) = balance.hand(target, (stream, peer, secure)) {
         balance.moved(target, here);
         let counted = Counted(Arc::clone(balance), here);
         match TcpStream::from_std(stream) {
-            Ok(stream) => spawn(stream, peer, Some(counted)),
+            Ok(stream) => spawn(stream, peer, secure, Some(counted)),
             Err(error) => tracing::warn!(%error, "taking back a connection failed"),
         }
     }

@@ -1322,6 +1322,18 @@ fn validate_refuses_what_cannot_work_and_names_the_setting() {
         }
     };
     check(|c| c.admin = c.listen, "admin");
+    check(|c| c.tls_listen = Some(c.listen), "tls-listen");
+    check(
+        |c| c.tls_certs = Some("/etc/switchyard/certs".into()),
+        "tls-certs",
+    );
+    check(
+        |c| {
+            c.tls_certs = Some("/etc/switchyard/certs".into());
+            c.tls_listen = Some(c.listen);
+        },
+        "tls-listen",
+    );
     check(
         |c| c.orchestrators = vec!["https://orch:7070".into()],
         "orchestrator",
@@ -1550,4 +1562,104 @@ async fn a_gateway_starts_from_a_million_route_snapshot() {
         return;
     }
     time_a_start_from_disk(1_000_000).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_serves_tls_and_reloads_its_certificates_on_the_admin_api() {
+    use crate::tls::{connect, get as get_tls, TestCa};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    ca.issue(certs.path(), "app0.pem", &["app0.test"]);
+    let zero = backend("zero").await;
+    write_generation(
+        dir.path(),
+        &RouteTable::from_routes(1, [route("app0", &[zero]), route("app1", &[zero])]),
+    );
+    let mut config = config(dir.path(), &[]);
+    config.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.tls_certs = Some(certs.path().to_owned());
+    let gateway = start(config).await;
+    let tls = gateway.tls_addr().expect("a TLS listener");
+    let reload_url = format!("http://{}/admin/tls/reload", gateway.admin_addr());
+    let metrics_url = format!("http://{}/metrics", gateway.admin_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(gateway.serve(async {
+        let _ = stopped.await;
+    }));
+
+    let client = ca.client(&[b"http/1.1"]);
+    let stream = connect(&client, tls, "app0.test").await.unwrap();
+    assert_eq!(get_tls(stream, "app0.test", "/").await.2, "zero");
+    assert!(connect(&client, tls, "app1.test").await.is_err());
+
+    ca.issue(certs.path(), "app1.pem", &["app1.test"]);
+    let (status, body) = request(Method::POST, &reload_url, None, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["reloaded"]["files"],
+        2
+    );
+    let stream = connect(&client, tls, "app1.test").await.unwrap();
+    assert_eq!(get_tls(stream, "app1.test", "/").await.2, "zero");
+
+    std::fs::write(certs.path().join("broken.pem"), "not PEM at all").unwrap();
+    let (status, body) = request(Method::POST, &reload_url, None, "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "tls_reload_failed");
+    assert!(
+        body["detail"].as_str().unwrap().contains("broken.pem"),
+        "{body}"
+    );
+    let stream = connect(&client, tls, "app1.test").await.unwrap();
+    assert_eq!(get_tls(stream, "app1.test", "/").await.2, "zero");
+
+    let (_, text) = request(Method::GET, &metrics_url, None, "").await;
+    let failures = metric(&text, "switchyard_gateway_tls_handshake_failures_total");
+    assert!(failures.is_some_and(|n| n >= 1.0), "{text}");
+
+    let _ = stop.send(());
+    within("the gateway to stop", served)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_folder_it_cannot_use_is_a_startup_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write_generation(dir.path(), &RouteTable::from_routes(1, [route("a", &[])]));
+    let certs = tempfile::tempdir().unwrap();
+    crate::tls::TestCa::new().issue(certs.path(), "good.pem", &["a.test"]);
+    std::fs::write(
+        certs.path().join("half.pem"),
+        "-----BEGIN CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let start_error = |certs: &Path| {
+        let mut config = config(dir.path(), &[]);
+        config.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.tls_certs = Some(certs.to_owned());
+        async move {
+            match within("start", Gateway::start(config)).await {
+                Ok(_) => panic!("the gateway started"),
+                Err(e) => e,
+            }
+        }
+    };
+    let error = start_error(certs.path()).await;
+    assert!(matches!(error, gateway::Error::Tls(_)), "{error}");
+    assert!(error.to_string().contains("half.pem"), "{error}");
+
+    let missing = certs.path().join("missing");
+    let error = start_error(&missing).await.to_string();
+    assert!(
+        error.contains("cannot read the TLS certificate folder"),
+        "{error}"
+    );
 }

@@ -2,4 +2,5 @@
 
 mod control;
 mod proxy;
+mod tls;
 mod wire;

@@ -254,7 +254,7 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
+    pub(crate) async fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -810,7 +810,7 @@ async fn reuses_backend_connections() {
 }
 
 /// Waits until `check` holds, looking every few milliseconds.
-async fn eventually(mut check: impl FnMut() -> bool) {
+pub(crate) async fn eventually(mut check: impl FnMut() -> bool) {
     within(async {
         while !check() {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -1,0 +1,298 @@
+//! TLS on the proxy: certificates by SNI, HTTP/1.1 and HTTP/2 (ALPN) over it, refusals,
+//! and reloading the certificate folder, with a real TLS client (rustls) on real
+//! sockets and certificates made for each test by a test CA.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use gateway::proxy::{Listeners, Proxy, ProxyConfig};
+use gateway::tls::CertFolder;
+use gateway::RouteTable;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+
+use crate::proxy::{eventually, ok, route, values, within, TestBackend};
+
+/// A certificate authority the test client trusts, issuing server certificates.
+pub(crate) struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    root: CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub(crate) fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Switchyard test CA");
+        let root = params.self_signed(&key).unwrap().der().clone();
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            root,
+        }
+    }
+
+    /// Writes `dir/file`: a certificate for `names` signed by this CA, then its key.
+    /// Returns the certificate.
+    pub(crate) fn issue(&self, dir: &Path, file: &str, names: &[&str]) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(
+            dir.join(file),
+            format!("{}{}", cert.pem(), key.serialize_pem()),
+        )
+        .unwrap();
+        cert.der().clone()
+    }
+
+    /// A TLS client trusting this CA only, offering `alpn`.
+    pub(crate) fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.root.clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// A TLS connection to `addr` asking for `name`, verified against the CA.
+pub(crate) async fn connect(
+    client: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    name: &str,
+) -> io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    within(client.connect(name, tcp)).await
+}
+
+/// The certificate the server presented.
+fn presented(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    stream.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+/// One GET over `stream` with hyper's client, HTTP/2 if ALPN chose it: the response's
+/// version, status and body.
+pub(crate) async fn get(
+    stream: TlsStream<TcpStream>,
+    host: &str,
+    path: &str,
+) -> (Version, StatusCode, String) {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(stream);
+    let response = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(format!("https://{host}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        within(sender.send_request(req)).await.unwrap()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(http::header::HOST, host)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        within(sender.send_request(req)).await.unwrap()
+    };
+    let (version, status) = (response.version(), response.status());
+    let body = within(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    (version, status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// A proxy with a plain and a TLS listener.
+struct TlsGateway {
+    plain: SocketAddr,
+    tls: SocketAddr,
+    certs: Arc<CertFolder>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    stop: Option<oneshot::Sender<()>>,
+    served: JoinHandle<io::Result<()>>,
+    _backends: Vec<TestBackend>,
+}
+
+impl TlsGateway {
+    async fn start(certs: &Path) -> TlsGateway {
+        let shop = TestBackend::named("shop").await;
+        let blog = TestBackend::named("blog").await;
+        let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
+            1,
+            [
+                route("shop", &["shop.test"], &[(shop.addr, 1)]),
+                route("blog", &["*.apps.test"], &[(blog.addr, 1)]),
+            ],
+        )));
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let proxy = metrics::with_local_recorder(&recorder, || {
+            Proxy::new(Arc::clone(&table), ProxyConfig::default())
+        });
+        let certs = Arc::new(CertFolder::load(certs).unwrap());
+        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (plain_addr, tls_addr) = (plain.local_addr().unwrap(), tls.local_addr().unwrap());
+        let listeners = Listeners::from(plain).with_tls(tls, certs.acceptor());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(Arc::new(proxy).serve(listeners, async {
+            let _ = stopped.await;
+        }));
+        TlsGateway {
+            plain: plain_addr,
+            tls: tls_addr,
+            certs,
+            metrics,
+            stop: Some(stop),
+            served,
+            _backends: vec![shop, blog],
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        within(self.served).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_each_domain_its_certificate_over_http1_and_http2() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let shop_cert = ca.issue(dir.path(), "shop.pem", &["shop.test"]);
+    let wild_cert = ca.issue(dir.path(), "apps.pem", &["*.apps.test"]);
+    let gateway = TlsGateway::start(dir.path()).await;
+
+    // HTTP/1.1 to an exact name.
+    let client = ca.client(&[b"http/1.1"]);
+    let stream = connect(&client, gateway.tls, "shop.test").await.unwrap();
+    assert_eq!(presented(&stream), shop_cert);
+    let (version, status, seen) = get(stream, "shop.test", "/headers").await;
+    assert_eq!((version, status), (Version::HTTP_11, StatusCode::OK));
+    assert_eq!(values(&seen, "x-forwarded-proto"), ["https"]);
+    assert_eq!(values(&seen, "x-forwarded-host"), ["shop.test"]);
+
+    // HTTP/2, chosen by ALPN, to a name under a wildcard.
+    let client = ca.client(&[b"h2", b"http/1.1"]);
+    let stream = connect(&client, gateway.tls, "blog.apps.test")
+        .await
+        .unwrap();
+    assert_eq!(presented(&stream), wild_cert);
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (version, status, seen) = get(stream, "blog.apps.test", "/headers").await;
+    assert_eq!((version, status), (Version::HTTP_2, StatusCode::OK));
+    assert_eq!(values(&seen, "x-forwarded-proto"), ["https"]);
+    assert_eq!(values(&seen, "via"), ["2 switchyard"]);
+    let stream = connect(&client, gateway.tls, "blog.apps.test")
+        .await
+        .unwrap();
+    assert_eq!(
+        get(stream, "blog.apps.test", "/").await,
+        (Version::HTTP_2, StatusCode::OK, "blog".to_string())
+    );
+
+    // The plain listener is untouched and says so.
+    let mut plain = crate::proxy::Client::connect(gateway.plain).await;
+    let (status, seen) = plain.get("shop.test", "/headers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(values(&seen, "x-forwarded-proto"), ["http"]);
+    assert_eq!(plain.get("shop.test", "/").await, ok("shop"));
+
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_no_certificate_covers_is_refused_in_the_handshake_and_counted() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue(dir.path(), "shop.pem", &["shop.test"]);
+    let gateway = TlsGateway::start(dir.path()).await;
+    let client = ca.client(&[b"http/1.1"]);
+
+    for name in ["other.test", "deep.blog.shop.test"] {
+        let refused = connect(&client, gateway.tls, name).await;
+        assert!(refused.is_err(), "{name} got a certificate");
+    }
+    // Plain HTTP sent to the TLS port is not a handshake either.
+    let mut raw = TcpStream::connect(gateway.tls).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = within(tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/"), "answered plain HTTP on TLS");
+
+    eventually(|| {
+        gateway
+            .metrics
+            .render()
+            .contains("switchyard_gateway_tls_handshake_failures_total 3\n")
+    })
+    .await;
+    // A name it covers still works.
+    let stream = connect(&client, gateway.tls, "shop.test").await.unwrap();
+    assert_eq!(get(stream, "shop.test", "/").await.2, "shop");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_new_certificates_and_a_bad_folder_keeps_the_old_ones() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let first = ca.issue(dir.path(), "shop.pem", &["shop.test"]);
+    let gateway = TlsGateway::start(dir.path()).await;
+    let client = ca.client(&[b"http/1.1"]);
+    assert!(connect(&client, gateway.tls, "blog.apps.test")
+        .await
+        .is_err());
+
+    // A renewed certificate and a new domain, picked up by a reload.
+    let renewed = ca.issue(dir.path(), "shop.pem", &["shop.test"]);
+    ca.issue(dir.path(), "apps.pem", &["*.apps.test"]);
+    assert_ne!(first, renewed);
+    assert_eq!(gateway.certs.reload().unwrap(), 2);
+    let stream = connect(&client, gateway.tls, "shop.test").await.unwrap();
+    assert_eq!(presented(&stream), renewed);
+    let stream = connect(&client, gateway.tls, "blog.apps.test")
+        .await
+        .unwrap();
+    assert_eq!(get(stream, "blog.apps.test", "/").await.2, "blog");
+
+    // A broken file fails the reload; what was served is served on.
+    std::fs::write(
+        dir.path().join("broken.pem"),
+        "-----BEGIN PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let error = gateway.certs.reload().unwrap_err().to_string();
+    assert!(error.contains("broken.pem"), "{error}");
+    let stream = connect(&client, gateway.tls, "shop.test").await.unwrap();
+    assert_eq!(presented(&stream), renewed);
+    assert_eq!(gateway.certs.files(), 2);
+    gateway.stop().await;
+}
