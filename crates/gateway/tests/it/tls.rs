@@ -131,6 +131,7 @@ pub(crate) async fn get(
 struct TlsGateway {
     plain: SocketAddr,
     tls: SocketAddr,
+    proxy: Arc<Proxy>,
     certs: Arc<CertFolder>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     stop: Option<oneshot::Sender<()>>,
@@ -140,6 +141,11 @@ struct TlsGateway {
 
 impl TlsGateway {
     async fn start(certs: &Path) -> TlsGateway {
+        TlsGateway::start_on(certs, 0).await
+    }
+
+    /// With `threads` > 0, on [`Proxy::serve_on_threads`].
+    async fn start_on(certs: &Path, threads: usize) -> TlsGateway {
         let shop = TestBackend::named("shop").await;
         let blog = TestBackend::named("blog").await;
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
@@ -160,12 +166,18 @@ impl TlsGateway {
         let (plain_addr, tls_addr) = (plain.local_addr().unwrap(), tls.local_addr().unwrap());
         let listeners = Listeners::from(plain).with_tls(tls, certs.acceptor());
         let (stop, stopped) = oneshot::channel::<()>();
-        let served = tokio::spawn(Arc::new(proxy).serve(listeners, async {
+        let proxy = Arc::new(proxy);
+        let stopped = async {
             let _ = stopped.await;
-        }));
+        };
+        let served = match threads {
+            0 => tokio::spawn(Arc::clone(&proxy).serve(listeners, stopped)),
+            n => tokio::spawn(Arc::clone(&proxy).serve_on_threads(listeners, n, stopped)),
+        };
         TlsGateway {
             plain: plain_addr,
             tls: tls_addr,
+            proxy,
             certs,
             metrics,
             stop: Some(stop),
@@ -294,5 +306,35 @@ async fn a_reload_serves_new_certificates_and_a_bad_folder_keeps_the_old_ones() 
     let stream = connect(&client, gateway.tls, "shop.test").await.unwrap();
     assert_eq!(presented(&stream), renewed);
     assert_eq!(gateway.certs.files(), 2);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_are_spread_over_proxy_threads_like_plain_ones() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue(dir.path(), "shop.pem", &["shop.test"]);
+    let gateway = TlsGateway::start_on(dir.path(), 3).await;
+    let client = ca.client(&[b"http/1.1"]);
+
+    // Thirty handshakes at once: a burst one thread would otherwise take whole.
+    let connects = (0..30).map(|_| {
+        let client = client.clone();
+        let addr = gateway.tls;
+        tokio::spawn(async move { connect(&client, addr, "shop.test").await.unwrap() })
+    });
+    let mut streams = Vec::new();
+    for connect in connects {
+        streams.push(within(connect).await.unwrap());
+    }
+    eventually(|| gateway.proxy.stats().connections_open == 30).await;
+    let per_thread = gateway.proxy.stats().connections_per_thread;
+    assert_eq!(per_thread.iter().sum::<usize>(), 30, "{per_thread:?}");
+    let (least, most) = (per_thread.iter().min(), per_thread.iter().max());
+    assert!(most.unwrap() - least.unwrap() <= 2, "{per_thread:?}");
+
+    for stream in streams {
+        assert_eq!(get(stream, "shop.test", "/").await.2, "shop");
+    }
     gateway.stop().await;
 }
