@@ -10,6 +10,8 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:80"
+//! tls-listen = "0.0.0.0:443"
+//! tls-certs = "/etc/switchyard/certs"
 //! orchestrators = ["http://10.0.0.1:7070", "http://10.0.0.2:7070"]
 //! state-dir = "/var/lib/switchyard/gateway"
 //! mass-delete-share = 0.05

@@ -1289,6 +1289,26 @@ mass-delete-share = 0.25
         ["http://a:1", "http://b:2", "http://c:3"]
     );
     assert_eq!(config.proxy_config().drain_timeout, Duration::from_secs(30));
+
+    // TLS from the file, its folder overridden by a flag.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tls.toml");
+    std::fs::write(
+        &file,
+        "tls-listen = \"127.0.0.1:28443\"\ntls-certs = \"/etc/switchyard/certs\"\n",
+    )
+    .unwrap();
+    let config = parse(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--tls-certs",
+        "/srv/certs",
+    ])
+    .unwrap();
+    assert_eq!(config.tls_listen, Some("127.0.0.1:28443".parse().unwrap()));
+    assert_eq!(config.tls_certs.as_deref(), Some(Path::new("/srv/certs")));
+    config.validate().unwrap();
+    assert_eq!(defaults.tls_listen, None);
 }
 
 #[test]
