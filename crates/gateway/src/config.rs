@@ -75,8 +75,9 @@ pub struct Config {
 
     /// Folder of `*.pem` files, each one certificate chain (server certificate first)
     /// and its private key; a certificate serves the DNS names of its subjectAltName
-    /// (`*.example.com` included), chosen by the name the client asks for (SNI). Read
-    /// again on SIGHUP and on POST /admin/tls/reload.
+    /// (`*.example.com` included), chosen by the name the client asks for (SNI);
+    /// `default.pem` serves clients that ask for no name or an unknown one. Read again
+    /// on SIGHUP and on POST /admin/tls/reload.
     #[arg(long, env = "SWITCHYARD_GATEWAY_TLS_CERTS", value_name = "DIR")]
     pub tls_certs: Option<PathBuf>,
 

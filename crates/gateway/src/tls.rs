@@ -5,8 +5,10 @@
 //! first) and its private key, as HAProxy's `crt` folders do. The names a certificate
 //! serves are those of its subject alternative names; `*.example.com` serves every name
 //! one label under `example.com`, and an exact name wins over a wildcard. A client
-//! that names no host, or one no certificate covers, is refused in the handshake.
-//! ALPN offers `h2` and `http/1.1`.
+//! that names no host (or an IP address), or one no certificate covers, gets the
+//! certificate of `default.pem` if the folder has one (as nginx's default server and
+//! HAProxy's first certificate do), and is refused in the handshake otherwise. ALPN
+//! offers `h2` and `http/1.1`.
 //!
 //! **Invariant:** a certificate set is loaded whole or not at all: a file that is
 //! unreadable, holds no certificate or no key, a key that does not match, or two files
@@ -88,8 +90,13 @@ pub struct Certificates {
     exact: HashMap<String, Cert>,
     /// `*.example.com` under `example.com`.
     wildcard: HashMap<String, Cert>,
+    /// [`DEFAULT_FILE`]'s, for a client that asks for no name or an unknown one.
+    default: Option<Cert>,
     files: usize,
 }
+
+/// The file whose certificate serves clients no other certificate is for.
+pub const DEFAULT_FILE: &str = "default.pem";
 
 impl fmt::Debug for Certificates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -124,10 +131,14 @@ impl Certificates {
         for path in paths {
             let pem = std::fs::read(&path).map_err(|e| file_error(&path, e.to_string()))?;
             let (key, names) = certified_key(&path, &pem)?;
+            let is_default = path.file_name().is_some_and(|name| name == DEFAULT_FILE);
             let cert = Cert {
                 key,
                 file: path.into(),
             };
+            if is_default {
+                certificates.default = Some(cert.clone());
+            }
             certificates.add(cert, names)?;
         }
         Ok(certificates)
@@ -168,6 +179,15 @@ impl Certificates {
             self.wildcard.get(parent)
         })?;
         Some((&cert.key, &cert.file))
+    }
+
+    /// The certificate a handshake asking for `name` (or for none) gets: [`find`]'s,
+    /// else the default one.
+    ///
+    /// [`find`]: Certificates::find
+    pub fn choose(&self, name: Option<&str>) -> Option<(&Arc<CertifiedKey>, &Path)> {
+        name.and_then(|name| self.find(name))
+            .or_else(|| self.default.as_ref().map(|cert| (&cert.key, &*cert.file)))
     }
 }
 
@@ -256,9 +276,9 @@ impl Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name()?;
+        let name = hello.server_name();
         let certificates = self.certificates.load();
-        let found = certificates.find(name).map(|(key, _)| Arc::clone(key));
+        let found = certificates.choose(name).map(|(key, _)| Arc::clone(key));
         if found.is_none() {
             tracing::debug!(sni = name, "no TLS certificate for the name asked for");
         }

@@ -124,3 +124,23 @@ fn a_failed_reload_keeps_the_certificates_in_use() {
     assert_eq!(kept.files(), 2);
     assert!(kept.find("a.test").is_some() && kept.find("b.test").is_some());
 }
+
+#[test]
+fn default_pem_serves_clients_asking_for_no_name_or_an_unknown_one() {
+    let dir = tempfile::tempdir().unwrap();
+    pem_file(dir.path(), "shop.pem", &["shop.test"]);
+    let without = Certificates::load(dir.path()).unwrap();
+    assert!(without.choose(None).is_none());
+    assert!(without.choose(Some("other.test")).is_none());
+
+    pem_file(dir.path(), DEFAULT_FILE, &["fallback.test"]);
+    let with = Certificates::load(dir.path()).unwrap();
+    let chosen = |name| {
+        with.choose(name)
+            .map(|(_, file)| file.file_name().unwrap().to_string_lossy().into_owned())
+    };
+    assert_eq!(chosen(None).as_deref(), Some(DEFAULT_FILE));
+    assert_eq!(chosen(Some("other.test")).as_deref(), Some(DEFAULT_FILE));
+    assert_eq!(chosen(Some("fallback.test")).as_deref(), Some(DEFAULT_FILE));
+    assert_eq!(chosen(Some("shop.test")).as_deref(), Some("shop.pem"));
+}

@@ -62,6 +62,12 @@ impl TestCa {
 
     /// A TLS client trusting this CA only, offering `alpn`.
     pub(crate) fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        self.client_with(alpn, true)
+    }
+
+    /// [`TestCa::client`]; without `sni`, it names no host in its hello (it still
+    /// checks the certificate against the name it connects to).
+    fn client_with(&self, alpn: &[&[u8]], sni: bool) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.root.clone()).unwrap();
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -72,6 +78,7 @@ impl TestCa {
         .with_root_certificates(roots)
         .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config.enable_sni = sni;
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 }
@@ -336,5 +343,29 @@ async fn tls_connections_are_spread_over_proxy_threads_like_plain_ones() {
     for stream in streams {
         assert_eq!(get(stream, "shop.test", "/").await.2, "shop");
     }
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_pem_serves_clients_that_name_no_host_or_an_unknown_one() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let shop = ca.issue(dir.path(), "shop.pem", &["shop.test"]);
+    let fallback = ca.issue(dir.path(), "default.pem", &["edge.test"]);
+    let gateway = TlsGateway::start(dir.path()).await;
+
+    let without_sni = ca.client_with(&[b"http/1.1"], false);
+    let stream = connect(&without_sni, gateway.tls, "edge.test")
+        .await
+        .unwrap();
+    assert_eq!(presented(&stream), fallback);
+    // Routed by its Host header, like any request.
+    assert_eq!(get(stream, "shop.test", "/").await.2, "shop");
+
+    let with_sni = ca.client(&[b"http/1.1"]);
+    let stream = connect(&with_sni, gateway.tls, "shop.test").await.unwrap();
+    assert_eq!(presented(&stream), shop);
+    // An unknown name gets the default certificate, which a client then refuses.
+    assert!(connect(&with_sni, gateway.tls, "other.test").await.is_err());
     gateway.stop().await;
 }

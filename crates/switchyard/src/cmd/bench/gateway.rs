@@ -114,6 +114,11 @@ pub struct Args {
         default_value = "one-core,all-cores"
     )]
     modes: Vec<Mode>,
+    /// Clients speak TLS (HTTP/1.1 over TLS, one certificate for the host, ECDSA P-256,
+    /// made with openssl) to nginx, HAProxy and the gateway; the backend stays plain.
+    /// Closed-loop (wrk) runs only; `direct` and `gateway-large` are left out.
+    #[arg(long)]
+    tls: bool,
     /// Do not install missing tools (nginx, haproxy, wrk) with apt-get; skip what needs them.
     #[arg(long)]
     no_install: bool,
@@ -181,6 +186,8 @@ struct Bench<'a> {
     switchyard: PathBuf,
     backend: Process,
     backend_addr: SocketAddr,
+    /// With --tls: what every proxy serves.
+    tls: Option<peers::BenchCert>,
     small_state: PathBuf,
     large_state: Option<PathBuf>,
     starts: usize,
@@ -197,6 +204,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if !peer_list.contains(&peer) {
             peer_list.push(peer);
         }
+    }
+    if args.tls {
+        // The direct load has no TLS to compare; the large table measures lookups and
+        // starts, which TLS does not change.
+        peer_list.retain(|p| !matches!(p, Peer::Direct | Peer::GatewayLarge));
+        anyhow::ensure!(
+            !peer_list.is_empty(),
+            "--tls runs nginx, haproxy and gateway; --peers names none of them"
+        );
     }
     let mut modes: Vec<Mode> = Vec::new();
     for &mode in &args.modes {
@@ -285,11 +301,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     peers::first_proxied(
         &mut backend,
         backend_addr,
+        None,
         started,
         Duration::from_secs(args.start_timeout_secs),
     )
     .context("starting the backend")?;
     eprintln!("bench: backend nginx (1 worker) on {backend_addr}");
+
+    let tls = if args.tls {
+        let cert = peers::BenchCert::make(&dir.path().join("tls"))?;
+        eprintln!(
+            "bench: TLS to every proxy, certificate {}",
+            cert.pem.display()
+        );
+        Some(cert)
+    } else {
+        None
+    };
 
     let mut snapshots: Vec<SnapshotInfo> = Vec::new();
     let small_state = dir.path().join("gateway-state-1");
@@ -320,6 +348,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         switchyard,
         backend,
         backend_addr,
+        tls,
         small_state,
         large_state,
         starts: 0,
@@ -342,6 +371,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     samples.push(bench.measure(mode, run, peer, None, &mut discarded)?);
                 }
             }
+        }
+        if bench.tls.is_some() {
+            // The fixed-rate generator speaks plain HTTP only.
+            continue;
         }
         let rate = match args.rate {
             Some(rate) => Some(rate),
@@ -388,8 +421,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut all_targets: Vec<Target> = Vec::new();
     let _ = writeln!(
         text,
-        "\nGateway benchmark: medians of {} runs; {} connections; {} s measured after {} s of warm-up; ratios to nginx in the same run",
-        args.runs, args.connections, args.duration_secs, args.warmup_secs
+        "\nGateway benchmark{}: medians of {} runs; {} connections; {} s measured after {} s of warm-up; ratios to nginx in the same run",
+        if args.tls { " over TLS (closed loop only)" } else { "" },
+        args.runs,
+        args.connections,
+        args.duration_secs,
+        args.warmup_secs
     );
     for &mode in &modes {
         let rows = report::summarise(mode.name(), &peer_rows, &samples, &discarded, &skipped);
@@ -439,6 +476,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "attempts": args.attempts,
                 "rates": rates.iter().map(|(m, r)| (m.name(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
                 "routes": args.routes,
+                "tls": args.tls,
                 "peers": peer_list.iter().map(|p| p.name()).collect::<Vec<_>>(),
                 "modes": modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
             },
@@ -813,6 +851,7 @@ impl Bench<'_> {
                     threads: wrk_threads(mode, &self.layout),
                     connections,
                     duration: warmup,
+                    tls: self.tls.is_some(),
                     cpus: load_cpus.as_deref(),
                 };
                 if !warmup.is_zero() {
@@ -919,17 +958,20 @@ impl Bench<'_> {
             Mode::AllCores => None,
         };
         let backend_port = self.backend_addr.port();
+        let pem = self.tls.as_ref().map(|cert| cert.pem.as_path());
         let command = match peer {
             Peer::Direct => unreachable!("handled above"),
             Peer::Nginx => {
                 let conf = dir.join("nginx.conf");
-                peers::write_file(&conf, &peers::nginx_conf(&dir, port, backend_port, one))?;
+                let text = peers::nginx_conf(&dir, port, backend_port, one, pem);
+                peers::write_file(&conf, &text)?;
                 peers::nginx_command(&self.nginx.path, &dir, &conf)
             }
             Peer::Haproxy => {
                 let haproxy = self.haproxy.as_ref().context("haproxy is not installed")?;
                 let conf = dir.join("haproxy.cfg");
-                peers::write_file(&conf, &peers::haproxy_conf(port, backend_port, one))?;
+                let text = peers::haproxy_conf(port, backend_port, one, pem);
+                peers::write_file(&conf, &text)?;
                 let mut command = Command::new(&haproxy.path);
                 command.arg("-db").arg("-f").arg(&conf);
                 command
@@ -954,6 +996,7 @@ impl Bench<'_> {
         let took = peers::first_proxied(
             &mut process,
             addr,
+            self.tls.as_ref(),
             spawned,
             Duration::from_secs(self.args.start_timeout_secs),
         )?;
@@ -971,6 +1014,16 @@ impl Bench<'_> {
         workers: Option<u16>,
     ) -> anyhow::Result<Command> {
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, peers::free_port()?));
+        // With TLS, the load goes to `listen` on the TLS listener; plain HTTP gets a
+        // port of its own, unused.
+        let (listen, tls) = match &self.tls {
+            Some(cert) => {
+                let plain = SocketAddr::from((Ipv4Addr::LOCALHOST, peers::free_port()?));
+                let folder = cert.pem.parent().context("the certificate's folder")?;
+                (plain, Some((listen, folder)))
+            }
+            None => (listen, None),
+        };
         let mut command = Command::new(&self.switchyard);
         // The gateway's settings come from these flags alone, not from the caller's
         // environment (SWITCHYARD_GATEWAY_ORCHESTRATORS, say).
@@ -989,6 +1042,13 @@ impl Bench<'_> {
             .arg(admin.to_string())
             .arg("--state-dir")
             .arg(state);
+        if let Some((addr, folder)) = tls {
+            command
+                .arg("--tls-listen")
+                .arg(addr.to_string())
+                .arg("--tls-certs")
+                .arg(folder);
+        }
         if let Some(workers) = workers {
             command.arg("--workers").arg(workers.to_string());
         }

@@ -37,6 +37,8 @@ pub struct WrkSettings<'a> {
     pub threads: usize,
     pub connections: usize,
     pub duration: Duration,
+    /// The proxy speaks TLS (wrk then does too, and does not check its certificate).
+    pub tls: bool,
     pub cpus: Option<&'a [usize]>,
 }
 
@@ -65,7 +67,7 @@ impl WrkResult {
     }
 }
 
-/// Runs wrk against `http://addr/` with `Host: bench.example.test`; bounded by its
+/// Runs wrk against `http://addr/` (`https://` with `tls`) with `Host: bench.example.test`; bounded by its
 /// duration plus 30 s, after which it is killed.
 pub fn wrk(settings: &WrkSettings<'_>) -> anyhow::Result<WrkResult> {
     let secs = settings.duration.as_secs().max(1);
@@ -76,7 +78,11 @@ pub fn wrk(settings: &WrkSettings<'_>) -> anyhow::Result<WrkResult> {
         .arg(format!("-d{secs}s"))
         .args(["--latency", "--timeout", "5s", "-H"])
         .arg(format!("Host: {HOST}"))
-        .arg(format!("http://{}/", settings.addr))
+        .arg(format!(
+            "{}://{}/",
+            if settings.tls { "https" } else { "http" },
+            settings.addr
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -518,16 +518,102 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// One `GET /` with `Host: host` on a new connection; the status and the (de-chunked)
 /// body.
 pub fn http_get(addr: SocketAddr, host: &str) -> io::Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    exchange(connect(addr)?, host)
+}
+
+fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    Ok(stream)
+}
+
+/// [`http_get`] over TLS, asking for `host` and trusting `cert` alone.
+pub fn https_get(addr: SocketAddr, host: &str, cert: &BenchCert) -> io::Result<(u16, Vec<u8>)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).map_err(io::Error::other)?;
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(io::Error::other)?;
+    let tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(io::Error::other)?;
+    exchange(rustls::StreamOwned::new(tls, connect(addr)?), host)
+}
+
+/// `GET /` for `host` with `Connection: close`: the status and (de-chunked) body.
+fn exchange(mut stream: impl Read + Write, host: &str) -> io::Result<(u16, Vec<u8>)> {
     write!(
         stream,
         "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )?;
+    stream.flush()?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A TLS peer that closed without close_notify, after its answer.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e),
+    }
     parse_response(&raw)
+}
+
+/// The certificate every proxy serves for [`HOST`] in `--tls` runs: an ECDSA P-256
+/// key and a self-signed certificate made by `openssl req`, in one PEM file (the
+/// certificate, then the key), as the gateway and HAProxy read it; nginx is given the
+/// file for both.
+pub struct BenchCert {
+    /// The PEM file.
+    pub pem: PathBuf,
+    der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl BenchCert {
+    /// Makes it in `dir` (created; the file is alone in it, as the gateway serves every
+    /// `*.pem` in its folder), with `openssl`.
+    pub fn make(dir: &Path) -> anyhow::Result<BenchCert> {
+        let parts = dir.join("openssl");
+        fs::create_dir_all(&parts).with_context(|| format!("creating {}", parts.display()))?;
+        let (cert, key) = (parts.join("cert"), parts.join("key"));
+        let output = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "30"])
+            .arg("-subj")
+            .arg(format!("/CN={HOST}"))
+            .arg("-addext")
+            .arg(format!("subjectAltName=DNS:{HOST}"))
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdin(Stdio::null())
+            .output()
+            .context("running openssl to make the --tls certificate (is openssl installed?)")?;
+        if !output.status.success() {
+            bail!(
+                "openssl could not make the --tls certificate ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let read =
+            |path: &Path| fs::read(path).with_context(|| format!("reading {}", path.display()));
+        let (cert_pem, key_pem) = (read(&cert)?, read(&key)?);
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&cert_pem)
+            .context("reading the certificate openssl made")?;
+        // The gateway's default certificate too: wrk sends no usable SNI (an IP).
+        let pem = dir.join(gateway::tls::DEFAULT_FILE);
+        fs::write(&pem, [cert_pem, key_pem].concat())
+            .with_context(|| format!("writing {}", pem.display()))?;
+        Ok(BenchCert { pem, der })
+    }
 }
 
 fn parse_response(raw: &[u8]) -> io::Result<(u16, Vec<u8>)> {
@@ -577,13 +663,18 @@ fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
 pub fn first_proxied(
     process: &mut Process,
     addr: SocketAddr,
+    tls: Option<&BenchCert>,
     since: Instant,
     limit: Duration,
 ) -> anyhow::Result<Duration> {
     let deadline = since + limit;
     let mut last: String;
     loop {
-        match http_get(addr, HOST) {
+        let answer = match tls {
+            Some(cert) => https_get(addr, HOST, cert),
+            None => http_get(addr, HOST),
+        };
+        match answer {
             Ok((200, body)) => {
                 let took = since.elapsed();
                 if body != BACKEND_BODY.as_bytes() {
@@ -650,8 +741,25 @@ http {{
 /// processes (`auto`: one per CPU, its multi-core default). Keep-alive to the backend,
 /// the forwarding headers the gateway sets, and no per-connection request limit on
 /// either side (nginx's default of 1000 would make it reconnect where the others do not).
-pub fn nginx_conf(dir: &Path, port: u16, backend: u16, workers: Option<u16>) -> String {
+/// With `tls` (a PEM file with the certificate and its key), clients speak TLS to it.
+pub fn nginx_conf(
+    dir: &Path,
+    port: u16,
+    backend: u16,
+    workers: Option<u16>,
+    tls: Option<&Path>,
+) -> String {
     let workers = workers.map_or("auto".to_string(), |n| n.to_string());
+    let (ssl, certificate) = match tls {
+        Some(pem) => (
+            " ssl",
+            format!(
+                "ssl_certificate {pem};\n    ssl_certificate_key {pem};\n    ",
+                pem = pem.display()
+            ),
+        ),
+        None => ("", String::new()),
+    };
     format!(
         "# nginx as a reverse proxy, as `switchyard bench gateway` runs it.
 daemon off;
@@ -668,17 +776,17 @@ http {{
     keepalive_timeout 75s;
     client_body_temp_path {dir}/client_body;
     proxy_temp_path {dir}/proxy;
-    upstream backend {{
+    {certificate}upstream backend {{
         server 127.0.0.1:{backend};
         keepalive 64;
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port} default_server;
+        listen 127.0.0.1:{port}{ssl} default_server;
         return 404;
     }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
         server_name {HOST};
         location / {{
             proxy_pass http://backend;
@@ -697,9 +805,14 @@ http {{
 }
 
 /// HAProxy as a reverse proxy for [`HOST`] (anything else: 404), with `threads` threads
-/// (`None`: its default, one per CPU it may run on).
-pub fn haproxy_conf(port: u16, backend: u16, threads: Option<u16>) -> String {
+/// (`None`: its default, one per CPU it may run on). With `tls` (a PEM file with the
+/// certificate and its key), clients speak TLS to it.
+pub fn haproxy_conf(port: u16, backend: u16, threads: Option<u16>, tls: Option<&Path>) -> String {
     let nbthread = threads.map_or(String::new(), |n| format!("    nbthread {n}\n"));
+    let (ssl, proto) = match tls {
+        Some(pem) => (format!(" ssl crt {}", pem.display()), "https"),
+        None => (String::new(), "http"),
+    };
     format!(
         "# HAProxy as a reverse proxy, as `switchyard bench gateway` runs it.
 global
@@ -711,9 +824,9 @@ defaults
     timeout server 30s
     timeout http-keep-alive 60s
 frontend bench
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{ssl}
     option forwardfor
-    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Proto {proto}
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     http-request return status 404 unless {{ req.hdr(host) -i {HOST} }}
     default_backend app
