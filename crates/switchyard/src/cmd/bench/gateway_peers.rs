@@ -754,7 +754,9 @@ pub fn nginx_conf(
         Some(pem) => (
             " ssl",
             format!(
-                "ssl_certificate {pem};\n    ssl_certificate_key {pem};\n    ",
+                // TLS 1.3 as the others speak it (nginx 1.22's default stops at 1.2).
+                "ssl_certificate {pem};\n    ssl_certificate_key {pem};\n    \
+                 ssl_protocols TLSv1.2 TLSv1.3;\n    ",
                 pem = pem.display()
             ),
         ),
