@@ -1,7 +1,7 @@
 //! A client connection: HTTP/1.1 or HTTP/2 (prior knowledge), told apart by its first
 //! bytes and served by hyper, closed when idle, shut down gracefully on a drain. A
-//! connection from the TLS listener is decrypted first and served by hyper (HTTP/2 when
-//! ALPN chose it).
+//! connection from the TLS listener is served the same way once its handshake is done;
+//! one that chose HTTP/2 by ALPN goes to hyper at once.
 //!
 //! **Invariant:** every client connection (and every tunnel made from one) holds a
 //! receiver of the drain channel until it is gone, so `serve` knows when the last one
@@ -62,11 +62,11 @@ pub(super) async fn aborted(drain: &mut watch::Receiver<Phase>) {
 
 /// Serves one accepted connection until it closes, idles out or is drained: on the
 /// proxy's own HTTP/1.1 path (`h1`) while it can, then with hyper; with `tls`, after
-/// the handshake, with hyper.
+/// the handshake.
 pub(super) async fn serve(
     proxy: Arc<Proxy>,
     server: Arc<auto::Builder<TokioExecutor>>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     mut drain: watch::Receiver<Phase>,
@@ -85,7 +85,7 @@ pub(super) async fn serve(
         activity: Arc::new(Activity::default()),
         drain: drain.clone(),
     });
-    let mut idle = IdleTimer::new(idle_timeout);
+    let idle = IdleTimer::new(idle_timeout);
 
     if let Some(acceptor) = tls {
         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
@@ -105,23 +105,40 @@ pub(super) async fn serve(
             },
             () = aborted(&mut drain) => return,
         };
-        let io = Watched::writes_only(stream, Arc::clone(&conn.activity));
-        return serve_hyper(&conn, &server, io, peer, idle, drain).await;
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let io = Watched::writes_only(stream, Arc::clone(&conn.activity));
+            return serve_hyper(&conn, &server, io, peer, idle, drain).await;
+        }
+        return serve_h1_then_hyper(&conn, &server, stream, peer, idle, drain).await;
     }
+    serve_h1_then_hyper(&conn, &server, stream, peer, idle, drain).await;
+}
 
+/// Serves `stream` on the `h1` path, then, if it hands the connection over, with hyper.
+async fn serve_h1_then_hyper<S>(
+    conn: &Arc<ClientConn>,
+    server: &auto::Builder<TokioExecutor>,
+    mut stream: S,
+    peer: SocketAddr,
+    mut idle: IdleTimer,
+    mut drain: watch::Receiver<Phase>,
+) where
+    S: h1::ClientStream + 'static,
+{
     let outcome = {
         let mut phase = drain.clone();
         tokio::select! {
-            outcome = h1::serve(&conn, &mut stream, &mut idle, &mut phase) => outcome,
+            outcome = h1::serve(conn, &mut stream, &mut idle, &mut phase) => outcome,
             () = aborted(&mut drain) => return,
         }
     };
     let h1::Outcome::HandOver(read) = outcome else {
+        stream.close().await;
         return;
     };
     let activity = Arc::clone(&conn.activity);
     let io = Watched::writes_only(h1::Rewind::new(read, stream), activity);
-    serve_hyper(&conn, &server, io, peer, idle, drain).await;
+    serve_hyper(conn, server, io, peer, idle, drain).await;
 }
 
 /// Bounds a TLS handshake (a client that connects and sends nothing holds a socket).

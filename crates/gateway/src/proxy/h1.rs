@@ -16,6 +16,9 @@
 //! does not parse or finds ambiguous) hands the connection, with the bytes read so
 //! far, to hyper ([`Outcome::HandOver`]), which serves it from there as before.
 //!
+//! A client connection is a plain socket or TLS over one ([`ClientStream`]); the
+//! backends are plain sockets.
+//!
 //! **Invariant:** the statuses, bodies, headers, timeouts, retries and metrics are
 //! those of the hyper path; the proxy tests go through this path, and through hyper's
 //! for what it hands over (HTTP/2, upgrades, HTTP/1.0).
@@ -25,6 +28,7 @@
 mod framing;
 mod head;
 
+use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::server::TlsStream;
 
 use self::framing::{BodyEnd, Framing};
 use self::head::{Parse, RequestHead};
@@ -58,11 +63,101 @@ pub(super) enum Outcome {
 /// Bytes asked of the kernel per read.
 const READ_SIZE: usize = 16 * 1024;
 
+/// A client connection this path serves.
+pub(super) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The reading side, while the writing side is used at the same time.
+    type Reader<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    /// The writing side, while the reading side is used at the same time.
+    type Writer<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+
+    /// `X-Forwarded-Proto` for requests on it.
+    const PROTO: &'static [u8];
+
+    /// Both sides, for a request body going up while its answer comes down.
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
+
+    /// Waits for the client's next bytes and reads what is there into
+    /// `buffers.client`, lending the connection its buffers once there is something to
+    /// read (0: the client closed). Cancel-safe: dropped while it waits, nothing is lost.
+    fn read_more(
+        &mut self,
+        buffers: &mut Buffers,
+    ) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// Ends the connection from this side, once this path is done with it.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl ClientStream for TcpStream {
+    type Reader<'a> = ReadHalf<'a>;
+    type Writer<'a> = WriteHalf<'a>;
+    const PROTO: &'static [u8] = b"http";
+
+    fn halves(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        self.split()
+    }
+
+    async fn read_more(&mut self, buffers: &mut Buffers) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            buffers.lend();
+            buffers.client.reserve(READ_SIZE);
+            match read_now(self, &mut buffers.client) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if buffers.client.is_empty() {
+                        buffers.give_back();
+                    }
+                }
+                read => return read,
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        // Dropping the socket closes it.
+    }
+}
+
+impl ClientStream for TlsStream<TcpStream> {
+    type Reader<'a> = tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>;
+    type Writer<'a> = tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>;
+    const PROTO: &'static [u8] = b"https";
+
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        tokio::io::split(self)
+    }
+
+    async fn read_more(&mut self, buffers: &mut Buffers) -> io::Result<usize> {
+        // Decrypted bytes may wait inside the TLS session with the socket quiet: read
+        // through it. Only the read buffer is held while waiting.
+        if buffers.client.capacity() == 0 {
+            buffers.client = spare::take();
+        }
+        buffers.client.reserve(READ_SIZE);
+        let read = self.read_buf(&mut buffers.client).await;
+        buffers.lend();
+        read
+    }
+
+    async fn close(&mut self) {
+        // close_notify, so that a client reading an answer to its end knows it was
+        // not cut; bounded, for a client that reads nothing any more.
+        let _ = tokio::time::timeout(CLOSE_NOTIFY_TIMEOUT, self.shutdown()).await;
+    }
+}
+
+/// How long a TLS connection's closing alert may wait for the client to take it.
+const CLOSE_NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves `client`'s HTTP/1.1 requests until it closes, idles out, is drained, or
 /// sends something for hyper.
-pub(super) async fn serve(
+pub(super) async fn serve<C: ClientStream>(
     conn: &Arc<ClientConn>,
-    client: &mut TcpStream,
+    client: &mut C,
     idle: &mut IdleTimer,
     drain: &mut watch::Receiver<Phase>,
 ) -> Outcome {
@@ -74,6 +169,7 @@ pub(super) async fn serve(
                 let parsed = head::request(
                     &buffers.client,
                     conn.client_ip.as_bytes(),
+                    C::PROTO,
                     &mut buffers.head,
                 );
                 match parsed {
@@ -87,23 +183,10 @@ pub(super) async fn serve(
                 return Outcome::Closed;
             }
             tokio::select! {
-                ready = client.readable() => {
-                    if ready.is_err() {
-                        return Outcome::Closed;
-                    }
-                    buffers.lend();
-                    buffers.client.reserve(READ_SIZE);
-                    match read_now(client, &mut buffers.client) {
-                        Ok(0) => return Outcome::Closed,
-                        Ok(_) => {}
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                            if buffers.client.is_empty() {
-                                buffers.give_back();
-                            }
-                        }
-                        Err(_) => return Outcome::Closed,
-                    }
-                }
+                read = client.read_more(&mut buffers) => match read {
+                    Ok(0) | Err(_) => return Outcome::Closed,
+                    Ok(_) => {}
+                },
                 () = idle.expired(&conn.activity) => return Outcome::Closed,
                 changed = drain.changed() => if changed.is_err() {
                     return Outcome::Closed;
@@ -145,7 +228,7 @@ fn read_now(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
 /// answered, given back when the connection waits for the next one: a connection
 /// that idles between requests holds no buffer (there may be many thousands).
 #[derive(Default)]
-struct Buffers {
+pub(super) struct Buffers {
     /// Bytes read from the client and not yet handled.
     client: Vec<u8>,
     /// Bytes read from the backend.
@@ -242,9 +325,9 @@ enum Broken {
 
 impl Exchange<'_> {
     /// Whether the client connection stays open.
-    async fn run(
+    async fn run<C: ClientStream>(
         self,
-        client: &mut TcpStream,
+        client: &mut C,
         idle: &mut IdleTimer,
         buffers: &mut Buffers,
     ) -> bool {
@@ -299,8 +382,7 @@ impl Exchange<'_> {
 
         if req.expect_continue
             && !body.is_done()
-            && client
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            && write_out(client, b"HTTP/1.1 100 Continue\r\n\r\n")
                 .await
                 .is_err()
         {
@@ -312,7 +394,7 @@ impl Exchange<'_> {
         let progress = Progress::new();
         let mut uploaded = body.is_done();
         let answered = {
-            let (mut from_client, mut to_client) = client.split();
+            let (mut from_client, mut to_client) = client.halves();
             let (mut from_backend, mut to_backend) = backend.stream.split();
             let mut upload = pin!(upload(
                 &mut from_client,
@@ -422,7 +504,7 @@ async fn send_head(
 
 /// Sends the rest of a request body to the backend as it arrives.
 async fn upload(
-    from_client: &mut ReadHalf<'_>,
+    from_client: &mut (impl AsyncRead + Unpin),
     to_backend: &mut WriteHalf<'_>,
     buf: &mut Vec<u8>,
     body: &mut BodyEnd,
@@ -443,7 +525,7 @@ async fn upload(
 }
 
 /// What [`respond`] needs.
-struct Respond<'a, 'b> {
+struct Respond<'a, 'b, W> {
     proxy: &'a Proxy,
     activity: &'a Activity,
     is_head: bool,
@@ -456,7 +538,7 @@ struct Respond<'a, 'b> {
     /// Holds the client connection (not idle) until the response head.
     waiting: Option<super::idle::Hold<'a>>,
     from_backend: &'a mut ReadHalf<'b>,
-    to_client: &'a mut WriteHalf<'b>,
+    to_client: &'a mut W,
     buf: &'a mut Vec<u8>,
     out: &'a mut Vec<u8>,
     idle: &'a mut IdleTimer,
@@ -470,7 +552,7 @@ struct Ended {
 
 /// Reads the backend's answer and streams it to the client: interim (1xx) heads, the
 /// final head, the body.
-async fn respond(mut r: Respond<'_, '_>) -> Result<Ended, Broken> {
+async fn respond<W: AsyncWrite + Unpin>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken> {
     // Counted from the request's head going out, as on the hyper path.
     let timeout = r.proxy.config.first_byte_timeout;
     r.first_byte.as_mut().reset(Instant::now() + timeout);
@@ -544,17 +626,24 @@ async fn respond(mut r: Respond<'_, '_>) -> Result<Ended, Broken> {
 /// Writes `bytes` to the client; one that stops reading is let go after the idle
 /// timeout, as the hyper path does.
 async fn write(
-    to: &mut WriteHalf<'_>,
+    to: &mut (impl AsyncWrite + Unpin),
     bytes: &[u8],
     activity: &Activity,
     idle: &mut IdleTimer,
 ) -> Result<(), Broken> {
     tokio::select! {
-        written = to.write_all(bytes) => written.map_err(|_| Broken::Cut)?,
+        written = write_out(to, bytes) => written.map_err(|_| Broken::Cut)?,
         () = idle.expired(activity) => return Err(Broken::Cut),
     }
     activity.touch();
     Ok(())
+}
+
+/// Writes `bytes` and flushes them: a TLS session may keep what the socket did not
+/// take at once until it is flushed (a plain socket's flush does nothing).
+async fn write_out(to: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io::Result<()> {
+    to.write_all(bytes).await?;
+    to.flush().await
 }
 
 /// The proxy's own answer to a request.
@@ -574,7 +663,12 @@ impl Answer {
     }
 
     /// Whether it was sent.
-    async fn send(self, proxy: &Proxy, client: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+    async fn send(
+        self,
+        proxy: &Proxy,
+        client: &mut (impl AsyncWrite + Unpin),
+        out: &mut Vec<u8>,
+    ) -> bool {
         tracing::debug!(failure = ?self.failure, "request not forwarded");
         let (status, body) = self.failure.into_parts();
         proxy.metrics.count(status);
@@ -592,19 +686,19 @@ impl Answer {
         if !self.is_head {
             out.extend_from_slice(&body);
         }
-        client.write_all(out).await.is_ok()
+        write_out(client, out).await.is_ok()
     }
 }
 
 /// A client connection handed to hyper: the bytes already read come first.
-pub(super) struct Rewind {
+pub(super) struct Rewind<S> {
     read: Vec<u8>,
     at: usize,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl Rewind {
-    pub(super) fn new(read: Vec<u8>, stream: TcpStream) -> Rewind {
+impl<S> Rewind<S> {
+    pub(super) fn new(read: Vec<u8>, stream: S) -> Rewind<S> {
         Rewind {
             read,
             at: 0,
@@ -613,7 +707,7 @@ impl Rewind {
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -634,7 +728,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -648,7 +648,7 @@ where
 }
 
 /// Reads a response head, byte by byte, up to its blank line.
-pub(crate) async fn read_head(stream: &mut TcpStream) -> String {
+pub(crate) async fn read_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         head.push(within(stream.read_u8()).await.unwrap());

@@ -21,7 +21,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 
-use crate::proxy::{eventually, ok, route, values, within, TestBackend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::proxy::{eventually, ok, read_head, route, values, within, TestBackend};
 
 /// A certificate authority the test client trusts, issuing server certificates.
 pub(crate) struct TestCa {
@@ -367,5 +369,120 @@ async fn default_pem_serves_clients_that_name_no_host_or_an_unknown_one() {
     assert_eq!(presented(&stream), shop);
     // An unknown name gets the default certificate, which a client then refuses.
     assert!(connect(&with_sni, gateway.tls, "other.test").await.is_err());
+    gateway.stop().await;
+}
+
+/// Writes `bytes` on a new TLS connection for `shop.test` and reads until the gateway
+/// closes it, which it must do with a TLS close_notify (a cut would be an error here).
+async fn transcript(gateway: &TlsGateway, ca: &TestCa, bytes: &[u8]) -> String {
+    let mut stream = connect(&ca.client(&[b"http/1.1"]), gateway.tls, "shop.test")
+        .await
+        .unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    within(stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends with close_notify");
+    String::from_utf8(answer).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_bodies_and_failures_are_served_over_tls() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue(dir.path(), "shop.pem", &["shop.test"]);
+    let gateway = TlsGateway::start(dir.path()).await;
+
+    // Four requests in one write: plain, a sized body, a chunked body, the last one
+    // closing the connection.
+    let answer = transcript(
+        &gateway,
+        &ca,
+        b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\n\r\nhello\
+          POST /echo HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nworld\r\n0\r\n\r\n\
+          GET /headers HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{answer}");
+    let at = |needle: &str| {
+        answer
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in {answer}"))
+    };
+    assert!(
+        at("\r\n\r\nshop") < at("hello") && at("hello") < at("world"),
+        "{answer}"
+    );
+    assert!(at("world") < at("x-forwarded-proto: https\n"), "{answer}");
+
+    // A host nobody serves: the gateway's own answer.
+    let answer = transcript(
+        &gateway,
+        &ca,
+        b"GET / HTTP/1.1\r\nHost: nowhere.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+
+    // Expect: 100-continue is answered before the body is sent.
+    let client = ca.client(&[b"http/1.1"]);
+    let mut stream = connect(&client, gateway.tls, "shop.test").await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 4\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let interim = read_head(&mut stream).await;
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"ping").await.unwrap();
+    let mut answer = Vec::new();
+    within(stream.read_to_end(&mut answer)).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("ping"),
+        "{answer}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_over_tls_is_passed_through() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue(dir.path(), "shop.pem", &["shop.test"]);
+    let gateway = TlsGateway::start(dir.path()).await;
+    let client = ca.client(&[b"http/1.1"]);
+    let mut stream = connect(&client, gateway.tls, "shop.test").await.unwrap();
+
+    // A request on the proxy's own path first, then the upgrade it hands to hyper.
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let mut body = [0u8; 4];
+    within(stream.read_exact(&mut body)).await.unwrap();
+    assert_eq!(&body, b"shop");
+
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    for message in [&b"hello"[..], &[7u8; 100_000]] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0; message.len()];
+        within(stream.read_exact(&mut echoed)).await.unwrap();
+        assert_eq!(echoed, message);
+    }
+    // Closing our side closes the backend's, which closes ours.
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    within(stream.read_to_end(&mut rest)).await.unwrap();
+    assert!(rest.is_empty());
     gateway.stop().await;
 }

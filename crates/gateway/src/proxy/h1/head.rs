@@ -50,8 +50,13 @@ pub(super) struct RequestHead {
 }
 
 /// Parses the request at the start of `buf`; when it is one to take, writes the head
-/// the backend gets to `out` (replacing what it held).
-pub(super) fn request(buf: &[u8], client_ip: &[u8], out: &mut Vec<u8>) -> Parse<RequestHead> {
+/// the backend gets to `out` (replacing what it held), with `X-Forwarded-Proto: proto`.
+pub(super) fn request(
+    buf: &[u8],
+    client_ip: &[u8],
+    proto: &[u8],
+    out: &mut Vec<u8>,
+) -> Parse<RequestHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -132,7 +137,7 @@ pub(super) fn request(buf: &[u8], client_ip: &[u8], out: &mut Vec<u8>) -> Parse<
         }
     }
     list_line(out, req.headers, "x-forwarded-for", client_ip);
-    line(out, b"x-forwarded-proto", b"http");
+    line(out, b"x-forwarded-proto", proto);
     line(out, b"x-forwarded-host", &buf[host.clone()]);
     list_line(out, req.headers, "via", b"1.1 switchyard");
     if chunked {
@@ -367,7 +372,7 @@ mod tests {
 
     fn rewrite(req: &str) -> Parse<(RequestHead, String)> {
         let mut out = Vec::new();
-        match request(req.as_bytes(), b"10.1.2.3", &mut out) {
+        match request(req.as_bytes(), b"10.1.2.3", b"http", &mut out) {
             Parse::Done(head) => Parse::Done((head, String::from_utf8(out).unwrap())),
             Parse::Partial => Parse::Partial,
             Parse::HandOver => Parse::HandOver,
