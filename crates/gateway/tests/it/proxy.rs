@@ -674,13 +674,20 @@ async fn passes_an_upgrade_through_and_copies_bytes_both_ways() {
     assert!(head.contains("\r\nx-saw-upgrade: echo\r\n"), "{head}");
     assert!(head.contains("\r\nx-saw-connection: upgrade\r\n"), "{head}");
 
+    echoes_until_closed(&mut stream).await;
+}
+
+/// Through a tunnel to the `/ws` echo: bytes come back as sent, and closing our side
+/// closes the backend's, which closes ours.
+pub(crate) async fn echoes_until_closed(
+    stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+) {
     for message in [&b"hello"[..], b"over the tunnel", &[7u8; 100_000]] {
         stream.write_all(message).await.unwrap();
         let mut echoed = vec![0; message.len()];
         within(stream.read_exact(&mut echoed)).await.unwrap();
         assert_eq!(echoed, message);
     }
-    // Closing our side closes the backend's, which closes ours.
     stream.shutdown().await.unwrap();
     let mut rest = Vec::new();
     within(stream.read_to_end(&mut rest)).await.unwrap();

@@ -23,7 +23,9 @@ use tokio_rustls::client::TlsStream;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::proxy::{eventually, ok, read_head, route, values, within, TestBackend};
+use crate::proxy::{
+    echoes_until_closed, eventually, ok, read_head, route, values, within, TestBackend,
+};
 
 /// A certificate authority the test client trusts, issuing server certificates.
 pub(crate) struct TestCa {
@@ -473,16 +475,6 @@ async fn an_upgrade_over_tls_is_passed_through() {
         .unwrap();
     let head = read_head(&mut stream).await.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101 "), "{head}");
-    for message in [&b"hello"[..], &[7u8; 100_000]] {
-        stream.write_all(message).await.unwrap();
-        let mut echoed = vec![0; message.len()];
-        within(stream.read_exact(&mut echoed)).await.unwrap();
-        assert_eq!(echoed, message);
-    }
-    // Closing our side closes the backend's, which closes ours.
-    stream.shutdown().await.unwrap();
-    let mut rest = Vec::new();
-    within(stream.read_to_end(&mut rest)).await.unwrap();
-    assert!(rest.is_empty());
+    echoes_until_closed(&mut stream).await;
     gateway.stop().await;
 }
