@@ -5,8 +5,9 @@
 //!
 //! Start at [`run`] (what `switchyard gateway` calls) or [`Gateway::start`]: the
 //! control side is [`config`], `sync` (the route stream and its guards), [`persist`]
-//! (the table on disk), `admin` (the admin API) and [`metrics`]; the request path is
-//! [`proxy`]; both share one [`RouteTable`] behind an `ArcSwap`.
+//! (the table on disk), `admin` (the admin API), [`tls`] (the certificates) and
+//! [`metrics`]; the request path is [`proxy`]; both share one [`RouteTable`] behind an
+//! `ArcSwap`.
 
 mod admin;
 pub mod config;
