@@ -160,14 +160,29 @@ impl StdListeners {
     }
 }
 
-/// The next connection on the TLS listener; never, without one.
-async fn accept_tls(
+/// The next connection on either listener, and whether it is the TLS one. When both
+/// have connections waiting they take turns (`tls_first` flips), so a flood on one
+/// port cannot keep the other's connections waiting.
+async fn accept_next(
+    plain: &TcpListener,
     tls: &Option<(TcpListener, TlsAcceptor)>,
-) -> io::Result<(TcpStream, std::net::SocketAddr)> {
-    match tls {
-        Some((listener, _)) => listener.accept().await,
-        None => std::future::pending().await,
-    }
+    tls_first: &mut bool,
+) -> (io::Result<(TcpStream, std::net::SocketAddr)>, bool) {
+    std::future::poll_fn(|cx| {
+        for secure in [*tls_first, !*tls_first] {
+            let listener = match (secure, tls) {
+                (false, _) => plain,
+                (true, Some((listener, _))) => listener,
+                (true, None) => continue,
+            };
+            if let std::task::Poll::Ready(accepted) = listener.poll_accept(cx) {
+                *tls_first = !secure;
+                return std::task::Poll::Ready((accepted, secure));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// The reverse proxy.
@@ -297,6 +312,7 @@ impl Proxy {
             tls,
         } = listeners;
         let acceptor = tls.as_ref().map(|(_, acceptor)| acceptor.clone());
+        let mut tls_first = false;
         let spawn = |stream: TcpStream, peer, secure: bool, counted: Option<Counted>| {
             let tls = if secure { acceptor.clone() } else { None };
             let conn = conn::serve(
@@ -328,17 +344,10 @@ impl Proxy {
                         }
                     }
                 }
-                accepted = listener.accept() => match accepted {
+                (accepted, secure) = accept_next(&listener, &tls, &mut tls_first) => match accepted {
                     Ok((stream, peer)) => match &share {
-                        None => spawn(stream, peer, false, None),
-                        Some(share) => place(share, stream, peer, false, spawn),
-                    },
-                    Err(error) => accept_failed(error).await,
-                },
-                accepted = accept_tls(&tls) => match accepted {
-                    Ok((stream, peer)) => match &share {
-                        None => spawn(stream, peer, true, None),
-                        Some(share) => place(share, stream, peer, true, spawn),
+                        None => spawn(stream, peer, secure, None),
+                        Some(share) => place(share, stream, peer, secure, spawn),
                     },
                     Err(error) => accept_failed(error).await,
                 },
