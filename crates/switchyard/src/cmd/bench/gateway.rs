@@ -119,6 +119,11 @@ pub struct Args {
     /// Closed-loop (wrk) runs only; `direct` and `gateway-large` are left out.
     #[arg(long)]
     tls: bool,
+    /// wrk asks for `Connection: close`: every request on a new connection (with
+    /// --tls, a new handshake), what an edge sees from clients that do not keep
+    /// connections alive. Closed-loop runs only.
+    #[arg(long)]
+    new_connections: bool,
     /// Do not install missing tools (nginx, haproxy, wrk) with apt-get; skip what needs them.
     #[arg(long)]
     no_install: bool,
@@ -372,8 +377,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        if bench.tls.is_some() {
-            // The fixed-rate generator speaks plain HTTP only.
+        if bench.tls.is_some() || args.new_connections {
+            // The fixed-rate generator speaks plain HTTP on kept-alive connections only.
             continue;
         }
         let rate = match args.rate {
@@ -422,7 +427,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let _ = writeln!(
         text,
         "\nGateway benchmark{}: medians of {} runs; {} connections; {} s measured after {} s of warm-up; ratios to nginx in the same run",
-        if args.tls { " over TLS (closed loop only)" } else { "" },
+        match (args.tls, args.new_connections) {
+            (false, false) => "",
+            (true, false) => " over TLS (closed loop only)",
+            (false, true) => " with a new connection per request (closed loop only)",
+            (true, true) => " over TLS with a new connection (and handshake) per request (closed loop only)",
+        },
         args.runs,
         args.connections,
         args.duration_secs,
@@ -477,6 +487,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "rates": rates.iter().map(|(m, r)| (m.name(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
                 "routes": args.routes,
                 "tls": args.tls,
+                "new_connections": args.new_connections,
                 "peers": peer_list.iter().map(|p| p.name()).collect::<Vec<_>>(),
                 "modes": modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
             },
@@ -852,6 +863,7 @@ impl Bench<'_> {
                     connections,
                     duration: warmup,
                     tls: self.tls.is_some(),
+                    close: self.args.new_connections,
                     cpus: load_cpus.as_deref(),
                 };
                 if !warmup.is_zero() {

@@ -39,6 +39,8 @@ pub struct WrkSettings<'a> {
     pub duration: Duration,
     /// The proxy speaks TLS (wrk then does too, and does not check its certificate).
     pub tls: bool,
+    /// Every request asks for `Connection: close`, so wrk connects anew for each.
+    pub close: bool,
     pub cpus: Option<&'a [usize]>,
 }
 
@@ -67,8 +69,9 @@ impl WrkResult {
     }
 }
 
-/// Runs wrk against `http://addr/` (`https://` with `tls`) with `Host: bench.example.test`; bounded by its
-/// duration plus 30 s, after which it is killed.
+/// Runs wrk against `http://addr/` (`https://` with `tls`) with `Host:
+/// bench.example.test` (and `Connection: close` with `close`); bounded by its duration
+/// plus 30 s, after which it is killed.
 pub fn wrk(settings: &WrkSettings<'_>) -> anyhow::Result<WrkResult> {
     let secs = settings.duration.as_secs().max(1);
     let mut command = Command::new(settings.wrk);
@@ -77,7 +80,11 @@ pub fn wrk(settings: &WrkSettings<'_>) -> anyhow::Result<WrkResult> {
         .arg(format!("-c{}", settings.connections))
         .arg(format!("-d{secs}s"))
         .args(["--latency", "--timeout", "5s", "-H"])
-        .arg(format!("Host: {HOST}"))
+        .arg(format!("Host: {HOST}"));
+    if settings.close {
+        command.args(["-H", "Connection: close"]);
+    }
+    command
         .arg(format!(
             "{}://{}/",
             if settings.tls { "https" } else { "http" },
