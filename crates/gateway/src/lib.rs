@@ -265,6 +265,7 @@ impl Gateway {
             Arc::clone(self.control.table()),
             self.config.proxy_config(),
         ));
+        let _ = self.control.proxy.set(Arc::downgrade(&proxy));
         let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
         let proxy_stopped = async move {
             let _ = proxy_stopped.await;

@@ -57,6 +57,11 @@ pub const SNAPSHOT_WRITE_TIME: &str = "switchyard_gateway_snapshot_last_write_ti
 pub const SNAPSHOT_VERSION: &str = "switchyard_gateway_snapshot_table_version";
 /// Time to read, check and decode the snapshot at start-up.
 pub const SNAPSHOT_LOAD_DURATION: &str = "switchyard_gateway_snapshot_load_duration_seconds";
+/// Client connections open per proxy thread (label [`THREAD_LABEL`], from 1), when the
+/// proxy runs on threads of its own: how evenly they share the load.
+pub const THREAD_CONNECTIONS: &str = "switchyard_gateway_thread_connections_open";
+/// The label of [`THREAD_CONNECTIONS`].
+pub const THREAD_LABEL: &str = "thread";
 
 /// Latency buckets, in seconds, for every `*_duration_seconds` histogram (the request
 /// path's among them): Prometheus renders histograms, not client-side summaries.
@@ -238,5 +243,10 @@ fn describe() {
         SNAPSHOT_LOAD_DURATION,
         Unit::Seconds,
         "Time to load and decode the snapshot at start-up."
+    );
+    describe_gauge!(
+        THREAD_CONNECTIONS,
+        Unit::Count,
+        "Client connections open per proxy thread."
     );
 }

@@ -180,6 +180,8 @@ pub(crate) struct Control {
     load_duration: Duration,
     /// The TLS certificates, when the gateway serves TLS.
     pub(crate) tls: Option<Arc<crate::tls::CertFolder>>,
+    /// The proxy, once it serves (its per-thread connection counts are sampled).
+    pub(crate) proxy: std::sync::OnceLock<std::sync::Weak<crate::proxy::Proxy>>,
 }
 
 impl Control {
@@ -211,6 +213,7 @@ impl Control {
             registry: crate::metrics::Registry::new(),
             load_duration,
             tls,
+            proxy: std::sync::OnceLock::new(),
         }
     }
 
@@ -591,6 +594,14 @@ impl Control {
         metrics::gauge!(m::SNAPSHOT_WRITE_TIME).set(load(&w.last_unix_ms) / 1e3);
         metrics::gauge!(m::SNAPSHOT_VERSION).set(load(&w.last_version));
         metrics::gauge!(m::SNAPSHOT_LOAD_DURATION).set(self.load_duration.as_secs_f64());
+        if let Some(proxy) = self.proxy.get().and_then(std::sync::Weak::upgrade) {
+            let per_thread = proxy.stats().connections_per_thread;
+            for (thread, open) in (1..).zip(per_thread) {
+                let thread: u32 = thread;
+                metrics::gauge!(m::THREAD_CONNECTIONS, m::THREAD_LABEL => thread.to_string())
+                    .set(open as f64);
+            }
+        }
     }
 }
 

@@ -1683,3 +1683,68 @@ async fn a_certificate_folder_it_cannot_use_is_a_startup_error_naming_the_file()
         "{error}"
     );
 }
+
+/// `switchyard_gateway_thread_connections_open` per thread, in thread order.
+fn thread_connections(text: &str) -> Vec<f64> {
+    let mut threads: Vec<(u32, f64)> = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("switchyard_gateway_thread_connections_open{thread=\"")?;
+            let (thread, value) = rest.split_once("\"} ")?;
+            Some((thread.parse().ok()?, value.trim().parse().ok()?))
+        })
+        .collect();
+    threads.sort_by_key(|(thread, _)| *thread);
+    threads.into_iter().map(|(_, open)| open).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_threads_report_their_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = backend("zero").await;
+    write_generation(
+        dir.path(),
+        &RouteTable::from_routes(1, [route("app0", &[zero])]),
+    );
+    let gateway = start(config(dir.path(), &[])).await.with_proxy_threads(2);
+    let proxy = gateway.listen_addr();
+    let metrics_url = format!("http://{}/metrics", gateway.admin_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(gateway.serve(async {
+        let _ = stopped.await;
+    }));
+
+    // Six kept-alive connections, each answered once.
+    let mut senders = Vec::new();
+    for _ in 0..6 {
+        let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/")
+            .header(http::header::HOST, "app0.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = within("an answer", sender.send_request(req)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        senders.push(sender);
+    }
+    let text = request(Method::GET, &metrics_url, None, "").await.1;
+    let open = thread_connections(&text);
+    assert_eq!(open.len(), 2, "{text}");
+    assert_eq!(open.iter().sum::<f64>(), 6.0, "{text}");
+
+    drop(senders);
+    eventually("the connections to close", || async {
+        let text = request(Method::GET, &metrics_url, None, "").await.1;
+        thread_connections(&text) == [0.0, 0.0]
+    })
+    .await;
+    let _ = stop.send(());
+    within("the gateway to stop", served)
+        .await
+        .unwrap()
+        .unwrap();
+}
