@@ -62,6 +62,11 @@ pub const SNAPSHOT_LOAD_DURATION: &str = "switchyard_gateway_snapshot_load_durat
 pub const THREAD_CONNECTIONS: &str = "switchyard_gateway_thread_connections_open";
 /// The label of [`THREAD_CONNECTIONS`].
 pub const THREAD_LABEL: &str = "thread";
+/// Certificate files the TLS listener serves (absent without TLS).
+pub const TLS_CERTIFICATES: &str = "switchyard_gateway_tls_certificates";
+/// When the first of the served certificates expires, in seconds since the Unix epoch:
+/// alert on `switchyard_gateway_tls_earliest_expiry_timestamp_seconds - time() < 14 * 86400`.
+pub const TLS_EARLIEST_EXPIRY: &str = "switchyard_gateway_tls_earliest_expiry_timestamp_seconds";
 
 /// Latency buckets, in seconds, for every `*_duration_seconds` histogram (the request
 /// path's among them): Prometheus renders histograms, not client-side summaries.
@@ -243,6 +248,16 @@ fn describe() {
         SNAPSHOT_LOAD_DURATION,
         Unit::Seconds,
         "Time to load and decode the snapshot at start-up."
+    );
+    describe_gauge!(
+        TLS_CERTIFICATES,
+        Unit::Count,
+        "Certificate files the TLS listener serves."
+    );
+    describe_gauge!(
+        TLS_EARLIEST_EXPIRY,
+        Unit::Seconds,
+        "When the first of the served TLS certificates expires (Unix time)."
     );
     describe_gauge!(
         THREAD_CONNECTIONS,

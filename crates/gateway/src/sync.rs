@@ -594,6 +594,12 @@ impl Control {
         metrics::gauge!(m::SNAPSHOT_WRITE_TIME).set(load(&w.last_unix_ms) / 1e3);
         metrics::gauge!(m::SNAPSHOT_VERSION).set(load(&w.last_version));
         metrics::gauge!(m::SNAPSHOT_LOAD_DURATION).set(self.load_duration.as_secs_f64());
+        if let Some(tls) = &self.tls {
+            metrics::gauge!(m::TLS_CERTIFICATES).set(tls.files() as f64);
+            if let Some(expiry) = tls.earliest_expiry() {
+                metrics::gauge!(m::TLS_EARLIEST_EXPIRY).set(expiry as f64);
+            }
+        }
         if let Some(proxy) = self.proxy.get().and_then(std::sync::Weak::upgrade) {
             let per_thread = proxy.stats().connections_per_thread;
             for (thread, open) in (1..).zip(per_thread) {

@@ -10,12 +10,16 @@
 //! HAProxy's first certificate do), and is refused in the handshake otherwise. ALPN
 //! offers `h2` and `http/1.1`.
 //!
+//! A certificate that expires within [`EXPIRY_WARNING`] (or has expired) is served
+//! but logged at every load, and the earliest expiry is a metric: the classic outage of
+//! an edge is a certificate nobody renewed.
+//!
 //! **Invariant:** a certificate set is loaded whole or not at all: a file that is
 //! unreadable, holds no certificate or no key, a key that does not match, or two files
 //! claiming one name fail the load with an error naming the file; a reload that fails
 //! keeps the set in use.
 
-mod names;
+mod x509;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -82,7 +86,12 @@ fn file_error(path: &Path, reason: impl Into<String>) -> TlsError {
 struct Cert {
     key: Arc<CertifiedKey>,
     file: Arc<Path>,
+    /// The server certificate's `notAfter`, in seconds since the Unix epoch.
+    not_after: Option<i64>,
 }
+
+/// How long before a certificate expires the gateway starts warning about it.
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
 
 /// A folder's certificates, indexed by the names they serve.
 #[derive(Default)]
@@ -132,9 +141,14 @@ impl Certificates {
             let pem = std::fs::read(&path).map_err(|e| file_error(&path, e.to_string()))?;
             let (key, names) = certified_key(&path, &pem)?;
             let is_default = path.file_name().is_some_and(|name| name == DEFAULT_FILE);
+            let not_after = key
+                .end_entity_cert()
+                .ok()
+                .and_then(|der| x509::not_after(der));
             let cert = Cert {
                 key,
                 file: path.into(),
+                not_after,
             };
             if is_default {
                 certificates.default = Some(cert.clone());
@@ -168,6 +182,40 @@ impl Certificates {
     /// Files loaded.
     pub fn files(&self) -> usize {
         self.files
+    }
+
+    /// Every loaded file and when its certificate expires (seconds since the Unix
+    /// epoch; `None` if its validity could not be read), soonest first.
+    pub fn expiries(&self) -> Vec<(Option<i64>, &Path)> {
+        let mut seen = std::collections::HashSet::new();
+        let mut all: Vec<(Option<i64>, &Path)> = self
+            .exact
+            .values()
+            .chain(self.wildcard.values())
+            .filter(|cert| seen.insert(Arc::as_ptr(&cert.file)))
+            .map(|cert| (cert.not_after, &*cert.file))
+            .collect();
+        all.sort_by_key(|(not_after, file)| (not_after.unwrap_or(i64::MAX), *file));
+        all
+    }
+
+    /// Logs every certificate that has expired or expires within [`EXPIRY_WARNING`].
+    fn warn_of_expiry(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for (not_after, file) in self.expiries() {
+            let Some(not_after) = not_after else {
+                tracing::warn!(file = %file.display(), "cannot read when this TLS certificate expires");
+                continue;
+            };
+            let left = not_after - now;
+            if left <= 0 {
+                tracing::error!(file = %file.display(), expired_days_ago = -left / 86_400, "a TLS certificate has EXPIRED: clients refuse it; renew it and reload");
+            } else if left < EXPIRY_WARNING.as_secs() as i64 {
+                tracing::warn!(file = %file.display(), days_left = left / 86_400, "a TLS certificate expires soon; renew it and reload");
+            }
+        }
     }
 
     /// The certificate for `name` (an exact name, else a wildcard one label up), and
@@ -215,7 +263,7 @@ fn certified_key(path: &Path, pem: &[u8]) -> Result<(Arc<CertifiedKey>, Vec<Stri
         )
     })?;
 
-    let Some(listed) = names::dns_names(leaf) else {
+    let Some(listed) = x509::dns_names(leaf) else {
         return Err(file_error(path, "the first certificate is not valid X.509"));
     };
     let parsed = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
@@ -296,9 +344,11 @@ pub struct CertFolder {
 impl CertFolder {
     /// Loads `dir` (an error if it cannot be used, see [`Certificates::load`]).
     pub fn load(dir: &Path) -> Result<CertFolder, TlsError> {
+        let certificates = Certificates::load(dir)?;
+        certificates.warn_of_expiry();
         Ok(CertFolder {
             dir: dir.to_owned(),
-            resolver: Resolver::new(Certificates::load(dir)?),
+            resolver: Resolver::new(certificates),
         })
     }
 
@@ -308,6 +358,7 @@ impl CertFolder {
         match self.resolver.reload(&self.dir) {
             Ok(files) => {
                 tracing::info!(dir = %self.dir.display(), files, "TLS certificates reloaded");
+                self.resolver.certificates().warn_of_expiry();
                 Ok(files)
             }
             Err(error) => {
@@ -320,6 +371,16 @@ impl CertFolder {
     /// Files served now.
     pub fn files(&self) -> usize {
         self.resolver.certificates().files()
+    }
+
+    /// When the first of the certificates served now expires (seconds since the Unix
+    /// epoch), if any could be read.
+    pub fn earliest_expiry(&self) -> Option<i64> {
+        self.resolver
+            .certificates()
+            .expiries()
+            .first()
+            .and_then(|(not_after, _)| *not_after)
     }
 
     /// The handshake side, serving from this folder (and its reloads).

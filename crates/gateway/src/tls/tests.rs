@@ -2,10 +2,16 @@ use super::*;
 
 /// A self-signed certificate for `names`, and its key, as PEM.
 fn issue(names: &[&str]) -> (String, String) {
+    issue_until(names, (2040, 1, 1))
+}
+
+/// [`issue`], valid until the day `(year, month, day)`.
+fn issue_until(names: &[&str], (year, month, day): (i32, u8, u8)) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let params =
+    let mut params =
         rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap();
+    params.not_after = rcgen::date_time_ymd(year, month, day);
     let cert = params.self_signed(&key).unwrap();
     (cert.pem(), key.serialize_pem())
 }
@@ -143,4 +149,29 @@ fn default_pem_serves_clients_asking_for_no_name_or_an_unknown_one() {
     assert_eq!(chosen(Some("other.test")).as_deref(), Some(DEFAULT_FILE));
     assert_eq!(chosen(Some("fallback.test")).as_deref(), Some(DEFAULT_FILE));
     assert_eq!(chosen(Some("shop.test")).as_deref(), Some("shop.pem"));
+}
+
+#[test]
+fn expiries_are_listed_soonest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = issue_until(&["late.test"], (2040, 1, 1));
+    write(dir.path(), "late.pem", &format!("{cert}{key}"));
+    let (cert, key) = issue_until(&["soon.test", "*.soon.test"], (2035, 6, 1));
+    write(dir.path(), "soon.pem", &format!("{cert}{key}"));
+    let folder = CertFolder::load(dir.path()).unwrap();
+    let expiries: Vec<(Option<i64>, String)> = folder
+        .resolver
+        .certificates()
+        .expiries()
+        .into_iter()
+        .map(|(at, file)| (at, file.file_name().unwrap().to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(
+        expiries,
+        [
+            (Some(2_064_268_800), "soon.pem".to_string()),
+            (Some(2_208_988_800), "late.pem".to_string()),
+        ]
+    );
+    assert_eq!(folder.earliest_expiry(), Some(2_064_268_800));
 }

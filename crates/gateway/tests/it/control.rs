@@ -1642,6 +1642,17 @@ async fn a_gateway_serves_tls_and_reloads_its_certificates_on_the_admin_api() {
     let (_, text) = request(Method::GET, &metrics_url, None, "").await;
     let failures = metric(&text, "switchyard_gateway_tls_handshake_failures_total");
     assert!(failures.is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(
+        metric(&text, "switchyard_gateway_tls_certificates"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "switchyard_gateway_tls_earliest_expiry_timestamp_seconds"
+        ),
+        Some(crate::tls::EXPIRES)
+    );
 
     let _ = stop.send(());
     within("the gateway to stop", served)

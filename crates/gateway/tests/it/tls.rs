@@ -27,6 +27,9 @@ use crate::proxy::{
     echoes_until_closed, eventually, ok, read_head, route, values, within, TestBackend,
 };
 
+/// When the certificates [`TestCa::issue`] makes expire: 2040-01-01, Unix time.
+pub(crate) const EXPIRES: f64 = 2_208_988_800.0;
+
 /// A certificate authority the test client trusts, issuing server certificates.
 pub(crate) struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
@@ -48,13 +51,14 @@ impl TestCa {
         }
     }
 
-    /// Writes `dir/file`: a certificate for `names` signed by this CA, then its key.
-    /// Returns the certificate.
+    /// Writes `dir/file`: a certificate for `names` signed by this CA, valid until
+    /// [`EXPIRES`], then its key. Returns the certificate.
     pub(crate) fn issue(&self, dir: &Path, file: &str, names: &[&str]) -> CertificateDer<'static> {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params =
+        let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        params.not_after = rcgen::date_time_ymd(2040, 1, 1);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         std::fs::write(
             dir.join(file),

@@ -808,6 +808,16 @@ fn tls_certificates_are_served_by_name_and_reloaded_on_sighup() {
         cert.cert.der().to_vec()
     };
     let app0 = issue("app0.test");
+    // One that has expired is served, and named in the log.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut expired = rcgen::CertificateParams::new(vec!["old.test".to_string()]).unwrap();
+    expired.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    let expired = expired.self_signed(&key).unwrap();
+    std::fs::write(
+        certs.join("old.test.pem"),
+        format!("{}{}", expired.pem(), key.serialize_pem()),
+    )
+    .unwrap();
     let server = backend("web");
     let orchestrator = Orchestrator::start();
     let _live = orchestrator.stream(snapshot(
@@ -824,6 +834,12 @@ fn tls_certificates_are_served_by_name_and_reloaded_on_sighup() {
     ]);
     let mut gateway = GatewayProcess::spawn(dir.path(), "gateway", &args);
     gateway.wait_ready();
+    let log = gateway.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("has EXPIRED") && line.contains("old.test.pem")),
+        "{log}"
+    );
 
     assert_eq!(
         https_get(tls, &app0, "app0.test", "/").unwrap(),
