@@ -136,7 +136,14 @@ struct GatewayStatus {
     staleness_seconds: Option<f64>,
     held_updates: Option<u64>,
     held_update_removed_routes: Option<u64>,
+    /// Certificate files its TLS listener serves (none: no TLS).
+    tls_certificates: Option<u64>,
+    /// Days until the first of them expires (negative: expired).
+    tls_days_left: Option<f64>,
 }
+
+/// A served TLS certificate this close to its expiry makes a gateway degraded.
+const TLS_EXPIRY_WARNING_DAYS: f64 = 14.0;
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -446,6 +453,8 @@ async fn gateway_status(
         staleness_seconds: None,
         held_updates: None,
         held_update_removed_routes: None,
+        tls_certificates: None,
+        tls_days_left: None,
     };
     match &readyz {
         Ok(answer) if answer.status == 200 => {
@@ -474,8 +483,39 @@ async fn gateway_status(
         status.staleness_seconds = status.staleness_seconds.or(metric(&text, m::STALENESS));
         status.held_updates = whole(m::HELD_UPDATES);
         status.held_update_removed_routes = whole(m::HELD_REMOVED);
+        status.tls_certificates = whole(m::TLS_CERTIFICATES);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        status.tls_days_left =
+            metric(&text, m::TLS_EARLIEST_EXPIRY).map(|expiry| (expiry - now) / 86_400.0);
     }
+    let problems = gateway_problems(&status, max_staleness);
+    if !problems.is_empty() && status.health == Health::Ok {
+        status.health = Health::Degraded;
+        status.reason = Some(problems.join("; "));
+    }
+    status
+}
+
+/// What is wrong with a gateway that answers.
+fn gateway_problems(status: &GatewayStatus, max_staleness: Duration) -> Vec<String> {
     let mut problems = Vec::new();
+    if let Some(days) = status
+        .tls_days_left
+        .filter(|days| *days < TLS_EXPIRY_WARNING_DAYS)
+    {
+        problems.push(if days <= 0.0 {
+            format!(
+                "a TLS certificate it serves EXPIRED {:.0} days ago: renew it, then kill -HUP the gateway",
+                -days
+            )
+        } else {
+            format!(
+                "a TLS certificate it serves expires in {days:.1} days: renew it, then kill -HUP the gateway"
+            )
+        });
+    }
     if let Some(held) = status.held_updates.filter(|h| *h > 0) {
         problems.push(format!(
             "{held} route table update held (it would remove {} routes): see GET /admin/held, then POST /admin/confirm",
@@ -490,11 +530,7 @@ async fn gateway_status(
             "its table is {stale:.0} s stale (over --max-staleness {max_staleness:?})"
         ));
     }
-    if !problems.is_empty() && status.health == Health::Ok {
-        status.health = Health::Degraded;
-        status.reason = Some(problems.join("; "));
-    }
-    status
+    problems
 }
 
 /// The sum of a metric's series in Prometheus text (`name value` or
@@ -638,6 +674,14 @@ fn render(report: &Report, args: &Args) -> String {
                     held => counted(held, "held update"),
                 },
             );
+            if let Some(files) = g.tls_certificates {
+                let _ = writeln!(
+                    out,
+                    "    TLS: {}; the first expires in {} days",
+                    counted(Some(files), "certificate"),
+                    g.tls_days_left.map_or("?".into(), |d| format!("{d:.0}")),
+                );
+            }
         }
     }
     let _ = writeln!(out, "Size alerts");
@@ -684,5 +728,31 @@ switchyard_gateway_routes_extra 99
             .map(|t| t.addr)
             .collect();
         assert_eq!(addrs, ["a:1", "b:2181", "c:3"]);
+    }
+
+    #[test]
+    fn a_gateway_whose_certificate_is_near_expiry_or_expired_is_degraded() {
+        let status = |days: Option<f64>| GatewayStatus {
+            name: "gateway-1".into(),
+            admin: "http://127.0.0.1:9080".into(),
+            health: Health::Ok,
+            ready: true,
+            reason: None,
+            routes: Some(3),
+            table_version: Some(7),
+            staleness_seconds: Some(1.0),
+            held_updates: Some(0),
+            held_update_removed_routes: Some(0),
+            tls_certificates: days.map(|_| 2),
+            tls_days_left: days,
+        };
+        let stale = Duration::from_secs(60);
+        assert!(gateway_problems(&status(None), stale).is_empty());
+        assert!(gateway_problems(&status(Some(30.0)), stale).is_empty());
+        let soon = gateway_problems(&status(Some(3.5)), stale);
+        assert_eq!(soon.len(), 1);
+        assert!(soon[0].contains("expires in 3.5 days"), "{soon:?}");
+        let expired = gateway_problems(&status(Some(-2.0)), stale);
+        assert!(expired[0].contains("EXPIRED 2 days ago"), "{expired:?}");
     }
 }
