@@ -1759,3 +1759,27 @@ async fn proxy_threads_report_their_open_connections() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_address_in_use_is_a_startup_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_generation(dir.path(), &RouteTable::from_routes(1, [route("a", &[])]));
+    let certs = tempfile::tempdir().unwrap();
+    crate::tls::TestCa::new().issue(certs.path(), "a.pem", &["a.test"]);
+    // Held without SO_REUSEPORT, so the gateway cannot bind beside it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let mut config = config(dir.path(), &[]);
+    config.tls_listen = Some(addr);
+    config.tls_certs = Some(certs.path().to_owned());
+    let error = match within("start", Gateway::start(config)).await {
+        Ok(_) => panic!("the gateway started"),
+        Err(e) => e,
+    };
+    assert!(matches!(error, gateway::Error::Bind { .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!("cannot listen on {addr} for the TLS proxy")),
+        "{text}"
+    );
+}
