@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::gate::Gated;
 use super::idle::{Activity, IdleTimer, Watched};
 use super::{forward, h1, Proxy};
 
@@ -128,8 +129,9 @@ async fn serve_h1_then_hyper<S>(
     let outcome = {
         let mut phase = drain.clone();
         tokio::select! {
+            biased;
             outcome = h1::serve(conn, &mut stream, &mut idle, &mut phase) => outcome,
-            () = aborted(&mut drain) => return,
+            () = Gated::new(aborted(&mut drain)) => return,
         }
     };
     let h1::Outcome::HandOver(read) = outcome else {

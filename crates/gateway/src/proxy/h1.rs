@@ -48,6 +48,7 @@ use super::answer::Failure;
 use super::body::Progress;
 use super::conn::{ClientConn, Phase};
 use super::forward::{move_elsewhere, route, RequestGuard};
+use super::gate::Gated;
 use super::idle::{Activity, IdleTimer};
 use super::upstream::{Lease, RawConn, Upstream};
 use super::Proxy;
@@ -163,6 +164,14 @@ pub(super) async fn serve<C: ClientStream>(
 ) -> Outcome {
     let mut buffers = Buffers::default();
     let mut first_byte = Box::pin(tokio::time::sleep(conn.proxy.config.first_byte_timeout));
+    // Resolves once the drain begins (or the proxy is gone): made once, not per request.
+    let mut draining = {
+        let mut drain = drain.clone();
+        Gated::new(async move {
+            let _ = drain.wait_for(|phase| *phase != Phase::Serving).await;
+        })
+    };
+    let mut drain_seen = false;
     loop {
         let req = loop {
             if !buffers.client.is_empty() {
@@ -179,18 +188,17 @@ pub(super) async fn serve<C: ClientStream>(
                     }
                     Parse::Partial => {}
                 }
-            } else if *drain.borrow() != Phase::Serving {
+            } else if drain_seen || *drain.borrow() != Phase::Serving {
                 return Outcome::Closed;
             }
             tokio::select! {
+                biased;
                 read = client.read_more(&mut buffers) => match read {
                     Ok(0) | Err(_) => return Outcome::Closed,
                     Ok(_) => {}
                 },
                 () = idle.expired(&conn.activity) => return Outcome::Closed,
-                changed = drain.changed() => if changed.is_err() {
-                    return Outcome::Closed;
-                },
+                () = &mut draining, if !drain_seen => drain_seen = true,
             }
         };
         let close = !req.keep_alive || *drain.borrow() != Phase::Serving;
@@ -553,9 +561,11 @@ struct Ended {
 /// Reads the backend's answer and streams it to the client: interim (1xx) heads, the
 /// final head, the body.
 async fn respond<W: AsyncWrite + Unpin>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken> {
-    // Counted from the request's head going out, as on the hyper path.
+    // Counted from the request's head going out (`progress` began then), as on the
+    // hyper path. The timer is not reset per request: its deadline, set from an
+    // earlier request or the connection's start, is never later than this one's, and
+    // when it goes off early it is set again for what is left.
     let timeout = r.proxy.config.first_byte_timeout;
-    r.first_byte.as_mut().reset(Instant::now() + timeout);
     r.buf.clear();
     let head = loop {
         r.out.clear();
@@ -605,6 +615,7 @@ async fn respond<W: AsyncWrite + Unpin>(mut r: Respond<'_, '_, W>) -> Result<End
         r.buf.clear();
         r.buf.reserve(READ_SIZE);
         tokio::select! {
+            biased;
             read = r.from_backend.read_buf(r.buf) => match read {
                 Ok(0) if body.until_close() => break,
                 Ok(0) | Err(_) => return Err(Broken::Cut),
@@ -632,6 +643,7 @@ async fn write(
     idle: &mut IdleTimer,
 ) -> Result<(), Broken> {
     tokio::select! {
+        biased;
         written = write_out(to, bytes) => written.map_err(|_| Broken::Cut)?,
         () = idle.expired(activity) => return Err(Broken::Cut),
     }

@@ -17,6 +17,7 @@ mod balance;
 mod body;
 mod conn;
 mod forward;
+mod gate;
 mod h1;
 mod headers;
 mod idle;

@@ -879,6 +879,36 @@ async fn idle_connections_are_closed_but_a_slow_answer_is_awaited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_byte_timeout_counts_from_each_request_on_an_old_connection() {
+    let backend = TestBackend::named("app").await;
+    let config = ProxyConfig {
+        first_byte_timeout: Duration::from_millis(2500),
+        ..ProxyConfig::default()
+    };
+    let gateway = Gateway::start_with(
+        vec![route("app", &["app.test"], &[(backend.addr, 1)])],
+        config,
+        BackendConfig::default(),
+    )
+    .await;
+    let mut client = gateway.client().await;
+    assert_eq!(client.get("app.test", "/").await, ok("app"));
+    // The connection (and its first request) are now older than the timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // An answer that takes a second is within the timeout of its own request.
+    assert_eq!(client.get("app.test", "/late").await, ok("late"));
+    // One that never comes still times out, on the same connection.
+    assert_eq!(
+        client.get("app.test", "/stall").await,
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            "backend did not answer in time\n".to_string()
+        )
+    );
+    assert_eq!(client.get("app.test", "/").await, ok("app"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backend_is_retried_around_then_ejected() {
     let alive = TestBackend::named("alive").await;
     let doomed = TestBackend::named("doomed").await;
