@@ -404,6 +404,62 @@ fn normalize_hosts() {
     }
 }
 
+#[test]
+fn the_one_pass_host_check_agrees_with_the_full_one() {
+    fn agree(input: &str) {
+        assert_eq!(
+            normalize_host(input),
+            crate::domain::normalize_host_slowly(input),
+            "{input:?}"
+        );
+    }
+    // Every string of up to 6 characters from an alphabet that reaches each rule.
+    let alphabet = ['a', 'Z', '0', '9', '-', '.', ':', '*'];
+    let mut current = vec![String::new()];
+    for _ in 0..6 {
+        let mut longer = Vec::with_capacity(current.len() * alphabet.len());
+        for s in &current {
+            agree(s);
+            for c in alphabet {
+                longer.push(format!("{s}{c}"));
+            }
+        }
+        current = longer;
+    }
+    current.iter().for_each(|s| agree(s));
+    // The limits: label and name lengths, ports.
+    let label = |n: usize| "a".repeat(n);
+    let name = |n: usize| {
+        let mut s = "a.".repeat(n / 2);
+        s.truncate(n.saturating_sub(1));
+        s.push('b');
+        s
+    };
+    for input in [
+        label(63),
+        label(64),
+        format!("{}.com", label(63)),
+        format!("{}.com", label(64)),
+        name(253),
+        name(254),
+        format!("{}:80", name(253)),
+        format!("{}:80", name(254)),
+        "example.com:65535".to_owned(),
+        "example.com:65536".to_owned(),
+        "example.com:99999".to_owned(),
+        "example.com:000080".to_owned(),
+        "example.com:00080".to_owned(),
+        "a-b.c-d.e1".to_owned(),
+        "1.2.3.4".to_owned(),
+        "1.2.3.4:80".to_owned(),
+        "1.2.3.a".to_owned(),
+        "a.1-2".to_owned(),
+    ] {
+        agree(&input);
+    }
+    assert_eq!(name(253).len(), 253);
+}
+
 // ---- backends and health checks ---------------------------------------------------
 
 #[test]
