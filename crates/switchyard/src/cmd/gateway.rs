@@ -7,10 +7,10 @@ use anyhow::Context;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Threads that serve requests [default: one per core]. With more than one, each
-    /// is a single-threaded runtime of its own accepting from the shared listener, and
-    /// the control side (admin API, route stream, snapshots) runs on one more; with
-    /// one, everything shares that one thread.
+    /// Threads that serve requests [default: one per core]. Each is a single-threaded
+    /// runtime of its own accepting from the shared listener; the control side (admin
+    /// API, route stream, snapshots) runs on one more, so its work never holds up a
+    /// request.
     #[arg(long, env = "SWITCHYARD_GATEWAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
 
@@ -36,12 +36,11 @@ pub fn run(args: Args, matches: Option<&clap::ArgMatches>) -> anyhow::Result<Exi
         .thread_name("gateway")
         .build()
         .context("starting the async runtime")?;
-    let proxy_threads = if workers > 1 { workers } else { 0 };
     runtime
         .block_on(async {
             gateway::Gateway::start(config)
                 .await?
-                .with_proxy_threads(proxy_threads)
+                .with_proxy_threads(workers)
                 .serve(super::shutdown_signal())
                 .await
         })
