@@ -25,6 +25,8 @@ use super::gateway_peers::{self as peers, CpuTimes, Process, SnapshotInfo, Tool,
 use super::gateway_report::{self as report, Outcome, Row, Sample, Skipped, Target};
 use super::report::median;
 
+mod instructions;
+
 /// A peer: what serves the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Peer {
@@ -124,6 +126,11 @@ pub struct Args {
     /// connections alive. Closed-loop runs only.
     #[arg(long)]
     new_connections: bool,
+    /// Instead of timing the proxies, count the user-space instructions each spends per
+    /// request under wrk, with callgrind (valgrind), one worker each: a figure the
+    /// machine's noise does not move. `gateway-large` and `direct` are left out.
+    #[arg(long, conflicts_with_all = ["tls", "new_connections"])]
+    instructions: bool,
     /// Do not install missing tools (nginx, haproxy, wrk) with apt-get; skip what needs them.
     #[arg(long)]
     no_install: bool,
@@ -217,6 +224,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(
             !peer_list.is_empty(),
             "--tls runs nginx, haproxy and gateway; --peers names none of them"
+        );
+    }
+    if args.instructions {
+        // Counted on one route; the direct load runs no proxy to count.
+        peer_list.retain(|p| !matches!(p, Peer::Direct | Peer::GatewayLarge));
+        anyhow::ensure!(
+            !peer_list.is_empty(),
+            "--instructions counts nginx, haproxy and gateway; --peers names none of them"
         );
     }
     let mut modes: Vec<Mode> = Vec::new();
@@ -363,6 +378,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .copied()
         .filter(|p| !(*p == Peer::Haproxy && bench.haproxy.is_none()))
         .collect();
+    if args.instructions {
+        return instructions::run(&mut bench, &runnable, skipped);
+    }
 
     let began = Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
@@ -965,6 +983,38 @@ impl Bench<'_> {
             .dir
             .join(format!("{}-{}-{}", peer.name(), mode.name(), self.starts));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let command = self.command(mode, peer, &dir, addr, false)?;
+        let cpus = match mode {
+            Mode::OneCore => Some(self.layout.proxy.as_slice()),
+            Mode::AllCores => None,
+        };
+        let spawned = Instant::now();
+        let mut process = Process::start(peer.name(), command, cpus, dir.join("output.log"))?;
+        let took = peers::first_proxied(
+            &mut process,
+            addr,
+            self.tls.as_ref(),
+            spawned,
+            Duration::from_secs(self.args.start_timeout_secs),
+        )?;
+        Ok(Running {
+            process: Some(process),
+            addr,
+            start_to_first: Some(took),
+        })
+    }
+
+    /// The command that runs `peer` on `addr` in `mode`, its files in `dir`; with
+    /// `single_process`, nginx runs without its master process.
+    fn command(
+        &self,
+        mode: Mode,
+        peer: Peer,
+        dir: &Path,
+        addr: SocketAddr,
+        single_process: bool,
+    ) -> anyhow::Result<Command> {
+        let port = addr.port();
         let one = match mode {
             Mode::OneCore => Some(1u16),
             Mode::AllCores => None,
@@ -972,12 +1022,19 @@ impl Bench<'_> {
         let backend_port = self.backend_addr.port();
         let pem = self.tls.as_ref().map(|cert| cert.pem.as_path());
         let command = match peer {
-            Peer::Direct => unreachable!("handled above"),
+            Peer::Direct => bail!("the direct load runs no proxy"),
             Peer::Nginx => {
                 let conf = dir.join("nginx.conf");
-                let text = peers::nginx_conf(&dir, port, backend_port, one, pem);
+                let mut text = peers::nginx_conf(dir, port, backend_port, one, pem);
+                if single_process {
+                    anyhow::ensure!(
+                        text.contains("master_process on;"),
+                        "the nginx configuration no longer says `master_process on;`"
+                    );
+                    text = text.replace("master_process on;", "master_process off;");
+                }
                 peers::write_file(&conf, &text)?;
-                peers::nginx_command(&self.nginx.path, &dir, &conf)
+                peers::nginx_command(&self.nginx.path, dir, &conf)
             }
             Peer::Haproxy => {
                 let haproxy = self.haproxy.as_ref().context("haproxy is not installed")?;
@@ -999,24 +1056,7 @@ impl Bench<'_> {
                 self.gateway_command(addr, &state, one)?
             }
         };
-        let cpus = match mode {
-            Mode::OneCore => Some(self.layout.proxy.as_slice()),
-            Mode::AllCores => None,
-        };
-        let spawned = Instant::now();
-        let mut process = Process::start(peer.name(), command, cpus, dir.join("output.log"))?;
-        let took = peers::first_proxied(
-            &mut process,
-            addr,
-            self.tls.as_ref(),
-            spawned,
-            Duration::from_secs(self.args.start_timeout_secs),
-        )?;
-        Ok(Running {
-            process: Some(process),
-            addr,
-            start_to_first: Some(took),
-        })
+        Ok(command)
     }
 
     fn gateway_command(
