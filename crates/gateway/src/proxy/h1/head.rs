@@ -74,39 +74,43 @@ pub(super) fn request(
         return Parse::HandOver;
     }
 
-    let Some(connection) = Connection::of(req.headers) else {
-        return Parse::HandOver;
-    };
+    // One pass over the headers: each name looked at once, by length first.
+    let mut connection = Connection::default();
     let mut host = None;
     let mut hosts = 0;
     let mut length = None;
     let mut chunked = false;
     let mut has_upgrade = false;
     let mut expect_continue = false;
-    for header in req.headers.iter() {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = Some(offset(buf, header.value));
-        } else if name.eq_ignore_ascii_case("content-length") {
-            match (content_length(header.value), length) {
+    let mut kinds = [Name::Other; MAX_HEADERS];
+    for (header, kind) in req.headers.iter().zip(&mut kinds) {
+        *kind = Name::of(header.name);
+        match kind {
+            Name::Host => {
+                hosts += 1;
+                host = Some(offset(buf, header.value));
+            }
+            Name::ContentLength => match (content_length(header.value), length) {
                 (Some(n), None) => length = Some(n),
                 (Some(n), Some(before)) if n == before => {}
                 _ => return Parse::HandOver,
+            },
+            Name::TransferEncoding => {
+                if chunked || !trimmed(header.value).eq_ignore_ascii_case(b"chunked") {
+                    return Parse::HandOver;
+                }
+                chunked = true;
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if chunked || !trimmed(header.value).eq_ignore_ascii_case(b"chunked") {
-                return Parse::HandOver;
+            Name::Upgrade => has_upgrade = true,
+            Name::Expect => {
+                // Any other expectation is hyper's to refuse (417).
+                if expect_continue || !trimmed(header.value).eq_ignore_ascii_case(b"100-continue") {
+                    return Parse::HandOver;
+                }
+                expect_continue = true;
             }
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            has_upgrade = true;
-        } else if name.eq_ignore_ascii_case("expect") {
-            // Any other expectation is hyper's to refuse (417).
-            if expect_continue || !trimmed(header.value).eq_ignore_ascii_case(b"100-continue") {
-                return Parse::HandOver;
-            }
-            expect_continue = true;
+            Name::Connection if !connection.add(header.value) => return Parse::HandOver,
+            _ => {}
         }
     }
     let (Some(host), 1) = (host, hosts) else {
@@ -126,23 +130,28 @@ pub(super) fn request(
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for header in req.headers.iter() {
-        let name = header.name;
-        if !(is_hop_by_hop(name)
-            || connection.names(name)
-            || name.eq_ignore_ascii_case("x-forwarded-for")
-            || name.eq_ignore_ascii_case("x-forwarded-proto")
-            || name.eq_ignore_ascii_case("x-forwarded-host")
-            || name.eq_ignore_ascii_case("via")
-            || name.eq_ignore_ascii_case("expect"))
-        {
-            line(out, name.as_bytes(), header.value);
-        }
-    }
-    list_line(out, req.headers, "x-forwarded-for", client_ip);
+    // Hop-by-hop headers, what `Connection` names, the forwarding headers (set below)
+    // and `Expect` (answered here) stay behind.
+    kept_lines(buf, len, req.headers, out, |i, header| {
+        matches!(kinds[i], Name::Other | Name::Host | Name::ContentLength)
+            && !connection.names(header.name)
+    });
+    let listed = |kind: Name| {
+        req.headers
+            .iter()
+            .zip(&kinds)
+            .filter(move |(_, k)| **k == kind)
+            .map(|(header, _)| header.value)
+    };
+    list_line(
+        out,
+        "x-forwarded-for",
+        listed(Name::XForwardedFor),
+        client_ip,
+    );
     line(out, b"x-forwarded-proto", proto);
     line(out, b"x-forwarded-host", &buf[host.clone()]);
-    list_line(out, req.headers, "via", b"1.1 switchyard");
+    list_line(out, "via", listed(Name::Via), b"1.1 switchyard");
     if chunked {
         line(out, b"transfer-encoding", b"chunked");
     }
@@ -216,21 +225,28 @@ pub(super) fn response(
     if status == 101 {
         return Err(BadResponse::UnaskedUpgrade);
     }
-    let connection = Connection::of(res.headers).ok_or(BadResponse::Framing)?;
+    let mut connection = Connection::default();
     let mut length = None;
     let mut coding: Option<&[u8]> = None;
-    for header in res.headers.iter() {
-        if header.name.eq_ignore_ascii_case("content-length") {
-            match (content_length(header.value), length) {
+    let mut kinds = [Name::Other; MAX_HEADERS];
+    for (header, kind) in res.headers.iter().zip(&mut kinds) {
+        *kind = Name::of(header.name);
+        match kind {
+            Name::ContentLength => match (content_length(header.value), length) {
                 (Some(n), None) => length = Some(n),
                 (Some(n), Some(before)) if n == before => {}
                 _ => return Err(BadResponse::Framing),
+            },
+            Name::TransferEncoding => {
+                if coding.is_some() {
+                    return Err(BadResponse::Framing);
+                }
+                coding = Some(header.value);
             }
-        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            if coding.is_some() {
+            Name::Connection if !connection.add(header.value) => {
                 return Err(BadResponse::Framing);
             }
-            coding = Some(header.value);
+            _ => {}
         }
     }
     let bodiless = to_head || status < 200 || status == 204 || status == 304;
@@ -258,13 +274,11 @@ pub(super) fn response(
     ]);
     out.extend_from_slice(res.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
-    for header in res.headers.iter() {
-        let name = header.name;
-        let is_length = name.eq_ignore_ascii_case("content-length");
-        if !(is_hop_by_hop(name) || connection.names(name) || (is_length && coding.is_some())) {
-            line(out, name.as_bytes(), header.value);
-        }
-    }
+    kept_lines(buf, len, res.headers, out, |i, header| {
+        !(kinds[i].is_hop_by_hop()
+            || connection.names(header.name)
+            || (kinds[i] == Name::ContentLength && coding.is_some()))
+    });
     if let (Framing::Chunked, Some(coding)) = (framing, coding) {
         line(out, b"transfer-encoding", coding);
     }
@@ -282,32 +296,28 @@ pub(super) fn response(
 }
 
 /// The tokens of a message's `Connection` headers.
+#[derive(Default)]
 struct Connection<'a> {
     tokens: [&'a [u8]; MAX_TOKENS],
     count: usize,
 }
 
 impl<'a> Connection<'a> {
-    /// `None` when the headers name more than [`MAX_TOKENS`].
-    fn of(headers: &[httparse::Header<'a>]) -> Option<Connection<'a>> {
-        let mut connection = Connection {
-            tokens: [&[]; MAX_TOKENS],
-            count: 0,
-        };
-        for header in headers {
-            if !header.name.eq_ignore_ascii_case("connection") {
+    /// Adds the tokens of one `Connection` header; `false` when there are more than
+    /// [`MAX_TOKENS`] in all.
+    fn add(&mut self, value: &'a [u8]) -> bool {
+        for token in value.split(|&b| b == b',') {
+            let token = trimmed(token);
+            if token.is_empty() {
                 continue;
             }
-            for token in header.value.split(|&b| b == b',') {
-                let token = trimmed(token);
-                if token.is_empty() {
-                    continue;
-                }
-                *connection.tokens.get_mut(connection.count)? = token;
-                connection.count += 1;
-            }
+            let Some(slot) = self.tokens.get_mut(self.count) else {
+                return false;
+            };
+            *slot = token;
+            self.count += 1;
         }
-        Some(connection)
+        true
     }
 
     fn has(&self, token: &[u8]) -> bool {
@@ -318,35 +328,117 @@ impl<'a> Connection<'a> {
 
     /// Whether header `name` is one `Connection` names as hop-by-hop (never `Host`).
     fn names(&self, name: &str) -> bool {
-        !name.eq_ignore_ascii_case("host") && self.has(name.as_bytes())
+        self.count > 0 && !name.eq_ignore_ascii_case("host") && self.has(name.as_bytes())
     }
 }
 
-/// Whether `name` is one of the hop-by-hop headers every message loses (RFC 9110
-/// §7.6.1), the same list the hyper path strips (a test holds them equal). The length
-/// decides first: most names are compared with nothing.
-fn is_hop_by_hop(name: &str) -> bool {
-    let candidates: &[&str] = match name.len() {
-        2 => &["te"],
-        7 => &["trailer", "upgrade"],
-        10 => &["connection", "keep-alive"],
-        16 => &["proxy-connection"],
-        17 => &["transfer-encoding"],
-        _ => return false,
-    };
-    candidates.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+/// What a header is to the proxy, told from its name: by its length first, so that
+/// most names are compared with nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    Expect,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    Via,
+    /// `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`: the other hop-by-hop headers.
+    OtherHopByHop,
+    Other,
 }
 
-/// Writes list header `name` as one line: its values in `headers` (if any), joined
-/// with ", ", then `added`.
-fn list_line(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], name: &str, added: &[u8]) {
+impl Name {
+    fn of(name: &str) -> Name {
+        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is("te") => Name::OtherHopByHop,
+            3 if is("via") => Name::Via,
+            4 if is("host") => Name::Host,
+            6 if is("expect") => Name::Expect,
+            7 if is("upgrade") => Name::Upgrade,
+            7 if is("trailer") => Name::OtherHopByHop,
+            10 if is("connection") => Name::Connection,
+            10 if is("keep-alive") => Name::OtherHopByHop,
+            14 if is("content-length") => Name::ContentLength,
+            15 if is("x-forwarded-for") => Name::XForwardedFor,
+            16 if is("proxy-connection") => Name::OtherHopByHop,
+            16 if is("x-forwarded-host") => Name::XForwardedHost,
+            17 if is("transfer-encoding") => Name::TransferEncoding,
+            17 if is("x-forwarded-proto") => Name::XForwardedProto,
+            _ => Name::Other,
+        }
+    }
+
+    /// One of the hop-by-hop headers every message loses (RFC 9110 §7.6.1), the same
+    /// list the hyper path strips (a test holds them equal).
+    fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Name::Connection | Name::TransferEncoding | Name::Upgrade | Name::OtherHopByHop
+        )
+    }
+}
+
+/// Writes the header lines of the head `buf[..len]` that `keep` keeps to `out`, as they
+/// came: each run of kept lines in one copy. A line that ends in a bare LF (which
+/// httparse accepts) is written anew, with CRLF.
+fn kept_lines(
+    buf: &[u8],
+    len: usize,
+    headers: &[httparse::Header<'_>],
+    out: &mut Vec<u8>,
+    keep: impl Fn(usize, &httparse::Header<'_>) -> bool,
+) {
+    let Some(first) = headers.first() else {
+        return;
+    };
+    // Where the empty line that ends the head begins.
+    let block_end = if buf[len - 2] == b'\r' {
+        len - 2
+    } else {
+        len - 1
+    };
+    let mut start = offset(buf, first.name.as_bytes()).start;
+    let mut run = None;
+    for (i, header) in headers.iter().enumerate() {
+        let end = headers
+            .get(i + 1)
+            .map_or(block_end, |next| offset(buf, next.name.as_bytes()).start);
+        let kept = keep(i, header);
+        if kept && buf[..end].ends_with(b"\r\n") {
+            run.get_or_insert(start);
+        } else {
+            if let Some(from) = run.take() {
+                out.extend_from_slice(&buf[from..start]);
+            }
+            if kept {
+                line(out, header.name.as_bytes(), header.value);
+            }
+        }
+        start = end;
+    }
+    if let Some(from) = run {
+        out.extend_from_slice(&buf[from..block_end]);
+    }
+}
+
+/// Writes list header `name` as one line: the `values` it had (if any), joined with
+/// ", ", then `added`.
+fn list_line<'a>(
+    out: &mut Vec<u8>,
+    name: &str,
+    values: impl Iterator<Item = &'a [u8]>,
+    added: &[u8],
+) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
-    for header in headers {
-        if header.name.eq_ignore_ascii_case(name) {
-            out.extend_from_slice(header.value);
-            out.extend_from_slice(b", ");
-        }
+    for value in values {
+        out.extend_from_slice(value);
+        out.extend_from_slice(b", ");
     }
     out.extend_from_slice(added);
     out.extend_from_slice(b"\r\n");
@@ -520,8 +612,9 @@ mod tests {
     fn the_hop_by_hop_names_are_those_the_hyper_path_strips() {
         use super::super::super::headers::HOP_BY_HOP;
         for hop in HOP_BY_HOP {
-            assert!(is_hop_by_hop(hop.as_str()), "{hop}");
-            assert!(is_hop_by_hop(&hop.as_str().to_ascii_uppercase()), "{hop}");
+            assert!(Name::of(hop.as_str()).is_hop_by_hop(), "{hop}");
+            let upper = hop.as_str().to_ascii_uppercase();
+            assert!(Name::of(&upper).is_hop_by_hop(), "{hop}");
         }
         let others = [
             "",
@@ -538,11 +631,11 @@ mod tests {
             "via",
         ];
         for name in others {
-            assert!(!is_hop_by_hop(name), "{name}");
+            assert!(!Name::of(name).is_hop_by_hop(), "{name}");
         }
         // Every name of a hop-by-hop length that is not in the list.
         for name in ["tx", "trailex", "upgradx", "connectioN_", "keep-alivx"] {
-            assert!(!is_hop_by_hop(name), "{name}");
+            assert!(!Name::of(name).is_hop_by_hop(), "{name}");
         }
     }
 
@@ -551,5 +644,175 @@ mod tests {
         let mut out = Vec::new();
         assert!(matches!(response(b"", false, false, &mut out), Ok(None)));
         assert!(out.is_empty());
+    }
+
+    /// A small deterministic generator, for the test below.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) as usize % n
+        }
+
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[self.below(from.len())]
+        }
+    }
+
+    /// Random header lines: names in mixed case, values with and without spaces around
+    /// them, lines ending in CRLF or a bare LF.
+    fn lines(rng: &mut Lcg, pool: &[(&str, &[&str])], count: usize) -> Vec<(String, String)> {
+        (0..count)
+            .map(|_| {
+                let (name, values) = pool[rng.below(pool.len())];
+                let name: String = name
+                    .chars()
+                    .map(|c| {
+                        if rng.below(2) == 0 {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                (name, rng.pick(values).to_string())
+            })
+            .collect()
+    }
+
+    fn head(rng: &mut Lcg, first: &str, lines: &[(String, String)]) -> String {
+        let mut head = format!("{first}\r\n");
+        for (name, value) in lines {
+            let space = rng.pick(&["", " ", "  "]);
+            let end = rng.pick(&["\r\n", "\r\n", "\n"]);
+            head.push_str(&format!("{name}:{space}{value}{space}{end}"));
+        }
+        head.push_str(rng.pick(&["\r\n", "\n"]));
+        head
+    }
+
+    /// The header lines of `text` (a head as written out), lowercased names, trimmed
+    /// values; every line must end in CRLF.
+    fn written(text: &str) -> Vec<(String, String)> {
+        assert!(text.ends_with("\r\n\r\n"), "{text:?}");
+        assert!(
+            !text.replace("\r\n", "").contains('\n'),
+            "a bare LF in {text:?}"
+        );
+        text.split("\r\n")
+            .skip(1)
+            .take_while(|line| !line.is_empty())
+            .map(|line| {
+                let (name, value) = line.split_once(':').unwrap();
+                (name.to_ascii_lowercase(), value.trim().to_string())
+            })
+            .collect()
+    }
+
+    fn tokens(lines: &[(String, String)]) -> Vec<String> {
+        lines
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+            .flat_map(|(_, value)| value.split(',').map(|t| t.trim().to_ascii_lowercase()))
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    const HOP: [&str; 7] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+
+    #[test]
+    fn heads_are_written_out_as_the_rules_say_whatever_their_spacing_and_line_ends() {
+        let pool: &[(&str, &[&str])] = &[
+            ("x-kept", &["yes", "a, b", ""]),
+            ("cookie", &["a=1; b=2"]),
+            (
+                "connection",
+                &["keep-alive", "close", "x-secret", "X-Secret, keep-alive"],
+            ),
+            ("x-secret", &["1"]),
+            ("keep-alive", &["timeout=5"]),
+            ("te", &["trailers"]),
+            ("trailer", &["x-sum"]),
+            ("proxy-connection", &["keep-alive"]),
+            ("x-forwarded-for", &["10.0.0.1", "10.0.0.2, 10.0.0.3"]),
+            ("x-forwarded-proto", &["https"]),
+            ("x-forwarded-host", &["elsewhere"]),
+            ("via", &["1.0 edge"]),
+        ];
+        let mut rng = Lcg(7);
+        for _ in 0..3000 {
+            let count = rng.below(7);
+            let mut extra = lines(&mut rng, pool, count);
+            let at = rng.below(extra.len() + 1);
+            extra.insert(at, ("Host".into(), "a.test".into()));
+
+            // A request.
+            let req = head(&mut rng, "GET /x HTTP/1.1", &extra);
+            let mut out = Vec::new();
+            let Parse::Done(parsed) = request(req.as_bytes(), b"10.9.9.9", b"http", &mut out)
+            else {
+                panic!("not taken: {req:?}")
+            };
+            assert_eq!(parsed.len, req.len());
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.starts_with("GET /x HTTP/1.1\r\n"), "{out:?}");
+            let named = tokens(&extra);
+            let listed = |name: &str, added: &str| {
+                let mut values: Vec<String> = extra
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                values.push(added.into());
+                (name.to_string(), values.join(", "))
+            };
+            let mut expected: Vec<(String, String)> = extra
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+                .filter(|(n, _)| {
+                    !HOP.contains(&n.as_str())
+                        && !n.starts_with("x-forwarded-")
+                        && n != "via"
+                        && (n == "host" || !named.contains(n))
+                })
+                .collect();
+            expected.push(listed("x-forwarded-for", "10.9.9.9"));
+            expected.push(("x-forwarded-proto".into(), "http".into()));
+            expected.push(("x-forwarded-host".into(), "a.test".into()));
+            expected.push(listed("via", "1.1 switchyard"));
+            assert_eq!(written(&out), expected, "{req:?}");
+            assert_eq!(parsed.keep_alive, !named.iter().any(|t| t == "close"));
+
+            // A response to it, without the Host line.
+            extra.retain(|(n, _)| n != "Host");
+            let res = head(&mut rng, "HTTP/1.1 200 OK", &extra);
+            let mut out = Vec::new();
+            let parsed = response(res.as_bytes(), false, false, &mut out)
+                .unwrap()
+                .unwrap();
+            assert_eq!(parsed.len, res.len());
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out:?}");
+            let mut expected: Vec<(String, String)> = extra
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+                .filter(|(n, _)| !HOP.contains(&n.as_str()) && !named.contains(n))
+                .collect();
+            // No length: the body runs until the backend closes.
+            expected.push(("connection".into(), "close".into()));
+            assert_eq!(written(&out), expected, "{res:?}");
+        }
     }
 }
