@@ -217,6 +217,12 @@ impl Gateway {
         Gateway::start_with(routes, ProxyConfig::default(), BackendConfig::default()).await
     }
 
+    /// Serves `app.test` from `backend` alone, with `config`.
+    async fn for_app(backend: &TestBackend, config: ProxyConfig) -> Gateway {
+        let routes = vec![route("app", &["app.test"], &[(backend.addr, 1)])];
+        Gateway::start_with(routes, config, BackendConfig::default()).await
+    }
+
     async fn start_with(
         routes: Vec<Route>,
         config: ProxyConfig,
@@ -834,12 +840,7 @@ async fn idle_connections_are_closed_but_a_slow_answer_is_awaited() {
         idle_timeout: Duration::from_millis(100),
         ..ProxyConfig::default()
     };
-    let gateway = Gateway::start_with(
-        vec![route("app", &["app.test"], &[(backend.addr, 1)])],
-        config,
-        BackendConfig::default(),
-    )
-    .await;
+    let gateway = Gateway::for_app(&backend, config).await;
 
     // Waiting for a response head is not idling, on either side.
     let mut client = gateway.client().await;
@@ -885,12 +886,7 @@ async fn the_first_byte_timeout_counts_from_each_request_on_an_old_connection() 
         first_byte_timeout: Duration::from_millis(2500),
         ..ProxyConfig::default()
     };
-    let gateway = Gateway::start_with(
-        vec![route("app", &["app.test"], &[(backend.addr, 1)])],
-        config,
-        BackendConfig::default(),
-    )
-    .await;
+    let gateway = Gateway::for_app(&backend, config).await;
     let mut client = gateway.client().await;
     assert_eq!(client.get("app.test", "/").await, ok("app"));
     // The connection (and its first request) are now older than the timeout.
@@ -1084,12 +1080,7 @@ async fn a_shutdown_drains_requests_in_flight_and_refuses_new_connections() {
         drain_timeout: Duration::from_secs(600),
         ..ProxyConfig::default()
     };
-    let mut gateway = Gateway::start_with(
-        vec![route("app", &["app.test"], &[(backend.addr, 1)])],
-        config,
-        BackendConfig::default(),
-    )
-    .await;
+    let mut gateway = Gateway::for_app(&backend, config).await;
 
     // An idle keep-alive connection, which the drain closes.
     let mut idle_client = gateway.client().await;
