@@ -249,17 +249,15 @@ pub(super) struct Buffers {
 
 impl Buffers {
     fn lend(&mut self) {
-        for buf in self.all() {
-            if buf.capacity() == 0 {
-                *buf = spare::take();
-            }
+        let mut bufs = self.all();
+        if bufs.iter().all(|buf| buf.capacity() != 0) {
+            return;
         }
+        spare::take_into(&mut bufs);
     }
 
     fn give_back(&mut self) {
-        for buf in self.all() {
-            spare::give(std::mem::take(buf));
-        }
+        spare::give_all(&mut self.all());
     }
 
     fn all(&mut self) -> [&mut Vec<u8>; 4] {
@@ -300,14 +298,26 @@ mod spare {
             .unwrap_or_else(|| Vec::with_capacity(READ_SIZE))
     }
 
-    pub(super) fn give(mut buf: Vec<u8>) {
-        if buf.capacity() == 0 || buf.capacity() > KEEP_CAPACITY {
-            return;
-        }
-        buf.clear();
+    /// Gives each of `bufs` that has no buffer one (the thread's list is looked up once).
+    pub(super) fn take_into(bufs: &mut [&mut Vec<u8>]) {
         SPARE.with(|spare| {
             let mut spare = spare.borrow_mut();
-            if spare.len() < KEEP {
+            for buf in bufs.iter_mut().filter(|buf| buf.capacity() == 0) {
+                **buf = spare.pop().unwrap_or_else(|| Vec::with_capacity(READ_SIZE));
+            }
+        });
+    }
+
+    /// Takes `bufs`' buffers back, emptied; one that grew too large is freed.
+    pub(super) fn give_all(bufs: &mut [&mut Vec<u8>]) {
+        SPARE.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            for buf in bufs.iter_mut() {
+                let mut buf = std::mem::take(*buf);
+                if buf.capacity() == 0 || buf.capacity() > KEEP_CAPACITY || spare.len() >= KEEP {
+                    continue;
+                }
+                buf.clear();
                 spare.push(buf);
             }
         });
