@@ -9,8 +9,8 @@ use anyhow::Context;
 pub struct Args {
     /// Threads that serve requests [default: one per core]. Each is a single-threaded
     /// runtime of its own accepting from the shared listener; the control side (admin
-    /// API, route stream, snapshots) runs on one more, so its work never holds up a
-    /// request.
+    /// API, route stream, snapshots) runs on one more, so that its work does not stall
+    /// the proxy's event loop.
     #[arg(long, env = "SWITCHYARD_GATEWAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
 
