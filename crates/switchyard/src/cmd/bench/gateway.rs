@@ -10,6 +10,8 @@
 //! one route and with a million (`gateway-large`), each table written to its state
 //! folder with the gateway crate's own snapshot code and served from disk, without an
 //! orchestrator. Prints a table of medians with ratios to nginx; writes no file.
+//! With `--instructions` it counts each proxy's user-space instructions per request
+//! under callgrind instead (`gateway/instructions.rs`).
 
 use std::fmt::Write as _;
 use std::fs;
