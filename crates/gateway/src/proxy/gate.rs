@@ -3,8 +3,8 @@
 //! A connection's task is woken for every read and write, and a `select!` polls each
 //! of its branches on every wake. A branch that waits for something rare, the drain
 //! say, would take the locks of its channel for nothing each time. Gated, it is
-//! polled when its own waker fired (and on the first poll, or when the task's waker
-//! changes): on the request path, a flag read.
+//! polled on the first poll and then only when its own waker fired: on the request
+//! path, a flag read. Its wakes go to whichever task waker polled it last.
 
 use std::future::Future;
 use std::pin::Pin;
