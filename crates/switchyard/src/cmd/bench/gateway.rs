@@ -2,9 +2,11 @@
 //! side by side in one run on this machine, behind the same backend.
 //!
 //! The backend is an nginx worker answering a fixed 200. Each proxy runs in its own
-//! process, one at a time under load, in two CPU modes: `one-core` (one worker each,
-//! pinned to a CPU of its own; the load generator and the backend share the other)
-//! and `all-cores` (each proxy's multi-core default, nothing pinned but the backend).
+//! process, one at a time under load, in three CPU modes: `one-core` (one worker each,
+//! pinned to a CPU of its own; the load generator and the backend share the other),
+//! `capped` (the same, each proxy held to the same share of its CPU by a cgroup quota,
+//! `gateway/cpu_cap.rs`, so that the proxy and not the load side runs out) and
+//! `all-cores` (each proxy's multi-core default, nothing pinned but the backend).
 //! The load is wrk at 32 connections (closed loop) and then a fixed rate from our own
 //! generator (open loop, latency from the scheduled send). The gateway runs twice: with
 //! one route and with a million (`gateway-large`), each table written to its state
@@ -27,6 +29,7 @@ use super::gateway_peers::{self as peers, CpuTimes, Process, SnapshotInfo, Tool,
 use super::gateway_report::{self as report, Outcome, Row, Sample, Skipped, Target};
 use super::report::median;
 
+mod cpu_cap;
 mod instructions;
 
 /// A peer: what serves the load.
@@ -62,6 +65,9 @@ pub enum Mode {
     /// One worker each (nginx `worker_processes 1`, HAProxy `nbthread 1`, the gateway
     /// `--workers 1`), pinned to a CPU the load generator and backend do not use.
     OneCore,
+    /// As `one-core`, and each proxy limited to --cap-percent of its CPU by a cgroup
+    /// quota, so that it runs out of CPU before the load generator and backend do.
+    Capped,
     /// Each proxy's multi-core default (nginx `auto`, HAProxy's default threads, the
     /// gateway's one worker per core), nothing pinned but the backend.
     AllCores,
@@ -71,8 +77,14 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::OneCore => "one-core",
+            Mode::Capped => "capped",
             Mode::AllCores => "all-cores",
         }
+    }
+
+    /// One worker each, pinned to the proxy's CPU (the load generator on its own).
+    fn one_worker(self) -> bool {
+        matches!(self, Mode::OneCore | Mode::Capped)
     }
 }
 
@@ -115,9 +127,13 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "one-core,all-cores"
+        default_value = "one-core,capped,all-cores"
     )]
     modes: Vec<Mode>,
+    /// The share of one CPU each proxy gets in `capped` mode, in %. Half: the load side
+    /// then has about half of its CPU to spare.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(5..=95))]
+    cap_percent: u32,
     /// Clients speak TLS (HTTP/1.1 over TLS, one certificate for the host, ECDSA P-256,
     /// made with openssl) to nginx, HAProxy and the gateway; the backend stays plain.
     /// Closed-loop (wrk) runs only; `direct` and `gateway-large` are left out.
@@ -202,6 +218,8 @@ struct Bench<'a> {
     backend_addr: SocketAddr,
     /// With --tls: what every proxy serves.
     tls: Option<peers::BenchCert>,
+    /// The cgroup of `capped` mode.
+    cap: Option<cpu_cap::CpuCap>,
     small_state: PathBuf,
     large_state: Option<PathBuf>,
     starts: usize,
@@ -242,6 +260,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             modes.push(mode);
         }
     }
+    let mut notes: Vec<String> = Vec::new();
+    let cap = if modes.contains(&Mode::Capped) && !args.instructions {
+        match cpu_cap::CpuCap::create(args.cap_percent) {
+            Ok(cap) => {
+                eprintln!("bench: capped mode: {}", cap.describe());
+                Some(cap)
+            }
+            Err(err) => {
+                let note = format!("SKIPPED the capped mode: {err:#}");
+                eprintln!("bench: {note}");
+                notes.push(note);
+                modes.retain(|m| *m != Mode::Capped);
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let tools = peers::tools(!args.no_install);
     let nginx = match tools.nginx {
@@ -249,7 +285,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(reason) => bail!("nginx is needed for the backend: {reason}"),
     };
     let mut skipped: Vec<Skipped> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
     let haproxy = match tools.haproxy {
         Ok(tool) => Some(tool),
         Err(reason) => {
@@ -371,6 +406,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         backend,
         backend_addr,
         tls,
+        cap,
         small_state,
         large_state,
         starts: 0,
@@ -579,9 +615,10 @@ fn auto_rate(mode: Mode, peers: &[Peer], samples: &[Sample], share: f64) -> Opti
 }
 
 fn wrk_threads(mode: Mode, layout: &Layout) -> usize {
-    match mode {
-        Mode::OneCore => 1,
-        Mode::AllCores => layout.allowed.len().max(1),
+    if mode.one_worker() {
+        1
+    } else {
+        layout.allowed.len().max(1)
     }
 }
 
@@ -592,6 +629,13 @@ fn describe(mode: Mode, bench: &Bench<'_>) -> String {
             "One worker each: nginx worker_processes 1, HAProxy nbthread 1, gateway --workers 1; the proxy pinned to CPU {:?}, \
              wrk (1 thread) or the fixed-rate generator on CPU {:?}, the backend (1 nginx worker) on CPU {:?}.",
             l.proxy, l.load, l.backend
+        ),
+        Mode::Capped => format!(
+            "As one-core, and each proxy's processes limited to {}% of CPU {:?} ({}): \
+             the proxy runs out of CPU first, so requests/s compares what each does with the same CPU time.",
+            bench.args.cap_percent,
+            l.proxy,
+            bench.cap.as_ref().map_or("no cgroup".into(), cpu_cap::CpuCap::describe)
         ),
         Mode::AllCores => format!(
             "Multi-core defaults: nginx worker_processes auto, HAProxy without nbthread, the gateway without --workers; \
@@ -653,6 +697,7 @@ struct Before {
     proxy: Usage,
     backend: Usage,
     cpus: Vec<CpuTimes>,
+    throttling: Option<cpu_cap::Throttling>,
     at: Instant,
 }
 
@@ -800,6 +845,7 @@ impl Bench<'_> {
             proxy_cpu_percent: None,
             backend_cpu_percent: None,
             others_on_proxy_cpu_percent: None,
+            throttled_percent: None,
             others_percent: None,
             attempt,
             disturbed: false,
@@ -829,6 +875,9 @@ impl Bench<'_> {
         }
         if let Some(others) = sample.others_on_proxy_cpu_percent {
             let _ = write!(start, " ({others:.0}% on its CPU)");
+        }
+        if let Some(throttled) = sample.throttled_percent {
+            let _ = write!(start, ", throttled in {throttled:.0}% of periods");
         }
         if let Some(steal) = sample.steal_percent.filter(|s| *s >= 1.0) {
             let _ = write!(start, ", steal {steal:.0}%");
@@ -866,10 +915,7 @@ impl Bench<'_> {
                 sample.gateway_start_log_ms = gateway_took_ms(&process.log_tail(50));
             }
         }
-        let load_cpus = match mode {
-            Mode::OneCore => Some(self.layout.load.clone()),
-            Mode::AllCores => None,
-        };
+        let load_cpus = mode.one_worker().then(|| self.layout.load.clone());
         let warmup = Duration::from_secs(self.args.warmup_secs);
         let duration = Duration::from_secs(self.args.duration_secs);
         let connections = self.args.connections as usize;
@@ -931,6 +977,7 @@ impl Bench<'_> {
             proxy,
             backend: self.backend.usage(),
             cpus: peers::cpu_times(),
+            throttling: self.cap.as_ref().map(cpu_cap::CpuCap::throttling),
             at: Instant::now(),
         }
     }
@@ -952,13 +999,18 @@ impl Bench<'_> {
         let cpus = peers::cpu_times();
         sample.steal_percent = Some(self.steal_percent(&before.cpus, &cpus));
         let busy_percent = 100.0 * self.busy_secs(&before.cpus, &cpus) / wall;
+        if mode == Mode::Capped {
+            if let (Some(cap), Some(then)) = (&self.cap, before.throttling) {
+                sample.throttled_percent = cap.throttling().percent_since(then);
+            }
+        }
         if let Some(process) = &running.process {
             let after = process.usage();
             let proxy_secs = after.cpu_secs - before.proxy.cpu_secs;
             sample.proxy_cpu_percent = Some(100.0 * proxy_secs / wall);
             sample.peak_rss_mib = Some(after.peak_rss_bytes as f64 / (1024.0 * 1024.0));
             sample.rss_mib = Some(after.rss_bytes as f64 / (1024.0 * 1024.0));
-            if mode == Mode::OneCore && self.layout.proxy != self.layout.load {
+            if mode.one_worker() && self.layout.proxy != self.layout.load {
                 let cpu = self.layout.proxy[0];
                 let then = before.cpus.get(cpu).map_or(0, |t| t.busy);
                 let busy = cpus.get(cpu).map_or(0, |t| t.busy).saturating_sub(then) as f64 / ticks;
@@ -985,11 +1037,15 @@ impl Bench<'_> {
             .dir
             .join(format!("{}-{}-{}", peer.name(), mode.name(), self.starts));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let command = self.command(mode, peer, &dir, addr, false)?;
-        let cpus = match mode {
-            Mode::OneCore => Some(self.layout.proxy.as_slice()),
-            Mode::AllCores => None,
-        };
+        let mut command = self.command(mode, peer, &dir, addr, false)?;
+        if mode == Mode::Capped {
+            let cap = self
+                .cap
+                .as_ref()
+                .context("capped mode without its cgroup")?;
+            cap.apply(&mut command)?;
+        }
+        let cpus = mode.one_worker().then_some(self.layout.proxy.as_slice());
         let spawned = Instant::now();
         let mut process = Process::start(peer.name(), command, cpus, dir.join("output.log"))?;
         let took = peers::first_proxied(
@@ -1017,10 +1073,7 @@ impl Bench<'_> {
         single_process: bool,
     ) -> anyhow::Result<Command> {
         let port = addr.port();
-        let one = match mode {
-            Mode::OneCore => Some(1u16),
-            Mode::AllCores => None,
-        };
+        let one = mode.one_worker().then_some(1u16);
         let backend_port = self.backend_addr.port();
         let pem = self.tls.as_ref().map(|cert| cert.pem.as_path());
         let command = match peer {

@@ -34,6 +34,9 @@ pub struct Sample {
     /// One-core mode: CPU time used on the proxy's CPU by any task but the proxy (other
     /// users of the machine), in % of that CPU.
     pub others_on_proxy_cpu_percent: Option<f64>,
+    /// Capped mode: the share of the CPU quota's periods in which the proxy used up its
+    /// quota, in % (near 100: the proxy was what ran out).
+    pub throttled_percent: Option<f64>,
     /// CPU time used on all CPUs by tasks other than the proxy, the backend and the load
     /// generator, in % of one CPU: how much the rest of the machine disturbed the sample.
     pub others_percent: Option<f64>,
@@ -542,6 +545,7 @@ mod tests {
             proxy_cpu_percent: Some(99.0),
             backend_cpu_percent: Some(30.0),
             others_on_proxy_cpu_percent: None,
+            throttled_percent: None,
             others_percent: None,
             attempt: 1,
             disturbed: false,
