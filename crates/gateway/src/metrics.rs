@@ -70,7 +70,7 @@ pub const TLS_EARLIEST_EXPIRY: &str = "switchyard_gateway_tls_earliest_expiry_ti
 
 /// Latency buckets, in seconds, for every `*_duration_seconds` histogram (the request
 /// path's among them): Prometheus renders histograms, not client-side summaries.
-const DURATION_BUCKETS: &[f64] = &[
+pub(crate) const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 

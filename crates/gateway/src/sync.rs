@@ -555,9 +555,14 @@ impl Control {
             .unwrap_or_default()
     }
 
-    /// `/metrics`: this gateway's metrics, then the global recorder's (the proxy's).
+    /// `/metrics`: this gateway's metrics, then the global recorder's (the proxy's
+    /// counters and gauges), then the proxy's latency histogram.
     pub(crate) fn render_metrics(&self) -> String {
-        self.registry.render(|| self.sample_metrics())
+        let mut text = self.registry.render(|| self.sample_metrics());
+        if let Some(proxy) = self.proxy.get().and_then(std::sync::Weak::upgrade) {
+            proxy.render_metrics(&mut text);
+        }
+        text
     }
 
     /// Sets this gateway's sampled metrics (see `metrics`).

@@ -2,11 +2,19 @@
 //!
 //! **Invariant:** no label carries a host, an application or a backend: there are a
 //! million of them. Requests are counted by status class only.
+//!
+//! Counters and gauges go to the installed `metrics` recorder. The upstream latency
+//! histogram does not: the Prometheus exporter keeps every sample until its next upkeep
+//! and bins them then, which cost a few hundred instructions per request, heap that came
+//! and went, and a pause every few seconds on a busy gateway. [`Latency`] bins each sample
+//! as it is recorded, into counters of the recording thread's own, and renders itself.
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::StatusCode;
-use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics::{Counter, Gauge, Unit};
 
 /// Requests answered, by status class: label [`CODE_LABEL`] = `1xx` (upgrades) to `5xx`.
 pub const REQUESTS_TOTAL: &str = "switchyard_gateway_requests_total";
@@ -33,11 +41,6 @@ pub fn describe() {
         Unit::Count,
         "Requests answered by the gateway, by status class."
     );
-    metrics::describe_histogram!(
-        UPSTREAM_DURATION_SECONDS,
-        Unit::Seconds,
-        "Time from choosing a backend to its response head."
-    );
     metrics::describe_gauge!(
         REQUESTS_IN_FLIGHT,
         Unit::Count,
@@ -58,7 +61,7 @@ pub fn describe() {
 /// Handles registered once, so a request does not look its metrics up by name.
 pub(super) struct Metrics {
     requests: [Counter; 5],
-    upstream_duration: Histogram,
+    pub(super) upstream_duration: Latency,
     pub(super) in_flight: Gauge,
     pub(super) connections: Gauge,
     pub(super) tls_handshake_failures: Counter,
@@ -70,7 +73,7 @@ impl Metrics {
     pub(super) fn new() -> Metrics {
         Metrics {
             requests: CLASSES.map(|class| metrics::counter!(REQUESTS_TOTAL, CODE_LABEL => class)),
-            upstream_duration: metrics::histogram!(UPSTREAM_DURATION_SECONDS),
+            upstream_duration: Latency::new(),
             in_flight: metrics::gauge!(REQUESTS_IN_FLIGHT),
             connections: metrics::gauge!(CONNECTIONS_OPEN),
             tls_handshake_failures: metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL),
@@ -83,6 +86,163 @@ impl Metrics {
     }
 
     pub(super) fn upstream_duration(&self, duration: Duration) {
-        self.upstream_duration.record(duration.as_secs_f64());
+        self.upstream_duration.record(duration);
+    }
+}
+
+/// Upper bounds of [`Latency`]'s buckets, in seconds: those of the process's other
+/// `*_duration_seconds` histograms.
+const BOUNDS: &[f64] = crate::metrics::DURATION_BUCKETS;
+/// [`BOUNDS`] and `+Inf`.
+const BUCKETS: usize = BOUNDS.len() + 1;
+/// Shards of [`Latency`]: proxy thread `n` records into shard `n % SHARDS`.
+const SHARDS: usize = 16;
+
+/// A latency histogram ([`UPSTREAM_DURATION_SECONDS`]) binned at record time.
+pub(crate) struct Latency {
+    /// [`BOUNDS`] in nanoseconds.
+    bounds: [u64; BUCKETS - 1],
+    shards: Box<[Shard; SHARDS]>,
+}
+
+/// One thread's counts, on cache lines of their own.
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard {
+    /// Samples per bucket (not cumulative).
+    counts: [AtomicU64; BUCKETS],
+    sum_nanos: AtomicU64,
+}
+
+/// What a [`Latency`] has recorded so far, summed over its shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LatencyCounts {
+    /// Samples per bucket of [`BOUNDS`] and `+Inf` (not cumulative).
+    pub(crate) buckets: [u64; BUCKETS],
+    pub(crate) sum_nanos: u64,
+}
+
+impl Latency {
+    pub(crate) fn new() -> Latency {
+        Latency {
+            bounds: std::array::from_fn(|i| (BOUNDS[i] * 1e9).round() as u64),
+            shards: Box::default(),
+        }
+    }
+
+    pub(crate) fn record(&self, duration: Duration) {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|&bound| nanos <= bound)
+            .unwrap_or(BUCKETS - 1);
+        let shard = &self.shards[super::upstream::this_thread() % SHARDS];
+        shard.counts[bucket].fetch_add(1, Relaxed);
+        shard.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    pub(crate) fn counts(&self) -> LatencyCounts {
+        let mut out = LatencyCounts {
+            buckets: [0; BUCKETS],
+            sum_nanos: 0,
+        };
+        for shard in self.shards.iter() {
+            for (total, count) in out.buckets.iter_mut().zip(&shard.counts) {
+                *total += count.load(Relaxed);
+            }
+            out.sum_nanos = out.sum_nanos.wrapping_add(shard.sum_nanos.load(Relaxed));
+        }
+        out
+    }
+
+    /// Appends the histogram in the Prometheus text format, help and type included.
+    pub(crate) fn render(&self, out: &mut String) {
+        let counts = self.counts();
+        let name = UPSTREAM_DURATION_SECONDS;
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from choosing a backend to its response head.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (i, count) in counts.buckets.iter().enumerate() {
+            cumulative += count;
+            match BOUNDS.get(i) {
+                Some(bound) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let _ = writeln!(out, "{name}_sum {}", counts.sum_nanos as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_lands_in_the_first_bucket_whose_bound_is_not_below_it() {
+        let latency = Latency::new();
+        latency.record(Duration::from_micros(500)); // on the first bound: le="0.0005"
+        latency.record(Duration::from_micros(501));
+        latency.record(Duration::from_millis(1));
+        latency.record(Duration::from_secs(31)); // past the last bound: +Inf
+        latency.record(Duration::MAX);
+        let counts = latency.counts();
+        assert_eq!(&counts.buckets[..3], &[1, 2, 0]);
+        assert_eq!(counts.buckets[BUCKETS - 1], 2);
+        assert_eq!(counts.buckets.iter().sum::<u64>(), 5);
+    }
+
+    #[test]
+    fn shards_of_every_thread_add_up() {
+        let latency = std::sync::Arc::new(Latency::new());
+        let threads: Vec<_> = (0..4)
+            .map(|n| {
+                let latency = std::sync::Arc::clone(&latency);
+                std::thread::spawn(move || {
+                    super::super::upstream::set_thread(n);
+                    for _ in 0..1000 {
+                        latency.record(Duration::from_millis(3));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let counts = latency.counts();
+        // 3 ms is over 0.0025 and not over 0.005: the fourth bucket.
+        assert_eq!(counts.buckets[3], 4000);
+        assert_eq!(counts.sum_nanos, 4000 * 3_000_000);
+    }
+
+    #[test]
+    fn it_renders_as_a_cumulative_prometheus_histogram() {
+        let latency = Latency::new();
+        latency.record(Duration::from_micros(200));
+        latency.record(Duration::from_millis(2));
+        latency.record(Duration::from_millis(2));
+        let mut text = String::new();
+        latency.render(&mut text);
+        let name = UPSTREAM_DURATION_SECONDS;
+        for line in [
+            format!("# TYPE {name} histogram\n"),
+            format!("{name}_bucket{{le=\"0.0005\"}} 1\n"),
+            format!("{name}_bucket{{le=\"0.001\"}} 1\n"),
+            format!("{name}_bucket{{le=\"0.0025\"}} 3\n"),
+            format!("{name}_bucket{{le=\"30\"}} 3\n"),
+            format!("{name}_bucket{{le=\"+Inf\"}} 3\n"),
+            format!("{name}_sum 0.0042\n"),
+            format!("{name}_count 3\n"),
+        ] {
+            assert!(text.contains(&line), "no {line:?} in\n{text}");
+        }
+        assert_eq!(text.lines().count(), 2 + BUCKETS + 2, "{text}");
     }
 }

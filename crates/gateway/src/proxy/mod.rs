@@ -273,6 +273,12 @@ impl Proxy {
         }
     }
 
+    /// Appends what the proxy records outside the `metrics` recorder, in the Prometheus
+    /// text format: the upstream latency histogram (see `metrics::Latency`).
+    pub fn render_metrics(&self, out: &mut String) {
+        self.metrics.upstream_duration.render(out);
+    }
+
     /// The state of the backend at `addr` (`host:port`, as in the route table), if the
     /// proxy has sent to it lately.
     pub fn backend(&self, addr: &str) -> Option<BackendStats> {

@@ -124,7 +124,7 @@ pub(super) fn set_thread(index: usize) {
     THREAD.with(|thread| thread.set(index));
 }
 
-fn this_thread() -> usize {
+pub(super) fn this_thread() -> usize {
     THREAD.with(std::cell::Cell::get)
 }
 

@@ -1148,11 +1148,14 @@ async fn counts_requests_by_status_class() {
             .contains("switchyard_gateway_requests_in_flight 0\n")
     })
     .await;
-    let rendered = metrics.render();
+    let mut rendered = metrics.render();
+    gateway.proxy.render_metrics(&mut rendered);
     for line in [
         "switchyard_gateway_requests_total{code=\"2xx\"} 3\n",
         "switchyard_gateway_requests_total{code=\"4xx\"} 1\n",
         "switchyard_gateway_requests_total{code=\"5xx\"} 1\n",
+        // The three answers that reached a backend; the 404 never chose one, and the
+        // dead backend's connect failed before any head.
         "switchyard_gateway_upstream_duration_seconds_count 3\n",
         "switchyard_gateway_connections_open 1\n",
     ] {

@@ -553,6 +553,11 @@ fn a_gateway_killed_with_sigkill_serves_every_route_from_disk_with_the_orchestra
         gateway.metric("switchyard_gateway_route_table_version"),
         Some(5.0)
     );
+    // The three requests this process proxied, in its latency histogram.
+    assert_eq!(
+        gateway.metric("switchyard_gateway_upstream_duration_seconds_count"),
+        Some(3.0)
+    );
 }
 
 #[test]
