@@ -71,7 +71,7 @@ pub(super) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
     where
         Self: 'a;
     /// The writing side, while the reading side is used at the same time.
-    type Writer<'a>: AsyncWrite + Unpin + Send
+    type Writer<'a>: WriteNow + Send
     where
         Self: 'a;
 
@@ -92,6 +92,23 @@ pub(super) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
     /// Ends the connection from this side, once this path is done with it.
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 }
+
+/// A writer that can take bytes without a future to poll, when its socket has room.
+pub(super) trait WriteNow: AsyncWrite + Unpin {
+    /// Writes what the socket takes now: `WouldBlock` if it has no room, or if this
+    /// writer cannot write outside a future (TLS: a session to flush).
+    fn write_now(&mut self, _bytes: &[u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl WriteNow for WriteHalf<'_> {
+    fn write_now(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.try_write(bytes)
+    }
+}
+
+impl<T: AsyncWrite> WriteNow for tokio::io::WriteHalf<T> {}
 
 impl ClientStream for TcpStream {
     type Reader<'a> = ReadHalf<'a>;
@@ -486,7 +503,14 @@ async fn send_head(
         while let Some(mut conn) = lease.upstream().checkout_raw() {
             // A first write that fails wrote nothing: the socket was closed under us,
             // and the request can go on another. Once any byte is written, it cannot.
-            match conn.stream.write(head).await {
+            // An idle pooled socket nearly always has room: try without a future first.
+            let first = match conn.stream.try_write(head) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    conn.stream.write(head).await
+                }
+                first => first,
+            };
+            match first {
                 Ok(0) | Err(_) => continue,
                 Ok(written) => {
                     return match conn.stream.write_all(&head[written..]).await {
@@ -570,7 +594,7 @@ struct Ended {
 
 /// Reads the backend's answer and streams it to the client: interim (1xx) heads, the
 /// final head, the body.
-async fn respond<W: AsyncWrite + Unpin>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken> {
+async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken> {
     // Counted from the request's head going out (`progress` began then), as on the
     // hyper path. The timer is not reset per request: its deadline, set from an
     // earlier request or the connection's start, is never later than this one's, and
@@ -647,15 +671,23 @@ async fn respond<W: AsyncWrite + Unpin>(mut r: Respond<'_, '_, W>) -> Result<End
 /// Writes `bytes` to the client; one that stops reading is let go after the idle
 /// timeout, as the hyper path does.
 async fn write(
-    to: &mut (impl AsyncWrite + Unpin),
+    to: &mut impl WriteNow,
     bytes: &[u8],
     activity: &Activity,
     idle: &mut IdleTimer,
 ) -> Result<(), Broken> {
-    tokio::select! {
-        biased;
-        written = write_out(to, bytes) => written.map_err(|_| Broken::Cut)?,
-        () = idle.expired(activity) => return Err(Broken::Cut),
+    // Usually the socket takes it all at once: no future, no timer.
+    let rest = match to.write_now(bytes) {
+        Ok(written) => &bytes[written..],
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => bytes,
+        Err(_) => return Err(Broken::Cut),
+    };
+    if !rest.is_empty() {
+        tokio::select! {
+            biased;
+            written = write_out(to, rest) => written.map_err(|_| Broken::Cut)?,
+            () = idle.expired(activity) => return Err(Broken::Cut),
+        }
     }
     activity.touch();
     Ok(())
