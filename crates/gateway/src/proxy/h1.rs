@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::StatusCode;
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -121,7 +122,9 @@ impl ClientStream for TcpStream {
 
     async fn read_more(&mut self, buffers: &mut Buffers) -> io::Result<usize> {
         loop {
-            self.readable().await?;
+            // The socket's own reader slot, not `readable()`'s list of waiters (a lock
+            // and a list entry per wait).
+            std::future::poll_fn(|cx| self.poll_read_ready(cx)).await?;
             buffers.lend();
             buffers.client.reserve(READ_SIZE);
             match read_now(self, &mut buffers.client) {
@@ -235,18 +238,25 @@ pub(super) async fn serve<C: ClientStream>(
     }
 }
 
-/// Reads what `stream` holds into `buf`, without waiting: `try_read_buf`, but through
-/// `poll_read`, which after a short read also forgets that the socket was readable. With
-/// `try_read_buf` that readiness stayed, so every next request began with a `recv`
-/// that failed with EAGAIN: one system call in five of the whole request.
-fn read_now(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match std::future::Future::poll(pin!(stream.read_buf(buf)), &mut cx) {
-        Poll::Ready(read) => read,
-        // Not readable after all. The caller waits with `readable()`, which has a
-        // waiter of its own; the no-op waker left in the socket's reader slot is inert.
-        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+/// Reads what `stream` holds into `buf`'s spare capacity, without waiting
+/// (`WouldBlock`: nothing there, and no system call made if the runtime has not seen
+/// the socket readable since it was last drained).
+///
+/// `try_read_buf`, and after a short read the socket's readiness forgotten, as
+/// `poll_read` does: the socket is drained. Left set, every next request on a kept-alive
+/// connection began with a `recv` that failed with EAGAIN, one system call in five of
+/// the whole request.
+fn read_now(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let read = stream.try_read_buf(buf)?;
+    if read > 0 && read < room {
+        // A closure that returns WouldBlock makes tokio clear the readiness it saw,
+        // unless a newer event came in meanwhile.
+        let _ = stream.try_io(Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
     }
+    Ok(read)
 }
 
 /// A connection's buffers. Lent by the thread's spares while a request is read and
