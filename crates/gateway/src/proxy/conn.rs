@@ -146,6 +146,16 @@ async fn serve_h1_then_hyper<S>(
 /// Bounds a TLS handshake (a client that connects and sends nothing holds a socket).
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The drain's next phase (`None`: `serve` is gone), with the receiver to wait on for
+/// the one after.
+async fn next_phase(mut drain: watch::Receiver<Phase>) -> (watch::Receiver<Phase>, Option<Phase>) {
+    let phase = match drain.changed().await {
+        Ok(()) => Some(*drain.borrow_and_update()),
+        Err(_) => None,
+    };
+    (drain, phase)
+}
+
 /// Serves `io` with hyper until it closes, idles out or is drained.
 async fn serve_hyper<IO>(
     conn: &Arc<ClientConn>,
@@ -153,7 +163,7 @@ async fn serve_hyper<IO>(
     io: IO,
     peer: SocketAddr,
     mut idle: IdleTimer,
-    mut drain: watch::Receiver<Phase>,
+    drain: watch::Receiver<Phase>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -167,8 +177,11 @@ async fn serve_hyper<IO>(
     };
     let mut http = pin!(server.serve_connection_with_upgrades(io, service));
     let mut closing = false;
+    // Polled only when the drain moved, not on every wake of this task (every frame).
+    let mut phase = Gated::new(next_phase(drain));
     loop {
         tokio::select! {
+            biased;
             result = http.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(%error, %peer, "client connection ended with an error");
@@ -184,16 +197,19 @@ async fn serve_hyper<IO>(
                 http.as_mut().graceful_shutdown();
                 closing = true;
             }
-            changed = drain.changed() => match changed.map(|()| *drain.borrow_and_update()) {
-                Ok(Phase::Serving) => {}
-                Ok(Phase::Draining) => {
-                    if !closing {
-                        http.as_mut().graceful_shutdown();
-                        closing = true;
+            (drain, next) = &mut phase => {
+                match next {
+                    Some(Phase::Serving) => {}
+                    Some(Phase::Draining) => {
+                        if !closing {
+                            http.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
                     }
+                    Some(Phase::Abort) | None => break,
                 }
-                Ok(Phase::Abort) | Err(_) => break,
-            },
+                phase = Gated::new(next_phase(drain));
+            }
         }
     }
 }

@@ -1054,8 +1054,9 @@ async fn a_swapped_table_is_used_from_the_next_request() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shutdown_drains_requests_in_flight_and_refuses_new_connections() {
+/// A backend that answers `/slow` once released (saying when it has the request), and
+/// anything else at once with "quick".
+async fn slow_backend() -> (TestBackend, Arc<Notify>, Arc<Notify>) {
     let arrived = Arc::new(Notify::new());
     let release = Arc::new(Notify::new());
     let backend = TestBackend::start({
@@ -1075,12 +1076,33 @@ async fn a_shutdown_drains_requests_in_flight_and_refuses_new_connections() {
         })
     })
     .await;
+    (backend, arrived, release)
+}
+
+/// A gateway for `backend` whose drain can only end by its connections finishing.
+async fn patient_gateway(backend: &TestBackend) -> Gateway {
     let config = ProxyConfig {
         // Far beyond `within`: the drain must end because connections finished.
         drain_timeout: Duration::from_secs(600),
         ..ProxyConfig::default()
     };
-    let mut gateway = Gateway::for_app(&backend, config).await;
+    Gateway::for_app(backend, config).await
+}
+
+/// Waits until the gateway's listener refuses connections.
+async fn refused(addr: SocketAddr) {
+    within(async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_drains_requests_in_flight_and_refuses_new_connections() {
+    let (backend, arrived, release) = slow_backend().await;
+    let mut gateway = patient_gateway(&backend).await;
 
     // An idle keep-alive connection, which the drain closes.
     let mut idle_client = gateway.client().await;
@@ -1091,13 +1113,7 @@ async fn a_shutdown_drains_requests_in_flight_and_refuses_new_connections() {
     within(arrived.notified()).await;
 
     gateway.stop.take().unwrap().send(()).unwrap();
-    let addr = gateway.addr;
-    within(async {
-        while TcpStream::connect(addr).await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    refused(gateway.addr).await;
     assert!(
         !gateway.served.is_finished(),
         "serve returned with a request in flight"
@@ -1105,6 +1121,48 @@ async fn a_shutdown_drains_requests_in_flight_and_refuses_new_connections() {
 
     release.notify_one();
     assert_eq!(within(slow).await.unwrap(), ok("slow done"));
+    within(&mut gateway.served).await.unwrap().unwrap();
+    assert_eq!(gateway.proxy.stats().connections_open, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_lets_an_http2_stream_finish_then_closes_its_connection() {
+    let (backend, arrived, release) = slow_backend().await;
+    let mut gateway = patient_gateway(&backend).await;
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        let mut sender = sender.clone();
+        let req = Request::builder()
+            .uri(format!("http://app.test{path}"))
+            .body(empty())
+            .unwrap();
+        async move {
+            let response = sender.send_request(req).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    assert_eq!(within(get("/")).await, ok("quick"));
+    let slow = tokio::spawn(get("/slow"));
+    within(arrived.notified()).await;
+
+    gateway.stop.take().unwrap().send(()).unwrap();
+    refused(gateway.addr).await;
+    assert!(
+        !gateway.served.is_finished(),
+        "serve returned with a stream in flight"
+    );
+
+    release.notify_one();
+    assert_eq!(within(slow).await.unwrap(), ok("slow done"));
+    // The gateway said GOAWAY and closed the connection once the stream was done.
+    within(conn).await.unwrap().unwrap();
     within(&mut gateway.served).await.unwrap().unwrap();
     assert_eq!(gateway.proxy.stats().connections_open, 0);
 }
