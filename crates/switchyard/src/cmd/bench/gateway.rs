@@ -552,6 +552,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "new_connections": args.new_connections,
                 "peers": peer_list.iter().map(|p| p.name()).collect::<Vec<_>>(),
                 "modes": modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
+                "cap_percent": args.cap_percent,
             },
             "tools": {
                 "nginx": &bench.nginx,
