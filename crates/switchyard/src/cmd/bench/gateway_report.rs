@@ -514,7 +514,20 @@ pub fn per_run(rows: &[Row]) -> String {
                 None => format!("run {run}: {rps:.0}"),
             })
             .collect();
-        let _ = writeln!(out, "  {:<15} {}", row.peer, runs.join(", "));
+        // The paired estimate: each run's peers are measured seconds apart, so a run's
+        // ratio is untouched by the machine's drift between runs.
+        let ratios: Vec<f64> = row
+            .per_run_requests_per_sec
+            .iter()
+            .filter_map(|(_, _, vs)| *vs)
+            .collect();
+        let paired = match median(ratios.clone()) {
+            Some(m) if ratios.len() > 1 && row.peer != REFERENCE => {
+                format!("; median of the ratios {m:.2}x")
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "  {:<15} {}{paired}", row.peer, runs.join(", "));
     }
     out
 }
@@ -617,6 +630,11 @@ mod tests {
         assert!(throughput_only[0].target.contains("requests/s"));
         let text = wrk_table(&rows, 3);
         assert!(text.contains("1.10x"), "{text}");
+        // Per run 2.2x, 1.65x and 0.03x: the paired median is 1.65x, nginx has none.
+        let runs = per_run(&rows);
+        let lines: Vec<&str> = runs.lines().collect();
+        assert!(!lines[0].contains("median"), "{runs}");
+        assert!(lines[1].ends_with("; median of the ratios 1.65x"), "{runs}");
         assert!(rate_table(&rows).contains("0.50x"));
     }
 
