@@ -33,11 +33,12 @@ enum Version {
     V2,
 }
 
-/// A cgroup limiting its members to `percent` of one CPU; removed when dropped.
+/// A cgroup limiting its members to a share of one CPU; removed when dropped.
 pub(super) struct CpuCap {
     dir: PathBuf,
     version: Version,
-    percent: u32,
+    /// CPU time its members may use per [`PERIOD_US`].
+    quota_us: u64,
 }
 
 /// Periods of the quota, and how many of them ended with the members throttled.
@@ -91,12 +92,12 @@ impl CpuCap {
                 })
             }
         }
+        let quota = PERIOD_US * u64::from(percent) / 100;
         let cap = CpuCap {
             dir,
             version,
-            percent,
+            quota_us: quota,
         };
-        let quota = PERIOD_US * u64::from(percent) / 100;
         match version {
             Version::V1 => {
                 cap.write("cpu.cfs_period_us", &PERIOD_US.to_string())?;
@@ -113,10 +114,9 @@ impl CpuCap {
             Version::V2 => ("cpu.max", "v2"),
         };
         format!(
-            "cgroup {version} {} ({file}: {} µs per {} µs)",
+            "cgroup {version} {} ({file}: {} µs per {PERIOD_US} µs)",
             self.dir.display(),
-            PERIOD_US * u64::from(self.percent) / 100,
-            PERIOD_US
+            self.quota_us,
         )
     }
 
