@@ -2,11 +2,12 @@
 //! side by side in one run on this machine, behind the same backend.
 //!
 //! The backend is an nginx worker answering a fixed 200. Each proxy runs in its own
-//! process, one at a time under load, in three CPU modes: `one-core` (one worker each,
+//! process, one at a time under load, in four CPU modes: `one-core` (one worker each,
 //! pinned to a CPU of its own; the load generator and the backend share the other),
 //! `capped` (the same, each proxy held to the same share of its CPU by a cgroup quota,
-//! `gateway/cpu_cap.rs`, so that the proxy and not the load side runs out) and
-//! `all-cores` (each proxy's multi-core default, nothing pinned but the backend).
+//! `gateway/cpu_cap.rs`, so that the proxy and not the load side runs out), `all-cores`
+//! (each proxy's multi-core default, nothing pinned but the backend) and
+//! `all-cores-capped` (the same, all of a proxy's threads held to that share together).
 //! The load is wrk at 32 connections (closed loop) and then a fixed rate from our own
 //! generator (open loop, latency from the scheduled send). The gateway runs twice: with
 //! one route and with a million (`gateway-large`), each table written to its state
@@ -72,6 +73,9 @@ pub enum Mode {
     /// Each proxy's multi-core default (nginx `auto`, HAProxy's default threads, the
     /// gateway's one worker per core), nothing pinned but the backend.
     AllCores,
+    /// As `all-cores`, and each proxy's processes, all their threads together, limited
+    /// to --cap-percent of one CPU by the same quota as `capped`.
+    AllCoresCapped,
 }
 
 impl Mode {
@@ -80,7 +84,13 @@ impl Mode {
             Mode::OneCore => "one-core",
             Mode::Capped => "capped",
             Mode::AllCores => "all-cores",
+            Mode::AllCoresCapped => "all-cores-capped",
         }
+    }
+
+    /// Held to a CPU quota: closed loop only, and only requests/s counts.
+    fn capped(self) -> bool {
+        matches!(self, Mode::Capped | Mode::AllCoresCapped)
     }
 
     /// One worker each, pinned to the proxy's CPU (the load generator on its own).
@@ -128,11 +138,11 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "one-core,capped,all-cores"
+        default_value = "one-core,capped,all-cores,all-cores-capped"
     )]
     modes: Vec<Mode>,
-    /// The share of one CPU each proxy gets in `capped` mode, in %. Half: the load side
-    /// then has about half of its CPU to spare.
+    /// The share of one CPU each proxy gets in the capped modes, in %. Half: the load
+    /// side then has about half of its CPU to spare.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(5..=95))]
     cap_percent: u32,
     /// Clients speak TLS (HTTP/1.1 over TLS, one certificate for the host, ECDSA P-256,
@@ -262,7 +272,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let mut notes: Vec<String> = Vec::new();
-    let cap = if modes.contains(&Mode::Capped) && !args.instructions {
+    let cap = if modes.iter().any(|m| m.capped()) && !args.instructions {
         match cpu_cap::CpuCap::create(args.cap_percent) {
             Ok(cap) => {
                 eprintln!("bench: capped mode: {}", cap.describe());
@@ -272,7 +282,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 let note = format!("SKIPPED the capped mode: {err:#}");
                 eprintln!("bench: {note}");
                 notes.push(note);
-                modes.retain(|m| *m != Mode::Capped);
+                modes.retain(|m| !m.capped());
                 None
             }
         }
@@ -438,7 +448,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             // The fixed-rate generator speaks plain HTTP on kept-alive connections only.
             continue;
         }
-        if mode == Mode::Capped {
+        if mode.capped() {
             // A quota stops the proxy for the rest of any period in which a burst used
             // it up: its latency would be the quota's, measured in one-core mode instead.
             continue;
@@ -522,7 +532,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
             text.push_str(&report::rate_table(&rows));
         }
-        all_targets.extend(report::targets(mode.name(), &rows, mode == Mode::Capped));
+        all_targets.extend(report::targets(mode.name(), &rows, mode.capped()));
         all_rows.extend(rows);
     }
     text.push_str("\nTargets:\n");
@@ -652,6 +662,12 @@ fn describe(mode: Mode, bench: &Bench<'_>) -> String {
             wrk_threads(mode, l),
             l.allowed,
             l.backend
+        ),
+        Mode::AllCoresCapped => format!(
+            "As all-cores, and each proxy's processes, all threads together, limited to {}% of one CPU ({}): \
+             multi-core defaults given the same CPU time. Closed loop only.",
+            bench.args.cap_percent,
+            bench.cap.as_ref().map_or("no cgroup".into(), cpu_cap::CpuCap::describe)
         ),
     }
 }
@@ -1008,7 +1024,7 @@ impl Bench<'_> {
         let cpus = peers::cpu_times();
         sample.steal_percent = Some(self.steal_percent(&before.cpus, &cpus));
         let busy_percent = 100.0 * self.busy_secs(&before.cpus, &cpus) / wall;
-        if mode == Mode::Capped {
+        if mode.capped() {
             if let (Some(cap), Some(then)) = (&self.cap, before.throttling) {
                 sample.throttled_percent = cap.throttling().percent_since(then);
             }
@@ -1047,7 +1063,7 @@ impl Bench<'_> {
             .join(format!("{}-{}-{}", peer.name(), mode.name(), self.starts));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut command = self.command(mode, peer, &dir, addr, false)?;
-        if mode == Mode::Capped {
+        if mode.capped() {
             let cap = self
                 .cap
                 .as_ref()
