@@ -9,7 +9,9 @@
 //! (each proxy's multi-core default, nothing pinned but the backend) and
 //! `all-cores-capped` (the same, all of a proxy's threads held to that share together).
 //! The load is wrk at 32 connections (closed loop) and then a fixed rate from our own
-//! generator (open loop, latency from the scheduled send). The gateway runs twice: with
+//! generator (open loop, latency from the scheduled send), first a process per sample,
+//! then in rounds that move the load between proxies running side by side
+//! (`gateway/interleaved.rs`). The gateway runs twice: with
 //! one route and with a million (`gateway-large`), each table written to its state
 //! folder with the gateway crate's own snapshot code and served from disk, without an
 //! orchestrator. Prints a table of medians with ratios to nginx; writes no file.
@@ -27,11 +29,12 @@ use anyhow::{bail, Context};
 
 use super::gateway_load::{self, RateSettings, WrkSettings};
 use super::gateway_peers::{self as peers, CpuTimes, Process, SnapshotInfo, Tool, Usage};
-use super::gateway_report::{self as report, Outcome, Row, Sample, Skipped, Target};
+use super::gateway_report::{self as report, Outcome, Row, Sample, Skipped, Slice, Target};
 use super::report::median;
 
 mod cpu_cap;
 mod instructions;
+mod interleaved;
 
 /// A peer: what serves the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -122,6 +125,16 @@ pub struct Args {
     /// saturated, and its queueing, not the proxies, made the tail.
     #[arg(long, default_value_t = 0.25)]
     rate_share: f64,
+    /// Interleaved fixed-rate rounds in each mode that has a fixed rate (0: none). Every
+    /// proxy is up at once and the load moves from one to the next every --slice-ms, so
+    /// each round compares each proxy's p99 with nginx's measured seconds apart. A round
+    /// disturbed by others or steal is left out and made up, up to twice as many in all.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    rounds: u64,
+    /// Milliseconds each proxy is measured in an interleaved round, after 200 ms of load
+    /// that is not counted.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    slice_ms: u64,
     /// Routes in the large gateway table (the `gateway-large` peer).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     routes: u64,
@@ -435,6 +448,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut samples: Vec<Sample> = Vec::new();
     let mut discarded: Vec<Sample> = Vec::new();
     let mut rates: Vec<(Mode, u64)> = Vec::new();
+    let mut slices: Vec<Slice> = Vec::new();
     for &mode in &modes {
         if bench.wrk.is_some() {
             for run in 1..=args.runs as usize {
@@ -471,6 +485,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             for &peer in &runnable {
                 peers::check_interrupted()?;
                 samples.push(bench.measure(mode, run, peer, Some(rate), &mut discarded)?);
+            }
+        }
+        let proxies = runnable.iter().filter(|p| **p != Peer::Direct).count();
+        if args.rounds > 0 && proxies > 1 && runnable.contains(&Peer::Nginx) {
+            let (measured, stopped) = bench.interleave(mode, rate, &runnable);
+            slices.extend(measured);
+            if let Some(note) = stopped {
+                eprintln!("bench: {note}");
+                notes.push(note);
             }
         }
     }
@@ -511,7 +534,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.warmup_secs
     );
     for &mode in &modes {
-        let rows = report::summarise(mode.name(), &peer_rows, &samples, &discarded, &skipped);
+        let mut rows = report::summarise(mode.name(), &peer_rows, &samples, &discarded, &skipped);
+        report::summarise_interleaved(mode.name(), &mut rows, &slices);
         let _ = writeln!(text, "\n== {} ==\n{}", mode.name(), describe(mode, &bench));
         if bench.wrk.is_some() {
             let _ = writeln!(
@@ -531,6 +555,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 args.connections
             );
             text.push_str(&report::rate_table(&rows));
+            if slices.iter().any(|s| s.mode == mode.name()) {
+                let _ = writeln!(
+                    text,
+                    "\nInterleaved fixed rate ({rate} req/s; every proxy up at once, the load moved to the next every {} ms after 200 ms not counted, the order turning each round; medians over the undisturbed rounds; vs nginx: the median of the per-round ratios of the p99s; lower in: rounds with a p99 below nginx's in the same round; sign p: the chance of a split at least that uneven if neither proxy tended lower):",
+                    args.slice_ms
+                );
+                text.push_str(&report::interleaved_table(&rows));
+            }
         }
         all_targets.extend(report::targets(mode.name(), &rows, mode.capped()));
         all_rows.extend(rows);
@@ -563,6 +595,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "peers": peer_list.iter().map(|p| p.name()).collect::<Vec<_>>(),
                 "modes": modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
                 "cap_percent": args.cap_percent,
+                "rounds": args.rounds,
+                "slice_ms": args.slice_ms,
             },
             "tools": {
                 "nginx": &bench.nginx,
@@ -575,6 +609,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "notes": notes,
             "samples": samples,
             "discarded": discarded,
+            "interleaved": slices,
             "summary": all_rows,
             "targets": all_targets,
         });
@@ -594,7 +629,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         && backend_ended.is_ok()
         && samples
             .iter()
-            .all(|s| !matches!(s.outcome, Outcome::Failed { .. }) && s.errors() == 0);
+            .all(|s| !matches!(s.outcome, Outcome::Failed { .. }) && s.errors() == 0)
+        && slices.iter().all(|s| s.result.errors == 0);
     Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
