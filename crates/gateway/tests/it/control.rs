@@ -1783,3 +1783,27 @@ async fn a_tls_address_in_use_is_a_startup_error_naming_it() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_stopped_gateway_frees_its_table_unless_asked_to_keep_it_for_exit() {
+    let backend = backend("one").await;
+    for keep in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        write_generation(
+            dir.path(),
+            &RouteTable::from_routes(1, [route("app", &[backend])]),
+        );
+        let mut gateway = start(config(dir.path(), &[])).await;
+        if keep {
+            gateway = gateway.keep_table_at_exit();
+        }
+        let table = gateway.table();
+        assert_eq!(table.len(), 1);
+        within("the gateway to stop", gateway.serve(async {}))
+            .await
+            .expect("it stops cleanly");
+        // Ours, and with `keep` the one the stopped gateway left behind.
+        let owners = if keep { 2 } else { 1 };
+        assert_eq!(Arc::strong_count(&table), owners, "keep: {keep}");
+    }
+}

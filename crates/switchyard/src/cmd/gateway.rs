@@ -41,6 +41,7 @@ pub fn run(args: Args, matches: Option<&clap::ArgMatches>) -> anyhow::Result<Exi
             gateway::Gateway::start(config)
                 .await?
                 .with_proxy_threads(workers)
+                .keep_table_at_exit()
                 .serve(super::shutdown_signal())
                 .await
         })
