@@ -432,8 +432,7 @@ pub fn targets(mode: &str, rows: &[Row], capped: bool) -> Vec<Target> {
             (Some(vs), Some((lower, differed))) => push(
                 format!("{label}: p99 at a fixed rate <= nginx's (interleaved rounds)"),
                 format!(
-                    "{} (median of {} rounds' ratios; lower in {lower} of {differed}, sign test p = {}; medians {} ms against {} ms)",
-                    x(Some(vs)),
+                    "{vs:.3}x (median of {} rounds' ratios; lower in {lower} of {differed}, sign test p = {}; medians {} ms against {} ms)",
                     row.interleaved_rounds,
                     num(row.interleaved_sign_p, 3),
                     ms(row.interleaved_p99_ms),
@@ -892,7 +891,10 @@ mod tests {
             .find(|t| t.target.contains("fixed rate"))
             .unwrap();
         assert!(fixed.target.contains("interleaved"), "{fixed:?}");
-        assert!(fixed.result.contains("lower in 4 of 5"), "{fixed:?}");
+        assert!(
+            fixed.result.starts_with("0.500x") && fixed.result.contains("lower in 4 of 5"),
+            "{fixed:?}"
+        );
         assert_eq!(fixed.met, Some(true));
         let table = interleaved_table(&rows);
         assert!(table.contains("4/5") && table.contains("0.375"), "{table}");
