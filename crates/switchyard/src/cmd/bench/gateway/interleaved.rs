@@ -25,8 +25,8 @@ const SLICE_WARMUP: Duration = Duration::from_millis(200);
 impl Bench<'_> {
     /// Runs --rounds undisturbed rounds of the `chosen` peers (but `direct`) at `rate` in `mode`,
     /// making up a disturbed round with another, up to twice as many rounds in all.
-    /// Returns every slice measured, disturbed ones marked, and why the rounds stopped
-    /// early if they did.
+    /// Returns every slice measured, disturbed ones marked, and the error that stopped
+    /// the rounds, if one did.
     pub(super) fn interleave(
         &mut self,
         mode: Mode,
@@ -105,8 +105,11 @@ impl Bench<'_> {
             }
         }
         if kept < wanted {
-            anyhow::bail!(
-                "{kept} of {wanted} rounds were undisturbed in {round}; the figures are from those"
+            // As a sample disturbed in its every attempt is kept and marked, this is
+            // told (the table shows the rounds kept and left out), not a failure.
+            eprintln!(
+                "bench: {} interleaved: only {kept} of {wanted} rounds were undisturbed in {round}; the figures are from those",
+                mode.name()
             );
         }
         Ok(())
