@@ -11,6 +11,7 @@
 //! sends `SLICE_WARMUP` of load that is not counted, so a proxy's backend connections
 //! and caches are warm when its slice is measured.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -84,10 +85,7 @@ impl Bench<'_> {
             );
             for slice in these.iter_mut() {
                 slice.disturbed = disturbed;
-                line.push_str(&format!(
-                    " {} p99 {:.3} ms;",
-                    slice.peer, slice.result.p99_ms
-                ));
+                let _ = write!(line, " {} p99 {:.3} ms;", slice.peer, slice.result.p99_ms);
             }
             if disturbed {
                 line.push_str(" DISTURBED (others or steal over the limits), left out");
