@@ -31,6 +31,7 @@ use super::gateway_load::{self, RateSettings, WrkSettings};
 use super::gateway_peers::{self as peers, CpuTimes, Process, SnapshotInfo, Tool, Usage};
 use super::gateway_report::{self as report, Outcome, Row, Sample, Skipped, Slice, Target};
 use super::report::median;
+use interleaved::RoundLoad;
 
 mod cpu_cap;
 mod instructions;
@@ -135,6 +136,16 @@ pub struct Args {
     /// that is not counted.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     slice_ms: u64,
+    /// Interleaved closed-loop rounds in each mode (0: none), after the wrk runs: every
+    /// proxy up at once and wrk moved from one to the next, --wrk-slice-secs each, so
+    /// each round compares each proxy's requests/s and CPU per request with nginx's
+    /// measured seconds apart. Disturbed rounds are left out and made up as with --rounds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    wrk_rounds: u64,
+    /// Seconds of wrk on each proxy in an interleaved closed-loop round (each proxy is
+    /// first warmed up once, for --warmup-secs).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
+    wrk_slice_secs: u64,
     /// Routes in the large gateway table (the `gateway-large` peer).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     routes: u64,
@@ -449,12 +460,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut discarded: Vec<Sample> = Vec::new();
     let mut rates: Vec<(Mode, u64)> = Vec::new();
     let mut slices: Vec<Slice> = Vec::new();
+    let proxies = runnable.iter().filter(|p| **p != Peer::Direct).count();
     for &mode in &modes {
         if bench.wrk.is_some() {
             for run in 1..=args.runs as usize {
                 for &peer in &runnable {
                     peers::check_interrupted()?;
                     samples.push(bench.measure(mode, run, peer, None, &mut discarded)?);
+                }
+            }
+            if args.wrk_rounds > 0 && proxies > 1 && runnable.contains(&Peer::Nginx) {
+                let (measured, stopped) = bench.interleave(mode, RoundLoad::Wrk, &runnable);
+                slices.extend(measured);
+                if let Some(note) = stopped {
+                    eprintln!("bench: {note}");
+                    notes.push(note);
                 }
             }
         }
@@ -487,9 +507,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 samples.push(bench.measure(mode, run, peer, Some(rate), &mut discarded)?);
             }
         }
-        let proxies = runnable.iter().filter(|p| **p != Peer::Direct).count();
         if args.rounds > 0 && proxies > 1 && runnable.contains(&Peer::Nginx) {
-            let (measured, stopped) = bench.interleave(mode, rate, &runnable);
+            let (measured, stopped) = bench.interleave(mode, RoundLoad::FixedRate(rate), &runnable);
             slices.extend(measured);
             if let Some(note) = stopped {
                 eprintln!("bench: {note}");
@@ -536,6 +555,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for &mode in &modes {
         let mut rows = report::summarise(mode.name(), &peer_rows, &samples, &discarded, &skipped);
         report::summarise_interleaved(mode.name(), &mut rows, &slices);
+        report::summarise_wrk_rounds(mode.name(), &mut rows, &slices);
         let _ = writeln!(text, "\n== {} ==\n{}", mode.name(), describe(mode, &bench));
         if bench.wrk.is_some() {
             let _ = writeln!(
@@ -547,6 +567,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             text.push_str(&report::wrk_table(&rows, args.runs as usize));
             text.push_str("Requests/s per run (ratio to nginx in the same run):\n");
             text.push_str(&report::per_run(&rows));
+            if rows
+                .iter()
+                .any(|r| r.wrk_rounds + r.wrk_rounds_left_out > 0)
+            {
+                let _ = writeln!(
+                    text,
+                    "\nInterleaved closed loop (every proxy up at once, wrk moved to the next every {} s, the order turning each round; medians over the undisturbed rounds; vs nginx: the median of the per-round ratios of requests/s, with its 95 % interval; ahead in: rounds with more requests/s than nginx in the same round, and the sign test of that split; >= 1.1x: rounds at 1.1x nginx's or more; CPU µs: the proxy's per request, and the median of its per-round ratios to nginx's; thr%: periods throttled, capped modes):",
+                    args.wrk_slice_secs
+                );
+                text.push_str(&report::wrk_rounds_table(&rows));
+            }
         }
         if let Some((_, rate)) = rates.iter().find(|(m, _)| *m == mode) {
             let _ = writeln!(
@@ -597,6 +628,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "cap_percent": args.cap_percent,
                 "rounds": args.rounds,
                 "slice_ms": args.slice_ms,
+                "wrk_rounds": args.wrk_rounds,
+                "wrk_slice_secs": args.wrk_slice_secs,
             },
             "tools": {
                 "nginx": &bench.nginx,
@@ -630,7 +663,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         && samples
             .iter()
             .all(|s| !matches!(s.outcome, Outcome::Failed { .. }) && s.errors() == 0)
-        && slices.iter().all(|s| s.result.errors == 0);
+        && slices.iter().all(|s| s.errors() == 0);
     Ok(if all_ok {
         ExitCode::SUCCESS
     } else {

@@ -85,17 +85,24 @@ impl Sample {
     }
 }
 
-/// A proxy's share of one interleaved round (`--rounds`): every proxy of the mode is up,
-/// and the fixed-rate load moves from one to the next, a slice each.
+/// A proxy's share of one interleaved round: every proxy of the mode is up, and the
+/// load (fixed-rate with `--rounds`, wrk with `--wrk-rounds`) moves from one to the
+/// next, a slice each.
 #[derive(Debug, Clone, Serialize)]
 pub struct Slice {
     pub mode: String,
+    /// `fixed-rate` or `wrk`.
+    pub load: &'static str,
     pub round: usize,
     pub peer: String,
     /// Its place in the round's order (0: first); the order turns by one each round.
     pub position: usize,
     /// The proxy's CPU time over the slice's wall time (its warm-up too), in % of one CPU.
     pub proxy_cpu_percent: Option<f64>,
+    /// wrk slices: the proxy's CPU time per request, in µs.
+    pub cpu_us_per_request: Option<f64>,
+    /// Capped modes: the share of the quota's periods in which the proxy used it up, in %.
+    pub throttled_percent: Option<f64>,
     /// As [`Sample::others_percent`], over the slice.
     pub others_percent: f64,
     /// As [`Sample::steal_percent`], over the slice.
@@ -104,7 +111,38 @@ pub struct Slice {
     /// the whole round is left out of the figures.
     pub disturbed: bool,
     #[serde(flatten)]
-    pub result: RateResult,
+    pub result: SliceResult,
+}
+
+/// What a slice's load reported (its fields flattened into the slice's JSON).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum SliceResult {
+    FixedRate(RateResult),
+    Wrk(WrkResult),
+}
+
+impl Slice {
+    pub fn rate(&self) -> Option<&RateResult> {
+        match &self.result {
+            SliceResult::FixedRate(r) => Some(r),
+            SliceResult::Wrk(_) => None,
+        }
+    }
+
+    pub fn wrk(&self) -> Option<&WrkResult> {
+        match &self.result {
+            SliceResult::Wrk(r) => Some(r),
+            SliceResult::FixedRate(_) => None,
+        }
+    }
+
+    pub fn errors(&self) -> u64 {
+        match &self.result {
+            SliceResult::FixedRate(r) => r.errors,
+            SliceResult::Wrk(r) => r.errors(),
+        }
+    }
 }
 
 /// A peer that was not run at all, and why.
@@ -179,6 +217,28 @@ pub struct Row {
     /// The two-sided sign test of `interleaved_lower`: the chance of a split at least
     /// as uneven if each proxy were as likely as the other to have the lower p99.
     pub interleaved_sign_p: Option<f64>,
+    /// Closed-loop interleaved rounds (`--wrk-rounds`) kept and left out.
+    pub wrk_rounds: usize,
+    pub wrk_rounds_left_out: usize,
+    pub wrk_rounds_errors: u64,
+    /// Medians over the kept rounds.
+    pub wrk_rounds_requests_per_sec: Option<f64>,
+    pub wrk_rounds_p99_ms: Option<f64>,
+    pub wrk_rounds_cpu_us_per_request: Option<f64>,
+    pub wrk_rounds_throttled_percent: Option<f64>,
+    /// The median of the per-round ratios of requests/s to nginx's in the same round,
+    /// and a 95 % confidence interval of that median (from the order statistics: it
+    /// assumes nothing of the ratios' distribution).
+    pub wrk_rounds_requests_per_sec_vs_nginx: Option<f64>,
+    pub wrk_rounds_vs_nginx_interval: Option<(f64, f64)>,
+    /// Rounds with more requests/s than nginx, of the rounds in which they differed, and
+    /// the sign test of that split.
+    pub wrk_rounds_ahead: Option<(usize, usize)>,
+    pub wrk_rounds_sign_p: Option<f64>,
+    /// Rounds at 1.1x nginx's requests/s or more, of the rounds paired with nginx.
+    pub wrk_rounds_at_target: Option<(usize, usize)>,
+    /// The median of the per-round ratios of CPU time per request to nginx's.
+    pub wrk_rounds_cpu_per_request_vs_nginx: Option<f64>,
     pub skipped: Option<String>,
 }
 
@@ -313,18 +373,25 @@ pub fn summarise(
 /// only: each peer's medians, and against nginx in the same round, the median ratio of
 /// the p99s and how many rounds each had the lower one.
 pub fn summarise_interleaved(mode: &str, rows: &mut [Row], slices: &[Slice]) {
-    let of_mode = || slices.iter().filter(|s| s.mode == mode);
-    let kept: Vec<&Slice> = of_mode().filter(|s| !s.disturbed).collect();
+    let of_mode = || {
+        slices
+            .iter()
+            .filter(|s| s.mode == mode && s.rate().is_some())
+    };
+    let kept: Vec<(&Slice, &RateResult)> = of_mode()
+        .filter(|s| !s.disturbed)
+        .filter_map(|s| Some((s, s.rate()?)))
+        .collect();
     let reference_p99 = |round: usize| {
         kept.iter()
-            .find(|s| s.round == round && s.peer == REFERENCE)
-            .map(|s| s.result.p99_ms)
+            .find(|(s, _)| s.round == round && s.peer == REFERENCE)
+            .map(|(_, r)| r.p99_ms)
     };
     for row in rows {
-        let own: Vec<&Slice> = kept
+        let own: Vec<(&Slice, &RateResult)> = kept
             .iter()
             .copied()
-            .filter(|s| s.peer == row.peer)
+            .filter(|(s, _)| s.peer == row.peer)
             .collect();
         row.interleaved_left_out = of_mode()
             .filter(|s| s.disturbed && s.peer == row.peer)
@@ -333,17 +400,18 @@ pub fn summarise_interleaved(mode: &str, rows: &mut [Row], slices: &[Slice]) {
             continue;
         }
         row.interleaved_rounds = own.len();
-        row.interleaved_errors = own.iter().map(|s| s.result.errors).sum();
-        row.interleaved_p50_ms = med(own.iter().map(|s| s.result.p50_ms));
-        row.interleaved_p99_ms = med(own.iter().map(|s| s.result.p99_ms));
-        row.interleaved_p999_ms = med(own.iter().map(|s| s.result.p999_ms));
-        row.interleaved_proxy_cpu_percent = med(own.iter().filter_map(|s| s.proxy_cpu_percent));
+        row.interleaved_errors = own.iter().map(|(_, r)| r.errors).sum();
+        row.interleaved_p50_ms = med(own.iter().map(|(_, r)| r.p50_ms));
+        row.interleaved_p99_ms = med(own.iter().map(|(_, r)| r.p99_ms));
+        row.interleaved_p999_ms = med(own.iter().map(|(_, r)| r.p999_ms));
+        row.interleaved_proxy_cpu_percent =
+            med(own.iter().filter_map(|(s, _)| s.proxy_cpu_percent));
         if row.peer == REFERENCE {
             continue;
         }
         let pairs: Vec<(f64, f64)> = own
             .iter()
-            .filter_map(|s| Some((s.result.p99_ms, reference_p99(s.round)?)))
+            .filter_map(|(s, r)| Some((r.p99_ms, reference_p99(s.round)?)))
             .collect();
         row.interleaved_p99_vs_nginx = med(pairs
             .iter()
@@ -356,6 +424,110 @@ pub fn summarise_interleaved(mode: &str, rows: &mut [Row], slices: &[Slice]) {
             row.interleaved_sign_p = sign_test(lower, differed);
         }
     }
+}
+
+/// The requests/s target, as a ratio to nginx's.
+pub const REQUESTS_TARGET: f64 = 1.1;
+
+/// Fills in the figures of one mode's closed-loop interleaved rounds (`--wrk-rounds`),
+/// from the undisturbed rounds only: each peer's medians, and against nginx in the same
+/// round, the median ratio of requests/s with its confidence interval, how many rounds
+/// each was ahead, and the median ratio of CPU time per request.
+pub fn summarise_wrk_rounds(mode: &str, rows: &mut [Row], slices: &[Slice]) {
+    let of_mode = || {
+        slices
+            .iter()
+            .filter(|s| s.mode == mode && s.wrk().is_some())
+    };
+    let kept: Vec<(&Slice, &WrkResult)> = of_mode()
+        .filter(|s| !s.disturbed)
+        .filter_map(|s| Some((s, s.wrk()?)))
+        .collect();
+    let reference = |round: usize| {
+        kept.iter()
+            .find(|(s, _)| s.round == round && s.peer == REFERENCE)
+            .copied()
+    };
+    for row in rows {
+        let own: Vec<(&Slice, &WrkResult)> = kept
+            .iter()
+            .copied()
+            .filter(|(s, _)| s.peer == row.peer)
+            .collect();
+        row.wrk_rounds_left_out = of_mode()
+            .filter(|s| s.disturbed && s.peer == row.peer)
+            .count();
+        if own.is_empty() {
+            continue;
+        }
+        row.wrk_rounds = own.len();
+        row.wrk_rounds_errors = own.iter().map(|(_, r)| r.errors()).sum();
+        row.wrk_rounds_requests_per_sec = med(own.iter().map(|(_, r)| r.requests_per_sec));
+        row.wrk_rounds_p99_ms = med(own.iter().map(|(_, r)| r.p99_ms));
+        row.wrk_rounds_cpu_us_per_request =
+            med(own.iter().filter_map(|(s, _)| s.cpu_us_per_request));
+        row.wrk_rounds_throttled_percent = med(own.iter().filter_map(|(s, _)| s.throttled_percent));
+        if row.peer == REFERENCE {
+            continue;
+        }
+        let paired: Vec<(&Slice, &WrkResult, &Slice, &WrkResult)> = own
+            .iter()
+            .filter_map(|(s, r)| {
+                let (rs, rr) = reference(s.round)?;
+                Some((*s, *r, rs, rr))
+            })
+            .collect();
+        let ratios: Vec<f64> = paired
+            .iter()
+            .filter(|(_, _, _, rr)| rr.requests_per_sec > 0.0)
+            .map(|(_, r, _, rr)| r.requests_per_sec / rr.requests_per_sec)
+            .collect();
+        row.wrk_rounds_requests_per_sec_vs_nginx = median(ratios.clone());
+        row.wrk_rounds_vs_nginx_interval = median_interval(&ratios);
+        if !ratios.is_empty() {
+            let at = ratios.iter().filter(|v| **v >= REQUESTS_TARGET).count();
+            row.wrk_rounds_at_target = Some((at, ratios.len()));
+        }
+        let ahead = paired
+            .iter()
+            .filter(|(_, r, _, rr)| r.requests_per_sec > rr.requests_per_sec)
+            .count();
+        let differed = paired
+            .iter()
+            .filter(|(_, r, _, rr)| r.requests_per_sec != rr.requests_per_sec)
+            .count();
+        if differed > 0 {
+            row.wrk_rounds_ahead = Some((ahead, differed));
+            row.wrk_rounds_sign_p = sign_test(ahead, differed);
+        }
+        row.wrk_rounds_cpu_per_request_vs_nginx = med(paired
+            .iter()
+            .filter_map(|(s, _, rs, _)| ratio(s.cpu_us_per_request, rs.cpu_us_per_request)));
+    }
+}
+
+/// A 95 % confidence interval of the median of `values`, assuming nothing of their
+/// distribution: the k-th smallest and k-th largest, for the largest k at which the
+/// chance that fewer than k values fall below the median is at most 2.5 %. None for
+/// fewer than 6 values (too few for any such k) or more than 1000.
+pub fn median_interval(values: &[f64]) -> Option<(f64, f64)> {
+    let n = values.len();
+    if !(6..=1000).contains(&n) {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    // The tail P(X <= j) of X ~ Binomial(n, 1/2), while it stays within 2.5 %.
+    let mut term = 0.5f64.powi(n as i32);
+    let mut tail = term;
+    let mut k = 0;
+    while tail <= 0.025 {
+        k += 1;
+        term *= (n - k + 1) as f64 / k as f64;
+        tail += term;
+    }
+    // Now P(X <= k - 1) <= 2.5 % < P(X <= k): the k-th values from either end.
+    (k >= 1).then(|| (sorted[k - 1], sorted[n - k]))
 }
 
 /// The two-sided sign test: the chance, if either outcome of each of `n` trials were
@@ -408,11 +580,28 @@ pub fn targets(mode: &str, rows: &[Row], capped: bool) -> Vec<Target> {
         } else {
             format!("gateway ({} routes)", row.routes)
         };
-        push(
-            format!("{label}: requests/s >= 1.1x nginx's"),
-            x(row.requests_per_sec_vs_nginx),
-            row.requests_per_sec_vs_nginx.map(|v| v >= 1.1),
-        );
+        // As for the p99 below: the interleaved rounds, when there are any, decide.
+        match (row.wrk_rounds_requests_per_sec_vs_nginx, row.wrk_rounds_ahead) {
+            (Some(vs), Some((ahead, differed))) => push(
+                format!("{label}: requests/s >= 1.1x nginx's (interleaved rounds)"),
+                format!(
+                    "{vs:.3}x (median of {} rounds' ratios, 95 % interval {}; ahead in {ahead} of {differed}, sign test p = {}; at 1.1x or more in {}; CPU per request {})",
+                    row.wrk_rounds,
+                    row.wrk_rounds_vs_nginx_interval
+                        .map_or("-".into(), |(lo, hi)| format!("{lo:.3}x to {hi:.3}x")),
+                    num(row.wrk_rounds_sign_p, 3),
+                    row.wrk_rounds_at_target
+                        .map_or("-".into(), |(at, of)| format!("{at} of {of}")),
+                    x(row.wrk_rounds_cpu_per_request_vs_nginx),
+                ),
+                Some(vs >= REQUESTS_TARGET),
+            ),
+            _ => push(
+                format!("{label}: requests/s >= 1.1x nginx's"),
+                x(row.requests_per_sec_vs_nginx),
+                row.requests_per_sec_vs_nginx.map(|v| v >= REQUESTS_TARGET),
+            ),
+        }
         if capped {
             continue;
         }
@@ -662,6 +851,57 @@ pub fn interleaved_table(rows: &[Row]) -> String {
     out
 }
 
+/// The closed-loop interleaved rounds' table of one mode.
+pub fn wrk_rounds_table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<15} {:>8} {:>7} {:>9} {:>9} {:>8} {:>17} {:>9} {:>7} {:>9} {:>8} {:>7} {:>8} {:>6} {:>7}",
+        "PEER",
+        "ROUTES",
+        "ROUNDS",
+        "LEFT OUT",
+        "REQ/S",
+        "vs nginx",
+        "95 % interval",
+        "ahead in",
+        "sign p",
+        ">= 1.1x",
+        "p99 ms",
+        "CPU µs",
+        "vs nginx",
+        "thr%",
+        "ERRORS"
+    );
+    for row in rows
+        .iter()
+        .filter(|r| r.wrk_rounds + r.wrk_rounds_left_out > 0)
+    {
+        let pair = |v: Option<(usize, usize)>| v.map_or("-".into(), |(k, n)| format!("{k}/{n}"));
+        let _ = writeln!(
+            out,
+            "{:<15} {:>8} {:>7} {:>9} {:>9} {:>8} {:>17} {:>9} {:>7} {:>9} {:>8} {:>7} {:>8} {:>6} {:>7}",
+            row.peer,
+            row.routes,
+            row.wrk_rounds,
+            row.wrk_rounds_left_out,
+            num(row.wrk_rounds_requests_per_sec, 0),
+            num(row.wrk_rounds_requests_per_sec_vs_nginx, 3),
+            row.wrk_rounds_vs_nginx_interval
+                .map_or("-".into(), |(lo, hi)| format!("{lo:.3} to {hi:.3}")),
+            pair(row.wrk_rounds_ahead),
+            num(row.wrk_rounds_sign_p, 3),
+            pair(row.wrk_rounds_at_target),
+            ms(row.wrk_rounds_p99_ms),
+            num(row.wrk_rounds_cpu_us_per_request, 1),
+            times(row.wrk_rounds_cpu_per_request_vs_nginx),
+            num(row.wrk_rounds_throttled_percent, 0),
+            row.wrk_rounds_errors,
+        );
+    }
+    out
+}
+
 /// Requests/s per run with the same-run ratio to nginx.
 pub fn per_run(rows: &[Row]) -> String {
     let mut out = String::new();
@@ -837,18 +1077,21 @@ mod tests {
     fn interleaved_rounds_pair_each_round_with_nginx_and_leave_out_disturbed_ones() {
         let slice = |round: usize, peer: &str, p99: f64, disturbed: bool| Slice {
             mode: "one-core".into(),
+            load: "fixed-rate",
             round,
             peer: peer.into(),
             position: 0,
             proxy_cpu_percent: Some(40.0),
+            cpu_us_per_request: None,
+            throttled_percent: None,
             others_percent: 0.0,
             steal_percent: 0.0,
             disturbed,
-            result: RateResult {
+            result: SliceResult::FixedRate(RateResult {
                 target_rate: 1000,
                 p99_ms: p99,
                 ..RateResult::default()
-            },
+            }),
         };
         let mut slices = Vec::new();
         for (round, (nginx, gateway)) in
@@ -898,6 +1141,129 @@ mod tests {
         assert_eq!(fixed.met, Some(true));
         let table = interleaved_table(&rows);
         assert!(table.contains("4/5") && table.contains("0.375"), "{table}");
+    }
+
+    fn wrk_slice(round: usize, peer: &str, rps: f64, cpu_us: f64, disturbed: bool) -> Slice {
+        Slice {
+            mode: "capped".into(),
+            load: "wrk",
+            round,
+            peer: peer.into(),
+            position: 0,
+            proxy_cpu_percent: Some(50.0),
+            cpu_us_per_request: Some(cpu_us),
+            throttled_percent: Some(95.0),
+            others_percent: 0.0,
+            steal_percent: 0.0,
+            disturbed,
+            result: SliceResult::Wrk(WrkResult {
+                requests: (rps * 2.0) as u64,
+                requests_per_sec: rps,
+                p99_ms: 1.0,
+                ..WrkResult::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn closed_loop_rounds_pair_requests_per_sec_and_cpu_with_nginx_in_the_same_round() {
+        let mut slices = Vec::new();
+        // Per-round ratios 1.2, 1.0, 0.9, 1.3, 1.15, 1.25, 1.1: median 1.15, ahead in 5
+        // of the 6 rounds that differed, at 1.1x or more in 5 of 7.
+        for (round, (nginx, gateway)) in [
+            (100.0, 120.0),
+            (100.0, 100.0),
+            (200.0, 180.0),
+            (100.0, 130.0),
+            (100.0, 115.0),
+            (80.0, 100.0),
+            (100.0, 110.0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            slices.push(wrk_slice(round + 1, "nginx", nginx, 20.0, false));
+            slices.push(wrk_slice(round + 1, "gateway", gateway, 16.0, false));
+        }
+        // Left out: a disturbed round, and the fixed-rate slices of the same mode.
+        slices.push(wrk_slice(8, "nginx", 100.0, 20.0, true));
+        slices.push(wrk_slice(8, "gateway", 1.0, 16.0, true));
+        slices.push(Slice {
+            load: "fixed-rate",
+            result: SliceResult::FixedRate(RateResult::default()),
+            ..wrk_slice(1, "gateway", 0.0, 0.0, false)
+        });
+        let peers = vec![("nginx".to_string(), 1), ("gateway".to_string(), 1)];
+        let mut rows = summarise("capped", &peers, &[], &[], &[]);
+        summarise_wrk_rounds("capped", &mut rows, &slices);
+        summarise_interleaved("capped", &mut rows, &slices);
+        let (nginx, gateway) = (&rows[0], &rows[1]);
+        assert_eq!((nginx.wrk_rounds, nginx.wrk_rounds_left_out), (7, 1));
+        assert_eq!(nginx.wrk_rounds_requests_per_sec, Some(100.0));
+        assert_eq!(nginx.wrk_rounds_requests_per_sec_vs_nginx, None);
+        assert_eq!((gateway.wrk_rounds, gateway.wrk_rounds_left_out), (7, 1));
+        assert_eq!(gateway.wrk_rounds_requests_per_sec, Some(115.0));
+        let vs = gateway.wrk_rounds_requests_per_sec_vs_nginx.unwrap();
+        assert!((vs - 1.15).abs() < 1e-9, "{vs}");
+        // Seven values: the smallest and largest are the 95 % interval.
+        let (lo, hi) = gateway.wrk_rounds_vs_nginx_interval.unwrap();
+        assert!(
+            (lo - 0.9).abs() < 1e-9 && (hi - 1.3).abs() < 1e-9,
+            "{lo} {hi}"
+        );
+        assert_eq!(gateway.wrk_rounds_ahead, Some((5, 6)));
+        assert_eq!(gateway.wrk_rounds_sign_p, sign_test(5, 6));
+        assert_eq!(gateway.wrk_rounds_at_target, Some((5, 7)));
+        assert_eq!(gateway.wrk_rounds_cpu_per_request_vs_nginx, Some(0.8));
+        assert_eq!(gateway.wrk_rounds_cpu_us_per_request, Some(16.0));
+        assert_eq!(gateway.wrk_rounds_throttled_percent, Some(95.0));
+        // The fixed-rate slice is the fixed-rate figures' alone.
+        assert_eq!(gateway.interleaved_rounds, 1);
+
+        let found = targets("capped", &rows, true);
+        let rps = found
+            .iter()
+            .find(|t| t.target.contains("requests/s"))
+            .unwrap();
+        assert!(rps.target.contains("interleaved"), "{rps:?}");
+        assert!(
+            rps.result.starts_with("1.150x") && rps.result.contains("ahead in 5 of 6"),
+            "{rps:?}"
+        );
+        assert_eq!(rps.met, Some(true));
+        let table = wrk_rounds_table(&rows);
+        assert!(
+            table.contains("0.900 to 1.300") && table.contains("5/7") && table.contains("0.80x"),
+            "{table}"
+        );
+
+        // A median under 1.1x misses the target whatever the runs' medians say.
+        for slice in slices.iter_mut().filter(|s| s.peer == "gateway") {
+            if let SliceResult::Wrk(r) = &mut slice.result {
+                r.requests_per_sec *= 0.9;
+            }
+        }
+        summarise_wrk_rounds("capped", &mut rows, &slices);
+        let found = targets("capped", &rows, true);
+        let rps = found
+            .iter()
+            .find(|t| t.target.contains("requests/s"))
+            .unwrap();
+        assert_eq!(rps.met, Some(false), "{rps:?}");
+    }
+
+    #[test]
+    fn the_median_interval_is_the_order_statistics_of_the_binomial() {
+        let values = |n: usize| (1..=n).map(|v| v as f64).rev().collect::<Vec<_>>();
+        // Below 6 values no pair of order statistics covers the median 95 % of the time.
+        assert_eq!(median_interval(&values(5)), None);
+        // 6: P(X <= 0) = 1/64 <= 2.5 % < P(X <= 1) = 7/64: the extremes.
+        assert_eq!(median_interval(&values(6)), Some((1.0, 6.0)));
+        // 20: P(X <= 5) = 2.07 %, P(X <= 6) = 5.77 %: the 6th from either end.
+        assert_eq!(median_interval(&values(20)), Some((6.0, 15.0)));
+        // 100: the textbook 40th and 61st.
+        assert_eq!(median_interval(&values(100)), Some((40.0, 61.0)));
+        assert_eq!(median_interval(&values(1001)), None);
     }
 
     #[test]
