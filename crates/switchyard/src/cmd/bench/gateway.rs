@@ -9,8 +9,8 @@
 //! (each proxy's multi-core default, nothing pinned but the backend) and
 //! `all-cores-capped` (the same, all of a proxy's threads held to that share together).
 //! The load is wrk at 32 connections (closed loop) and then a fixed rate from our own
-//! generator (open loop, latency from the scheduled send), first a process per sample,
-//! then in rounds that move the load between proxies running side by side
+//! generator (open loop, latency from the scheduled send), each first a process per
+//! sample, then in rounds that move the load between proxies running side by side
 //! (`gateway/interleaved.rs`). The gateway runs twice: with
 //! one route and with a million (`gateway-large`), each table written to its state
 //! folder with the gateway crate's own snapshot code and served from disk, without an

@@ -585,11 +585,11 @@ pub fn targets(mode: &str, rows: &[Row], capped: bool) -> Vec<Target> {
             (Some(vs), Some((ahead, differed))) => push(
                 format!("{label}: requests/s >= 1.1x nginx's (interleaved rounds)"),
                 format!(
-                    "{vs:.3}x (median of {} rounds' ratios, 95 % interval {}; ahead in {ahead} of {differed}, sign test p = {}; at 1.1x or more in {}; CPU per request {})",
+                    "{vs:.3}x (median of {} rounds' ratios, 95 % interval {}; ahead in {ahead} of {differed}, sign test {}; at 1.1x or more in {}; CPU per request {})",
                     row.wrk_rounds,
                     row.wrk_rounds_vs_nginx_interval
                         .map_or("-".into(), |(lo, hi)| format!("{lo:.3}x to {hi:.3}x")),
-                    num(row.wrk_rounds_sign_p, 3),
+                    p_text(row.wrk_rounds_sign_p),
                     row.wrk_rounds_at_target
                         .map_or("-".into(), |(at, of)| format!("{at} of {of}")),
                     x(row.wrk_rounds_cpu_per_request_vs_nginx),
@@ -621,9 +621,9 @@ pub fn targets(mode: &str, rows: &[Row], capped: bool) -> Vec<Target> {
             (Some(vs), Some((lower, differed))) => push(
                 format!("{label}: p99 at a fixed rate <= nginx's (interleaved rounds)"),
                 format!(
-                    "{vs:.3}x (median of {} rounds' ratios; lower in {lower} of {differed}, sign test p = {}; medians {} ms against {} ms)",
+                    "{vs:.3}x (median of {} rounds' ratios; lower in {lower} of {differed}, sign test {}; medians {} ms against {} ms)",
                     row.interleaved_rounds,
-                    num(row.interleaved_sign_p, 3),
+                    p_text(row.interleaved_sign_p),
                     ms(row.interleaved_p99_ms),
                     ms(find(REFERENCE).and_then(|r| r.interleaved_p99_ms))
                 ),
@@ -681,6 +681,24 @@ fn ms(value: Option<f64>) -> String {
 
 fn num(value: Option<f64>, decimals: usize) -> String {
     value.map_or("-".into(), |v| format!("{v:.decimals$}"))
+}
+
+/// A chance to three decimals, or its power of ten when it is below 0.001.
+fn p_value(value: Option<f64>) -> String {
+    match value {
+        None => "-".into(),
+        Some(p) if p < 0.001 => format!("<1e{}", p.log10().floor() as i32 + 1),
+        Some(p) => format!("{p:.3}"),
+    }
+}
+
+/// `p = 0.375`, or `p < 1e-3`.
+fn p_text(value: Option<f64>) -> String {
+    let p = p_value(value);
+    match p.strip_prefix('<') {
+        Some(bound) => format!("p < {bound}"),
+        None => format!("p = {p}"),
+    }
 }
 
 fn times(value: Option<f64>) -> String {
@@ -843,7 +861,7 @@ pub fn interleaved_table(rows: &[Row]) -> String {
             times(row.interleaved_p99_vs_nginx),
             row.interleaved_lower
                 .map_or("-".into(), |(lower, of)| format!("{lower}/{of}")),
-            num(row.interleaved_sign_p, 3),
+            p_value(row.interleaved_sign_p),
             num(row.interleaved_proxy_cpu_percent, 0),
             row.interleaved_errors,
         );
@@ -890,7 +908,7 @@ pub fn wrk_rounds_table(rows: &[Row]) -> String {
             row.wrk_rounds_vs_nginx_interval
                 .map_or("-".into(), |(lo, hi)| format!("{lo:.3} to {hi:.3}")),
             pair(row.wrk_rounds_ahead),
-            num(row.wrk_rounds_sign_p, 3),
+            p_value(row.wrk_rounds_sign_p),
             pair(row.wrk_rounds_at_target),
             ms(row.wrk_rounds_p99_ms),
             num(row.wrk_rounds_cpu_us_per_request, 1),
@@ -1250,6 +1268,17 @@ mod tests {
             .find(|t| t.target.contains("requests/s"))
             .unwrap();
         assert_eq!(rps.met, Some(false), "{rps:?}");
+    }
+
+    #[test]
+    fn small_chances_are_printed_as_their_power_of_ten() {
+        assert_eq!(p_value(Some(0.375)), "0.375");
+        assert_eq!(p_value(Some(0.001)), "0.001");
+        assert_eq!(p_value(Some(0.000_45)), "<1e-3");
+        assert_eq!(p_value(Some(2.0e-9)), "<1e-8");
+        assert_eq!(p_value(None), "-");
+        assert_eq!(p_text(Some(0.375)), "p = 0.375");
+        assert_eq!(p_text(Some(0.000_45)), "p < 1e-3");
     }
 
     #[test]
