@@ -804,3 +804,42 @@ fn status_reports_zookeeper_orchestrators_and_gateways() {
         "{out}"
     );
 }
+
+#[test]
+fn bench_gateway_refuses_settings_out_of_range_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    for (args, name) in [
+        (&["--wrk-slice-secs", "0"][..], "--wrk-slice-secs"),
+        (&["--wrk-slice-secs", "61"], "--wrk-slice-secs"),
+        (&["--wrk-rounds", "1001"], "--wrk-rounds"),
+        (&["--wrk-rounds", "many"], "--wrk-rounds"),
+        (&["--rounds", "1001"], "--rounds"),
+        (&["--slice-ms", "99"], "--slice-ms"),
+    ] {
+        let mut all = vec!["bench", "gateway", "--no-install"];
+        all.extend_from_slice(args);
+        // Were the value accepted, this would stop the command before it measured
+        // anything, with an error that does not name the flag under test.
+        all.push("--not-a-flag");
+        let out = run(cwd, &all);
+        assert_ne!(out.code, Some(0), "{args:?}: {out}");
+        assert!(out.stderr.contains(name), "{args:?}: {out}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out}");
+    }
+    // In range, the same flags parse (the help is printed and nothing is run).
+    let out = run(
+        cwd,
+        &[
+            "bench",
+            "gateway",
+            "--wrk-rounds",
+            "0",
+            "--wrk-slice-secs",
+            "60",
+            "--help",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("--wrk-rounds"), "{out}");
+}
