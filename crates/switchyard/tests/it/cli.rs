@@ -824,7 +824,8 @@ fn bench_gateway_refuses_settings_out_of_range_before_starting_anything() {
         all.push("--not-a-flag");
         let out = run(cwd, &all);
         assert_ne!(out.code, Some(0), "{args:?}: {out}");
-        assert!(out.stderr.contains(name), "{args:?}: {out}");
+        let refused = format!("invalid value '{}' for '{name} ", args[1]);
+        assert!(out.stderr.contains(&refused), "{args:?}: {out}");
         assert!(out.stdout.is_empty(), "{args:?}: {out}");
     }
     // In range, the same flags parse (the help is printed and nothing is run).
