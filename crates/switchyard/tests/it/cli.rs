@@ -819,9 +819,9 @@ fn bench_gateway_refuses_settings_out_of_range_before_starting_anything() {
     ] {
         let mut all = vec!["bench", "gateway", "--no-install"];
         all.extend_from_slice(args);
-        // Were the value accepted, this would stop the command before it measured
-        // anything, with an error that does not name the flag under test.
-        all.push("--not-a-flag");
+        // Were the value accepted, the first check after parsing would stop the command
+        // before it measured anything, with another error.
+        all.extend(["--rate-share", "0"]);
         let out = run(cwd, &all);
         assert_ne!(out.code, Some(0), "{args:?}: {out}");
         let refused = format!("invalid value '{}' for '{name} ", args[1]);
