@@ -530,17 +530,23 @@ pub fn median_interval(values: &[f64]) -> Option<(f64, f64)> {
     }
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    // The tail P(X <= j) of X ~ Binomial(n, 1/2), while it stays within 2.5 %.
-    let mut term = 0.5f64.powi(n as i32);
-    let mut tail = term;
-    let mut k = 0;
-    while tail <= 0.025 {
-        k += 1;
-        term *= (n - k + 1) as f64 / k as f64;
-        tail += term;
-    }
-    // Now P(X <= k - 1) <= 2.5 % < P(X <= k): the k-th values from either end.
+    // P(X <= k - 1) <= 2.5 % < P(X <= k): the k-th values from either end.
+    let k = lower_tails(n).take_while(|tail| *tail <= 0.025).count();
     (k >= 1).then(|| (sorted[k - 1], sorted[n - k]))
+}
+
+/// P(X <= 0), P(X <= 1), ..., P(X <= n) for X ~ Binomial(n, 1/2), term by term from
+/// C(n, 0) / 2^n.
+fn lower_tails(n: usize) -> impl Iterator<Item = f64> {
+    let mut term = 0.5f64.powi(n as i32);
+    let mut tail = 0.0;
+    (0..=n).map(move |i| {
+        if i > 0 {
+            term *= (n - i + 1) as f64 / i as f64;
+        }
+        tail += term;
+        tail
+    })
 }
 
 /// The two-sided sign test: the chance, if either outcome of each of `n` trials were
@@ -549,14 +555,7 @@ pub fn sign_test(k: usize, n: usize) -> Option<f64> {
     if n == 0 || k > n || n > 1000 {
         return None;
     }
-    let k = k.min(n - k);
-    // P(X <= k) for X ~ Binomial(n, 1/2), term by term from C(n, 0) / 2^n.
-    let mut term = 0.5f64.powi(n as i32);
-    let mut tail = term;
-    for i in 1..=k {
-        term *= (n - i + 1) as f64 / i as f64;
-        tail += term;
-    }
+    let tail = lower_tails(n).nth(k.min(n - k))?;
     Some((2.0 * tail).min(1.0))
 }
 
