@@ -13,8 +13,13 @@ use super::body::ResponseBody;
 /// Why a request was not forwarded, or not answered by a backend.
 #[derive(Debug)]
 pub(super) enum Failure {
-    /// No `Host` header (nor URI authority), or one that is not a host name.
+    /// No `Host` header (nor URI authority), more than one, or one that is not a host
+    /// name.
     BadHost,
+    /// A request head over [`MAX_HEAD`](super::MAX_HEAD) bytes.
+    HeadTooLong,
+    /// A request body in a transfer coding other than chunked (RFC 9112 §6.1: 501).
+    UnsupportedCoding,
     /// A request body whose chunked framing is broken.
     BadBody,
     /// No route for this (normalised) host.
@@ -25,8 +30,11 @@ pub(super) enum Failure {
     ConnectMethod,
     /// No connection to a backend could be made.
     Connect,
-    /// The backend's connection failed (reset, closed, unparsable answer).
+    /// The backend's connection failed (reset, or closed before its answer).
     Backend,
+    /// The backend answered with what the proxy cannot pass on: a head that does not
+    /// parse, conflicting or unsupported framing, a `101` nobody asked for.
+    BadResponse,
     /// The backend did not send its response head in time.
     Timeout,
 }
@@ -36,9 +44,11 @@ impl Failure {
         match self {
             Failure::BadHost | Failure::BadBody => StatusCode::BAD_REQUEST,
             Failure::NoRoute(_) => StatusCode::NOT_FOUND,
+            Failure::HeadTooLong => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Failure::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
             Failure::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
-            Failure::Connect | Failure::Backend => StatusCode::BAD_GATEWAY,
+            Failure::Connect | Failure::Backend | Failure::BadResponse => StatusCode::BAD_GATEWAY,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -47,11 +57,16 @@ impl Failure {
         match self {
             Failure::BadHost => Bytes::from_static(b"missing or invalid Host header\n"),
             Failure::BadBody => Bytes::from_static(b"malformed request body\n"),
+            Failure::HeadTooLong => Bytes::from_static(b"request head over 64 KiB\n"),
+            Failure::UnsupportedCoding => {
+                Bytes::from_static(b"transfer coding not supported (only chunked)\n")
+            }
             Failure::NoRoute(host) => format!("no route for host {host}\n").into(),
             Failure::NoBackend(host) => format!("no backend available for host {host}\n").into(),
             Failure::ConnectMethod => Bytes::from_static(b"CONNECT is not supported\n"),
             Failure::Connect => Bytes::from_static(b"could not connect to a backend\n"),
             Failure::Backend => Bytes::from_static(b"backend connection failed\n"),
+            Failure::BadResponse => Bytes::from_static(b"backend sent an invalid response\n"),
             Failure::Timeout => Bytes::from_static(b"backend did not answer in time\n"),
         }
     }

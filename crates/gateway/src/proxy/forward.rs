@@ -17,6 +17,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
@@ -77,6 +78,9 @@ async fn forward(
     if req.method() == Method::CONNECT {
         return Err(Failure::ConnectMethod);
     }
+    if !headers::only_chunked(req.headers()) {
+        return Err(Failure::UnsupportedCoding);
+    }
     let raw_host = headers::raw_host(&req).ok_or(Failure::BadHost)?;
     let (host, upstream) = route(proxy, raw_host.as_bytes())?;
 
@@ -108,9 +112,17 @@ async fn forward(
     drop(waiting);
     proxy.metrics.upstream_duration(started.elapsed());
 
+    if !headers::only_chunked(response.headers()) {
+        return Err(Failure::BadResponse);
+    }
+    if response.headers().contains_key(TRANSFER_ENCODING) {
+        // The framing was chunked; a length beside it is wrong (RFC 9112 §6.3), and
+        // would be taken at its word by the client's side.
+        response.headers_mut().remove(CONTENT_LENGTH);
+    }
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A 101 nobody asked for cannot be passed on.
-        let client_upgrade = client_upgrade.ok_or(Failure::Backend)?;
+        let client_upgrade = client_upgrade.ok_or(Failure::BadResponse)?;
         let backend_upgrade = hyper::upgrade::on(&mut response);
         headers::strip_hop_by_hop(response.headers_mut(), true);
         let request = request.take().expect("the request guard is taken once");
@@ -259,7 +271,11 @@ async fn send(
             Some(req) => Sent::Unsent(req),
             None => {
                 tracing::debug!(error = %error.error(), "backend request failed");
-                Sent::Failed(Failure::Backend)
+                Sent::Failed(if error.error().is_parse() {
+                    Failure::BadResponse
+                } else {
+                    Failure::Backend
+                })
             }
         },
     }

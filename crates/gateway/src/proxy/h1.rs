@@ -205,6 +205,15 @@ pub(super) async fn serve<C: ClientStream>(
                     Parse::HandOver => {
                         return Outcome::HandOver(std::mem::take(&mut buffers.client))
                     }
+                    Parse::TooLong => {
+                        let answer = Answer {
+                            failure: Failure::HeadTooLong,
+                            is_head: false,
+                            close: true,
+                        };
+                        answer.send(&conn.proxy, client, &mut buffers.head).await;
+                        return Outcome::Closed;
+                    }
                     Parse::Partial => {}
                 }
             } else if drain_seen || *drain.borrow() != Phase::Serving {
@@ -622,7 +631,7 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
             Ok(None) => {}
             Err(error) => {
                 tracing::debug!(%error, "backend answer refused");
-                return Err(Broken::Answer(Failure::Backend));
+                return Err(Broken::Answer(Failure::BadResponse));
             }
         }
         r.buf.reserve(READ_SIZE);
@@ -646,7 +655,7 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
     // Broken framing in what came with the head: nothing has reached the client yet.
     let taken = body
         .advance(rest)
-        .map_err(|_| Broken::Answer(Failure::Backend))?;
+        .map_err(|_| Broken::Answer(Failure::BadResponse))?;
     let mut stray = taken < rest.len();
     r.proxy.metrics.upstream_duration(r.started.elapsed());
     if let Ok(status) = StatusCode::from_u16(head.status) {

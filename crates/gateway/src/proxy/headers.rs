@@ -20,13 +20,36 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 
 /// The host a request is for, as sent: the URI's authority (HTTP/2, or an HTTP/1
 /// request in absolute form, where it overrides `Host`), else the `Host` header.
+/// `None` for a request with more than one `Host` header (RFC 9112 §3.2: a 400), which
+/// the proxy could route by one and its backend read as the other.
 pub(super) fn raw_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return None;
+    }
     if let Some(authority) = req.uri().authority() {
         let host = authority.as_str();
         let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
         return HeaderValue::from_str(host).ok();
     }
-    req.headers().get(HOST).cloned()
+    first.cloned()
+}
+
+/// Whether a message's `Transfer-Encoding`, if it has one, is `chunked` alone: the one
+/// transfer coding the proxy passes on. Any other would reach the far side undone (or
+/// could not reach an HTTP/2 peer at all), so a request with one is refused (501) and
+/// a response with one is a backend error (502), as nginx does.
+pub(super) fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(TRANSFER_ENCODING).iter();
+    match (values.next(), values.next()) {
+        (None, _) => true,
+        (Some(value), None) => value
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
+    }
 }
 
 /// Whether a request asks to switch protocols (an HTTP/1.1 `Upgrade`, as WebSocket

@@ -45,6 +45,15 @@ use self::metrics::Metrics;
 use self::upstream::Upstreams;
 use crate::RouteTable;
 
+/// The longest message head the proxy takes, in bytes: the request or status line and
+/// the headers (for HTTP/2, the header list as its settings count it). A longer request
+/// is refused (431), a longer answer is a backend error (502). nginx's default takes
+/// 32 KiB of request headers, HAProxy's about 16 KiB; hyper's own, 400 KiB, would let
+/// every connection hold that much before a byte of it is routed. (A connection already
+/// handed to hyper, such as HTTP/1.0 with keep-alive, has its later heads bounded by
+/// hyper's buffer of this size, which a head that arrives in one read can overrun.)
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+
 /// Timeouts and limits of the request path.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -312,7 +321,10 @@ impl Proxy {
         mut share: Option<Share>,
     ) -> io::Result<()> {
         let (drain_tx, drain_rx) = watch::channel(Phase::Serving);
-        let server = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        server.http1().max_buf_size(MAX_HEAD);
+        server.http2().max_header_list_size(MAX_HEAD as u32);
+        let server = Arc::new(server);
         let sweeper = tokio::spawn(sweep(Arc::downgrade(&self), self.config.idle_timeout));
         let Listeners {
             plain: listener,

@@ -168,7 +168,11 @@ impl Upstreams {
             eject_after_failures: backends.eject_after_failures.max(1),
             eject_cooldown: backends.eject_cooldown,
             max_idle: backends.max_idle_per_backend,
-            client: http1::Builder::new(),
+            client: {
+                let mut client = http1::Builder::new();
+                client.max_header_size(super::MAX_HEAD);
+                client
+            },
         }
     }
 

@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -128,6 +131,11 @@ async fn ask(stream: &mut TcpStream, request: &[u8]) -> (String, Vec<u8>) {
     read_response(stream).await
 }
 
+/// The start of `text`, for a failure's message.
+fn short(text: &str) -> &str {
+    &text[..text.len().min(200)]
+}
+
 fn status_of(head: &str) -> u16 {
     head[9..12].parse().unwrap()
 }
@@ -144,6 +152,62 @@ async fn trickle(stream: &mut TcpStream, bytes: &[u8]) {
         stream.write_all(piece).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// How a client reaches the proxy: its own HTTP/1.1 path, or hyper's (HTTP/1.0 and
+/// HTTP/2 go there).
+#[derive(Debug, Clone, Copy)]
+enum Way {
+    Http11,
+    Http10,
+    Http2,
+}
+
+const WAYS: [Way; 3] = [Way::Http11, Way::Http10, Way::Http2];
+
+/// `GET path` on `app.test` through the proxy at `addr`, with `header` (a name and a
+/// value) added: the status, the head (lower-cased; for HTTP/2 its header lines) and
+/// the body, which must arrive whole.
+async fn get(
+    addr: SocketAddr,
+    way: Way,
+    path: &str,
+    header: (&str, &str),
+) -> (u16, String, Vec<u8>) {
+    let (name, value) = header;
+    if let Way::Http2 = way {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(format!("http://app.test{path}"))
+            .header(name, value)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = within(sender.send_request(req)).await.unwrap();
+        let head: String = response
+            .headers()
+            .iter()
+            .map(|(name, value)| format!("{name}: {}\r\n", value.to_str().unwrap()))
+            .collect();
+        let status = response.status().as_u16();
+        let body = within(response.into_body().collect())
+            .await
+            .unwrap_or_else(|error| panic!("{status} {head}: the body broke off: {error}"));
+        return (status, head, body.to_bytes().to_vec());
+    }
+    let version = match way {
+        Way::Http10 => "1.0",
+        _ => "1.1",
+    };
+    let request = format!(
+        "GET {path} HTTP/{version}\r\nHost: app.test\r\n{name}: {value}\r\nConnection: close\r\n\r\n"
+    );
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let (head, body) = ask(&mut stream, request.as_bytes()).await;
+    (status_of(&head), head, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,24 +456,171 @@ async fn a_backend_connection_with_bytes_after_its_answer_is_not_reused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_the_proxy_cannot_pass_on_is_a_502() {
-    for answer in [
-        &b"NOT HTTP AT ALL\r\n\r\n"[..],
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: nothing\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    let long_head = format!(
+        "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+        "a".repeat(66 * 1024)
+    );
+    let long_head: &'static [u8] = long_head.into_bytes().leak();
+    // Each answer, and whether hyper's path (which streams a body as it comes) sees
+    // the fault before it has passed the head on.
+    for (answer, in_head) in [
+        (&b"NOT HTTP AT ALL\r\n\r\n"[..], true),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: nothing\r\n\r\n",
+            true,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+            true,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
+            true,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            true,
+        ),
+        (long_head, true),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            false,
+        ),
     ] {
         let backend = RawBackend::start(answer, true).await;
         let gateway = gateway_for(backend.addr).await;
-        let mut client = gateway.client().await;
+        for way in WAYS {
+            if !in_head && !matches!(way, Way::Http11) {
+                continue;
+            }
+            let (status, head, body) = get(gateway.addr, way, "/", ("x-n", "1")).await;
+            assert_eq!(
+                (status, &body[..]),
+                (502, &b"backend sent an invalid response\n"[..]),
+                "{way:?}, answer {}: {}",
+                String::from_utf8_lossy(&answer[..answer.len().min(80)]),
+                short(&head)
+            );
+        }
+    }
+
+    // A backend that closes without an answer is not said to have sent a bad one.
+    let backend = RawBackend::start(b"", true).await;
+    let gateway = gateway_for(backend.addr).await;
+    for way in WAYS {
+        let (status, _, body) = get(gateway.addr, way, "/", ("x-n", "1")).await;
         assert_eq!(
-            client.get("app.test", "/").await,
-            (
-                StatusCode::BAD_GATEWAY,
-                "backend connection failed\n".to_string()
-            ),
-            "{}",
-            String::from_utf8_lossy(answer)
+            (status, &body[..]),
+            (502, &b"backend connection failed\n"[..]),
+            "{way:?}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_more_than_one_host_is_refused_before_any_backend_sees_it() {
+    let backend = TestBackend::named("app").await;
+    let gateway = Gateway::start(vec![
+        route("app", &["app.test"], &[(backend.addr, 1)]),
+        route("other", &["other.test"], &[(backend.addr, 1)]),
+    ])
+    .await;
+    // Routed by one and read by its backend as the other, such a request would reach
+    // one app claiming to be for another (RFC 9112 §3.2).
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: app.test\r\nHost: other.test\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: app.test\r\nHost: app.test\r\n\r\n",
+        b"GET http://app.test/ HTTP/1.1\r\nHost: app.test\r\nHost: other.test\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: app.test\r\nHost: other.test\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        let (head, body) = ask(&mut stream, request).await;
+        assert_eq!(
+            (status_of(&head), &body[..]),
+            (400, &b"missing or invalid Host header\n"[..]),
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert!(
+        gateway.proxy.backend(&backend.addr.to_string()).is_none(),
+        "no connection was made to the backend"
+    );
+    let mut client = gateway.client().await;
+    assert_eq!(client.get("app.test", "/").await, ok("app"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_in_a_coding_other_than_chunked_is_refused_with_501() {
+    let backend = TestBackend::named("app").await;
+    let gateway = gateway_for(backend.addr).await;
+    // Passed on as chunked alone, the body would reach the backend still gzipped, with
+    // nothing to say so.
+    for request in [
+        &b"POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
+           5\r\nhello\r\n0\r\n\r\n"[..],
+        b"POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: gzip\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+        let (head, body) = ask(&mut stream, request).await;
+        assert_eq!(
+            (status_of(&head), &body[..]),
+            (501, &b"transfer coding not supported (only chunked)\n"[..]),
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert!(gateway.proxy.backend(&backend.addr.to_string()).is_none());
+
+    // Chunked alone, in any case, goes through.
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (head, body) = ask(
+        &mut stream,
+        b"POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: Chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (status_of(&head), &body[..]),
+        (200, &b"hello"[..]),
+        "{head}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_64_kib_is_refused_with_431_on_either_path() {
+    let backend = TestBackend::named("app").await;
+    let gateway = gateway_for(backend.addr).await;
+    let fits = "a".repeat(60 * 1024);
+    let too_long = "a".repeat(66 * 1024);
+    for way in WAYS {
+        let (status, _, body) = get(gateway.addr, way, "/headers", ("x-big", &fits)).await;
+        assert_eq!(status, 200, "{way:?}");
+        let seen = String::from_utf8(body).unwrap();
+        assert_eq!(values(&seen, "x-big"), [fits.as_str()], "{way:?}");
+
+        let (status, head, body) = get(gateway.addr, way, "/headers", ("x-big", &too_long)).await;
+        assert_eq!(status, 431, "{way:?}: {}", short(&head));
+        if !matches!(way, Way::Http2) {
+            // HTTP/2's limit is its own, and so is its answer.
+            assert_eq!(body, b"request head over 64 KiB\n", "{way:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_beside_chunked_framing_does_not_reach_the_client() {
+    let backend = RawBackend::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let gateway = gateway_for(backend.addr).await;
+    for way in WAYS {
+        let (status, head, body) = get(gateway.addr, way, "/", ("x-n", "1")).await;
+        assert_eq!((status, &body[..]), (200, &b"hello"[..]), "{way:?}: {head}");
+        assert!(!head.contains("content-length: 3"), "{way:?}: {head}");
     }
 }

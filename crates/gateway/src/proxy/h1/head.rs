@@ -10,12 +10,12 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::framing::Framing;
+// A longer head is not taken here: a request goes to hyper, which refuses it (431); a
+// response is a backend error.
+use crate::proxy::MAX_HEAD;
 
 /// Header lines read at most; a head with more goes to hyper (which refuses it).
 const MAX_HEADERS: usize = 100;
-/// A head longer than this is not taken here (a request goes to hyper, a response is
-/// a backend error).
-pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// `Connection` tokens a message may name; one naming more goes to hyper.
 const MAX_TOKENS: usize = 8;
 
@@ -27,6 +27,8 @@ pub(super) enum Parse<T> {
     /// Not for this path: HTTP/1.0, an upgrade, `CONNECT`, a target not in origin
     /// form, an unusual or invalid head. hyper takes the connection from here.
     HandOver,
+    /// A head over [`MAX_HEAD`], whole or not: refused here (431), whatever it is.
+    TooLong,
 }
 
 /// A client's request, checked; its head for the backend is in the `out` of
@@ -63,9 +65,10 @@ pub(super) fn request(
     let mut req = httparse::Request::new(&mut []);
     let parser = httparse::ParserConfig::default();
     let len = match parser.parse_request_with_uninit_headers(&mut req, buf, &mut headers) {
-        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Parse::Partial,
-        _ => return Parse::HandOver,
+        Ok(_) => return Parse::TooLong,
+        Err(_) => return Parse::HandOver,
     };
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Parse::HandOver;
@@ -215,9 +218,9 @@ pub(super) fn response(
         .parse_response_with_uninit_headers(&mut res, buf, &mut headers)
         .map_err(BadResponse::Parse)?
     {
-        httparse::Status::Complete(len) => len,
+        httparse::Status::Complete(len) if len <= MAX_HEAD => len,
         httparse::Status::Partial if buf.len() <= MAX_HEAD => return Ok(None),
-        httparse::Status::Partial => return Err(BadResponse::TooLong),
+        _ => return Err(BadResponse::TooLong),
     };
     let (Some(version), Some(status)) = (res.version, res.code) else {
         return Err(BadResponse::Framing);
@@ -253,10 +256,9 @@ pub(super) fn response(
     let framing = match (bodiless, coding, length) {
         (true, _, _) => Framing::Empty,
         (false, Some(coding), _) => {
-            // Chunked must be the last coding (RFC 9112 §6.3); other codings before
-            // it pass on untouched, in the same header.
-            let last = coding.rsplit(|&b| b == b',').next().unwrap_or_default();
-            if !trimmed(last).eq_ignore_ascii_case(b"chunked") {
+            // Chunked alone: a coding before it could not reach an HTTP/2 client (the
+            // hyper path), and nothing but chunked is in use; nginx refuses it too.
+            if !trimmed(coding).eq_ignore_ascii_case(b"chunked") {
                 return Err(BadResponse::Framing);
             }
             Framing::Chunked
@@ -279,8 +281,8 @@ pub(super) fn response(
             || connection.names(header.name)
             || (kinds[i] == Name::ContentLength && coding.is_some()))
     });
-    if let (Framing::Chunked, Some(coding)) = (framing, coding) {
-        line(out, b"transfer-encoding", coding);
+    if framing == Framing::Chunked {
+        line(out, b"transfer-encoding", b"chunked");
     }
     if close || framing == Framing::UntilClose {
         line(out, b"connection", b"close");
@@ -484,6 +486,7 @@ mod tests {
             Parse::Done(head) => Parse::Done((head, String::from_utf8(out).unwrap())),
             Parse::Partial => Parse::Partial,
             Parse::HandOver => Parse::HandOver,
+            Parse::TooLong => Parse::TooLong,
         }
     }
 
@@ -549,15 +552,27 @@ mod tests {
         ] {
             assert!(matches!(rewrite(req), Parse::HandOver), "{req:?}");
         }
+        // Too long, whole or not, whatever else it is.
         let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
-        assert!(matches!(rewrite(&endless), Parse::HandOver));
+        assert!(matches!(rewrite(&endless), Parse::TooLong));
+        let long = format!(
+            "GET / HTTP/1.0\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD)
+        );
+        assert!(matches!(rewrite(&long), Parse::TooLong));
+        let fits = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD - 40)
+        );
+        assert!(matches!(rewrite(&fits), Parse::Done(_)));
     }
 
     #[test]
     fn a_response_is_rewritten_for_the_client() {
         let mut out = Vec::new();
-        let answer = b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
-                       Content-Length: 9\r\nTransfer-Encoding: gzip, chunked\r\nX-Kept: yes\r\n\r\n";
+        let answer =
+            b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
+                       Content-Length: 9\r\nTransfer-Encoding: Chunked\r\nX-Kept: yes\r\n\r\n";
         let head = response(answer, false, true, &mut out).unwrap().unwrap();
         assert_eq!(
             (head.len, head.status, head.framing),
@@ -566,8 +581,18 @@ mod tests {
         assert!(head.keep_alive);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nX-Kept: yes\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nX-Kept: yes\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
+        for coding in ["gzip, chunked", "gzip", "chunked, chunked", "identity"] {
+            let answer = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n");
+            assert!(
+                matches!(
+                    response(answer.as_bytes(), false, false, &mut Vec::new()),
+                    Err(BadResponse::Framing)
+                ),
+                "{coding}"
+            );
+        }
 
         let mut out = Vec::new();
         let head = response(
@@ -636,6 +661,17 @@ mod tests {
         // Every name of a hop-by-hop length that is not in the list.
         for name in ["tx", "trailex", "upgradx", "connectioN_", "keep-alivx"] {
             assert!(!Name::of(name).is_hop_by_hop(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_response_head_over_the_limit_is_refused_whole_or_not() {
+        let long = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        for bytes in [long.as_bytes(), &long.as_bytes()[..MAX_HEAD + 1]] {
+            assert!(matches!(
+                response(bytes, false, false, &mut Vec::new()),
+                Err(BadResponse::TooLong)
+            ));
         }
     }
 
