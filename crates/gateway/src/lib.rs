@@ -11,6 +11,7 @@
 
 mod admin;
 pub mod config;
+pub mod limits;
 pub mod metrics;
 pub mod persist;
 pub mod proxy;

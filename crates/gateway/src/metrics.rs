@@ -68,6 +68,12 @@ pub const TLS_CERTIFICATES: &str = "switchyard_gateway_tls_certificates";
 /// alert on `switchyard_gateway_tls_earliest_expiry_timestamp_seconds - time() < 14 * 86400`.
 pub const TLS_EARLIEST_EXPIRY: &str = "switchyard_gateway_tls_earliest_expiry_timestamp_seconds";
 
+/// Files the process has open (client and backend connections among them), under the
+/// Prometheus client libraries' usual name.
+pub const OPEN_FDS: &str = "process_open_fds";
+/// The most files the process may open: at [`OPEN_FDS`] = this, new connections wait.
+pub const MAX_FDS: &str = "process_max_fds";
+
 /// Latency buckets, in seconds, for every `*_duration_seconds` histogram (the request
 /// path's among them): Prometheus renders histograms, not client-side summaries.
 pub(crate) const DURATION_BUCKETS: &[f64] = &[

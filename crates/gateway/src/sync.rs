@@ -599,6 +599,13 @@ impl Control {
         metrics::gauge!(m::SNAPSHOT_WRITE_TIME).set(load(&w.last_unix_ms) / 1e3);
         metrics::gauge!(m::SNAPSHOT_VERSION).set(load(&w.last_version));
         metrics::gauge!(m::SNAPSHOT_LOAD_DURATION).set(self.load_duration.as_secs_f64());
+        if let (Ok(open), Ok(limit)) = (
+            crate::limits::open_files(),
+            crate::limits::open_files_limit(),
+        ) {
+            metrics::gauge!(m::OPEN_FDS).set(open as f64);
+            metrics::gauge!(m::MAX_FDS).set(limit as f64);
+        }
         if let Some(tls) = &self.tls {
             metrics::gauge!(m::TLS_CERTIFICATES).set(tls.files() as f64);
             if let Some(expiry) = tls.earliest_expiry() {

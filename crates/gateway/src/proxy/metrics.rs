@@ -28,6 +28,9 @@ pub const CONNECTIONS_OPEN: &str = "switchyard_gateway_connections_open";
 /// TLS handshakes that failed or timed out (a name no certificate covers, a client
 /// that gave up, a protocol error).
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_gateway_tls_handshake_failures_total";
+/// Connections the proxy could not accept (out of file descriptors or memory). They
+/// wait in the listen queue meanwhile, or time out there.
+pub const ACCEPT_ERRORS_TOTAL: &str = "switchyard_gateway_accept_errors_total";
 /// The label of [`REQUESTS_TOTAL`].
 pub const CODE_LABEL: &str = "code";
 
@@ -52,6 +55,11 @@ pub fn describe() {
         "Client connections open, upgraded ones included."
     );
     metrics::describe_counter!(
+        ACCEPT_ERRORS_TOTAL,
+        Unit::Count,
+        "Connections the gateway could not accept (out of file descriptors or memory)."
+    );
+    metrics::describe_counter!(
         TLS_HANDSHAKE_FAILURES_TOTAL,
         Unit::Count,
         "TLS handshakes that failed or timed out."
@@ -65,6 +73,7 @@ pub(super) struct Metrics {
     pub(super) in_flight: Gauge,
     pub(super) connections: Gauge,
     pub(super) tls_handshake_failures: Counter,
+    pub(super) accept_errors: Counter,
 }
 
 impl Metrics {
@@ -77,6 +86,7 @@ impl Metrics {
             in_flight: metrics::gauge!(REQUESTS_IN_FLIGHT),
             connections: metrics::gauge!(CONNECTIONS_OPEN),
             tls_handshake_failures: metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL),
+            accept_errors: metrics::counter!(ACCEPT_ERRORS_TOTAL),
         }
     }
 

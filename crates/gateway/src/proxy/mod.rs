@@ -28,8 +28,8 @@ mod upstream;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -368,7 +368,7 @@ impl Proxy {
                         None => spawn(stream, peer, secure, None),
                         Some(share) => place(share, stream, peer, secure, spawn),
                     },
-                    Err(error) => accept_failed(error).await,
+                    Err(error) => accept_failed(&self.metrics, error).await,
                 },
             }
         }
@@ -522,7 +522,7 @@ fn place(
     }
 }
 
-async fn accept_failed(error: io::Error) {
+async fn accept_failed(metrics: &metrics::Metrics, error: io::Error) {
     match error.kind() {
         // The client gave up before we got to it: nothing to wait out.
         io::ErrorKind::ConnectionAborted
@@ -530,10 +530,39 @@ async fn accept_failed(error: io::Error) {
         | io::ErrorKind::Interrupted => {}
         // Out of file descriptors or memory: accepting again at once would spin.
         _ => {
-            tracing::warn!(%error, "accepting a connection failed");
+            metrics.accept_errors.increment(1);
+            if accept_warning_due() {
+                tracing::warn!(
+                    %error,
+                    "accepting connections fails; new ones wait until it works again \
+                     (logged at most every {ACCEPT_WARNING_EVERY_SECS} s; \
+                     {} counts every failure)",
+                    metrics::ACCEPT_ERRORS_TOTAL
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// See [`accept_warning_due`].
+const ACCEPT_WARNING_EVERY_SECS: u64 = 5;
+
+/// Whether to log an accept failure now: one line per [`ACCEPT_WARNING_EVERY_SECS`] for
+/// the whole process at most, as a full file table fails every thread's accepts, every
+/// 50 ms, until connections close.
+fn accept_warning_due() -> bool {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs();
+    let next = NEXT.load(Relaxed);
+    now >= next
+        && NEXT
+            .compare_exchange(next, now + ACCEPT_WARNING_EVERY_SECS, Relaxed, Relaxed)
+            .is_ok()
 }
 
 /// Every idle period, drops closed pooled connections and forgets unused backends.

@@ -140,7 +140,14 @@ struct GatewayStatus {
     tls_certificates: Option<u64>,
     /// Days until the first of them expires (negative: expired).
     tls_days_left: Option<f64>,
+    /// Files the gateway process has open, and the most it may.
+    open_files: Option<u64>,
+    open_files_limit: Option<u64>,
 }
+
+/// A gateway with this share of its open-files limit in use is degraded: at the limit
+/// it accepts no connection.
+const OPEN_FILES_WARNING_SHARE: f64 = 0.8;
 
 /// A served TLS certificate this close to its expiry makes a gateway degraded.
 const TLS_EXPIRY_WARNING_DAYS: f64 = 14.0;
@@ -455,6 +462,8 @@ async fn gateway_status(
         held_update_removed_routes: None,
         tls_certificates: None,
         tls_days_left: None,
+        open_files: None,
+        open_files_limit: None,
     };
     match &readyz {
         Ok(answer) if answer.status == 200 => {
@@ -484,6 +493,8 @@ async fn gateway_status(
         status.held_updates = whole(m::HELD_UPDATES);
         status.held_update_removed_routes = whole(m::HELD_REMOVED);
         status.tls_certificates = whole(m::TLS_CERTIFICATES);
+        status.open_files = whole(m::OPEN_FDS);
+        status.open_files_limit = whole(m::MAX_FDS);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -515,6 +526,14 @@ fn gateway_problems(status: &GatewayStatus, max_staleness: Duration) -> Vec<Stri
                 "a TLS certificate it serves expires in {days:.1} days: renew it, then kill -HUP the gateway"
             )
         });
+    }
+    if let (Some(open), Some(limit)) = (status.open_files, status.open_files_limit) {
+        if open as f64 >= OPEN_FILES_WARNING_SHARE * limit as f64 {
+            problems.push(format!(
+                "{open} of its {limit} open files in use: at the limit it accepts no connection; \
+                 raise the limit (systemd: LimitNOFILE=)"
+            ));
+        }
     }
     if let Some(held) = status.held_updates.filter(|h| *h > 0) {
         problems.push(format!(
@@ -731,7 +750,7 @@ switchyard_gateway_routes_extra 99
     }
 
     #[test]
-    fn a_gateway_whose_certificate_is_near_expiry_or_expired_is_degraded() {
+    fn a_gateway_near_certificate_expiry_or_its_open_files_limit_is_degraded() {
         let status = |days: Option<f64>| GatewayStatus {
             name: "gateway-1".into(),
             admin: "http://127.0.0.1:9080".into(),
@@ -745,6 +764,8 @@ switchyard_gateway_routes_extra 99
             held_update_removed_routes: Some(0),
             tls_certificates: days.map(|_| 2),
             tls_days_left: days,
+            open_files: Some(100),
+            open_files_limit: Some(1024),
         };
         let stale = Duration::from_secs(60);
         assert!(gateway_problems(&status(None), stale).is_empty());
@@ -754,5 +775,18 @@ switchyard_gateway_routes_extra 99
         assert!(soon[0].contains("expires in 3.5 days"), "{soon:?}");
         let expired = gateway_problems(&status(Some(-2.0)), stale);
         assert!(expired[0].contains("EXPIRED 2 days ago"), "{expired:?}");
+
+        // Near its open-files limit.
+        let near = |open: u64| GatewayStatus {
+            open_files: Some(open),
+            ..status(None)
+        };
+        assert!(gateway_problems(&near(818), stale).is_empty());
+        let problems = gateway_problems(&near(820), stale);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("820 of its 1024 open files in use"),
+            "{problems:?}"
+        );
     }
 }

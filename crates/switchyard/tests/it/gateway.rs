@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -403,8 +404,53 @@ impl GatewayProcess {
         proxy: SocketAddr,
         admin: SocketAddr,
     ) -> GatewayProcess {
+        let command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        GatewayProcess::spawn_command(command, dir, name, args, envs, proxy, admin)
+    }
+
+    /// [`GatewayProcess::spawn`], with the limit on open files set to `soft` (and
+    /// `hard`) in the child before it runs.
+    fn spawn_with_open_files(
+        dir: &Path,
+        name: &str,
+        args: &[String],
+        soft: u64,
+        hard: u64,
+    ) -> GatewayProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        // SAFETY: setrlimit(2) is async-signal-safe, and nothing else runs in the child.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+        let value = |flag: &str| -> SocketAddr {
+            let at = args.iter().position(|a| a == flag).expect(flag);
+            args[at + 1].parse().unwrap()
+        };
+        let (proxy, admin) = (value("--listen"), value("--admin"));
+        GatewayProcess::spawn_command(command, dir, name, args, &[], proxy, admin)
+    }
+
+    fn spawn_command(
+        mut command: Command,
+        dir: &Path,
+        name: &str,
+        args: &[String],
+        envs: &[(&str, String)],
+        proxy: SocketAddr,
+        admin: SocketAddr,
+    ) -> GatewayProcess {
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        let child = command
             .args(args)
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .env("SWITCHYARD_LOG", "info")
@@ -869,4 +915,69 @@ fn tls_certificates_are_served_by_name_and_reloaded_on_sighup() {
     gateway.signal(libc::SIGTERM);
     let status = gateway.wait_exit();
     assert!(status.success(), "{status}:\n{}", gateway.log());
+}
+
+#[test]
+fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_that_waited() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = backend("app");
+    let orchestrator = Orchestrator::start();
+    let _live = orchestrator.stream(snapshot(1, &[route("app", app.addr)]));
+    let mut ours = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes the struct it is given.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) },
+        0
+    );
+
+    // A soft limit under the hard one is raised to it; under 16,384 it is warned about.
+    let hard = ours.rlim_max.min(4096);
+    let args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+    let mut gateway =
+        GatewayProcess::spawn_with_open_files(dir.path(), "raised", &args, hard.min(256), hard);
+    gateway.wait_ready();
+    assert_eq!(gateway.metric("process_max_fds"), Some(hard as f64));
+    assert!(
+        gateway.log().contains("the open-files limit is low"),
+        "{}",
+        gateway.log()
+    );
+    // Every client connection is an open file.
+    let before = gateway.metric("process_open_fds").unwrap();
+    let idle: Vec<TcpStream> = (0..20).map(|_| connect(gateway.proxy).unwrap()).collect();
+    gateway.wait_for("20 more open files", |gateway| {
+        gateway
+            .metric("process_open_fds")
+            .is_some_and(|open| open >= before + 20.0)
+    });
+    drop(idle);
+    drop(gateway);
+
+    // Room for ten connections more than the gateway needs to start: the rest wait in
+    // the listen queue, and are served once others close.
+    let limit = before as u64 + 10;
+    let args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+    let mut gateway =
+        GatewayProcess::spawn_with_open_files(dir.path(), "full", &args, limit, limit);
+    gateway.wait_ready();
+    assert_eq!(gateway.get("app.test").unwrap(), (200, "app".to_string()));
+    let idle: Vec<TcpStream> = (0..30).map(|_| connect(gateway.proxy).unwrap()).collect();
+    gateway.wait_for("accepts to fail", |gateway| {
+        gateway.log().contains("accepting connections fails")
+    });
+    let proxy = gateway.proxy;
+    let waiting = thread::spawn(move || http_get(proxy, "app.test", "/"));
+    drop(idle);
+    assert_eq!(waiting.join().unwrap().unwrap(), (200, "app".to_string()));
+    assert_eq!(gateway.get("app.test").unwrap(), (200, "app".to_string()));
+    assert!(
+        gateway
+            .metric("switchyard_gateway_accept_errors_total")
+            .is_some_and(|errors| errors >= 1.0),
+        "{}",
+        gateway.log()
+    );
 }
