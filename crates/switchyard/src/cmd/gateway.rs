@@ -30,17 +30,10 @@ pub fn run(args: Args, matches: Option<&clap::ArgMatches>) -> anyhow::Result<Exi
         Some(workers) => usize::from(workers),
         None => std::thread::available_parallelism().map_or(1, usize::from),
     };
-    match gateway::limits::raise_open_files_limit() {
-        Ok(limit) if limit < gateway::limits::LOW_OPEN_FILES_LIMIT => tracing::warn!(
-            limit,
-            "the open-files limit is low: a proxied connection takes two (the client's and \
-             its backend's), so about {} fit, and accepts wait past that; raise the hard limit \
-             (systemd: LimitNOFILE=, shell: ulimit -Hn)",
-            limit / 2
-        ),
-        Ok(limit) => tracing::info!(limit, "open-files limit"),
-        Err(error) => tracing::warn!(%error, "could not raise the open-files limit"),
-    }
+    super::raise_open_files_limit(
+        "a proxied connection takes two (the client's and its backend's), so about half \
+         as many fit",
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

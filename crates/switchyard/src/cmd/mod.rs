@@ -27,3 +27,18 @@ pub async fn shutdown_signal() {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }
+
+/// Raises the soft limit on open files to the hard one (see
+/// `gateway::limits::raise_open_files_limit`) for a daemon whose every connection takes
+/// one (`holds`: what takes them, for the warning), and says what it came to.
+pub fn raise_open_files_limit(holds: &str) {
+    match ::gateway::limits::raise_open_files_limit() {
+        Ok(limit) if limit < ::gateway::limits::LOW_OPEN_FILES_LIMIT => tracing::warn!(
+            limit,
+            "the open-files limit is low: {holds}, and accepts wait past the limit; raise the \
+             hard limit (systemd: LimitNOFILE=, shell: ulimit -Hn)"
+        ),
+        Ok(limit) => tracing::info!(limit, "open-files limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open-files limit"),
+    }
+}

@@ -61,6 +61,9 @@ fn merge(cli: Config, matches: Option<&ArgMatches>) -> anyhow::Result<Config> {
 pub fn run(args: Args, matches: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
     let config = merge(args.config, matches)?;
     config.validate().context("invalid orchestrator settings")?;
+    super::raise_open_files_limit(
+        "each gateway's route stream, each admin client and ZooKeeper take one",
+    );
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {
         runtime.worker_threads(workers.max(1));
