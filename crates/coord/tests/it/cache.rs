@@ -118,7 +118,13 @@ fn the_cache_matches_the_tree_after_random_concurrent_writes() {
 
 #[test]
 fn the_cache_catches_up_after_its_server_restarts() {
-    let mut zk = testkit::Zk::ensemble();
+    // A tick of 1 s lets the server grant the 20 s session asked for below (at most 20
+    // ticks); the default tick (500 ms) cut it to 10 s, which a server's restart on a
+    // busy machine could outlast.
+    let mut zk = testkit::Zk::start(|c| {
+        c.servers = 3;
+        c.tick_time = Duration::from_secs(1);
+    });
     let rt = runtime();
     let addrs: Vec<String> = zk
         .servers()
