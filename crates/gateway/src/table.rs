@@ -14,26 +14,32 @@
 //! entry is found by the hash of its key and compared against the key's bytes inside
 //! the route itself. A million routes of two domains and two backends each (the
 //! benchmark's) take 137 MiB for the routes (113 bytes each on average, 144 with the
-//! reference counts and the allocator's rounding) and 86 MiB for the maps (hashbrown
-//! gives each bucket's table a power of two of slots, 44% to 87% of them used; 48% at
-//! that size).
+//! reference counts and the allocator's rounding) and about 50 MiB for the maps, about
+//! 80% of whose slots are used (see *Bulk build*).
 //!
 //! # Copy on write
 //!
-//! Each map is split into [`BUCKETS`] buckets behind `Arc`s. A table is cloned by
-//! cloning those pointers, and a change copies only the buckets it touches: applying
-//! a delta to a million routes copies about 1/256 of them, not all of them, and every
-//! other bucket stays shared with the table readers still hold. A bucket is chosen by
-//! bits 32 to 39 of the key's hash; the `HashTable` inside uses the low bits for the
-//! slot and the top seven for its tags, so neither is constant within a bucket.
+//! Each map is split into buckets behind `Arc`s ([`BUCKETS`] in an empty table, 256 to
+//! 511 in one built in bulk). A table is cloned by cloning those pointers, and a change
+//! copies only the buckets it touches: applying a delta to a million routes copies
+//! about 1/300 of them, not all of them, and every other bucket stays shared with the
+//! table readers still hold. A bucket is chosen by bits 44 to 55 of the key's hash (its
+//! *file*, one of [`FILES`]; a bucket is a run of files); the `HashTable` inside uses
+//! the low bits for the slot and the top seven for its tags, so neither is constant
+//! within a bucket.
 //!
 //! # Bulk build
 //!
 //! [`RouteTable::from_routes`], the snapshot decoder (`persist`) and the route stream's
 //! snapshots (`sync`) go through a `Builder`: it files each entry, with its hash,
-//! under its bucket as the routes arrive (the decoder works the hashes out from the
-//! bytes it decodes), then builds every bucket's table at once, sized up front, on every
-//! core (the buckets are independent). A bucket's table is small enough to stay in the
+//! under its file as the routes arrive (the decoder works the hashes out from the
+//! bytes it decodes), then, knowing how many entries each map has, chooses its number
+//! of buckets and builds every bucket's table at once, sized up front, on every core
+//! (the buckets are independent). hashbrown gives a table a power of two of slots and
+//! grows it at 7/8 full, so with a fixed number of buckets a map was 44% to 87% full
+//! depending on its size (48% at a million routes); the builder chooses the number
+//! that leaves the fewest slots in all, about 80% full at any size. At a million
+//! routes that took the maps from 86 MiB to about 50. A bucket's table is small enough to stay in the
 //! CPU's caches while it is filled, which is what makes the build fast on one core too.
 //! The apps go first: a route replaced by a later one of the same app is left out with
 //! all its domains, as an upsert would have removed them.
@@ -58,12 +64,48 @@ pub use route::{BackendRef, Backends, Route};
 /// process keeps a crafted set of names from piling into one bucket everywhere.
 pub(crate) type RandomState = foldhash::fast::RandomState;
 
-/// Buckets per map.
+/// Buckets per map of an empty table, and the fewest a bulk build gives a map.
 pub const BUCKETS: usize = 256;
 
-/// The bucket of a hash: bits 32 to 39 (see the module docs).
-fn bucket_of(hash: u64) -> usize {
-    (hash >> 32) as usize % BUCKETS
+/// Files per map: what a bucket is made of (see the module docs).
+pub const FILES: usize = 4096;
+
+/// The file of a hash: bits 44 to 55.
+fn file_of(hash: u64) -> usize {
+    (hash >> 44) as usize % FILES
+}
+
+/// The bucket of a hash among `buckets` (at most [`FILES`]): its file's place among
+/// them, so that a bucket is a run of files.
+fn bucket_of(hash: u64, buckets: usize) -> usize {
+    file_of(hash) * buckets / FILES
+}
+
+/// The number of buckets, from [`BUCKETS`] to twice as many, whose tables hold
+/// `entries` in the fewest slots in all: each bucket takes a run of files, and its
+/// table is sized as hashbrown sizes one for the most entries a run may hold (three
+/// standard deviations over its mean: a bucket that gets more just has a bigger table).
+fn buckets_for(entries: usize) -> usize {
+    let per_file = entries as f64 / FILES as f64;
+    let slots = |buckets: usize| {
+        let files = FILES.div_ceil(buckets) as f64;
+        let mean = files * per_file;
+        let most = (mean + 3.0 * mean.sqrt()).ceil() as usize;
+        buckets * table_slots(most)
+    };
+    (BUCKETS..2 * BUCKETS)
+        .min_by_key(|&buckets| (slots(buckets), buckets))
+        .expect("a range that is not empty")
+}
+
+/// The slots hashbrown gives a table made for `capacity` entries.
+fn table_slots(capacity: usize) -> usize {
+    match capacity {
+        0 => 0,
+        1..4 => 4,
+        4..8 => 8,
+        _ => (capacity * 8 / 7).next_power_of_two(),
+    }
 }
 
 /// An entry of a map: it finds its key inside the route it points at. Keys are hashed
@@ -122,16 +164,21 @@ impl<T: Keyed> Sharded<T> {
         }
     }
 
+    fn bucket(&self, hash: u64) -> usize {
+        bucket_of(hash, self.buckets.len())
+    }
+
     fn get(&self, key: &[u8]) -> Option<&T> {
         let hash = self.hasher.hash_one(key);
-        self.buckets[bucket_of(hash)].find(hash, |e| e.key() == key)
+        self.buckets[self.bucket(hash)].find(hash, |e| e.key() == key)
     }
 
     /// Inserts `entry`, replacing the one with the same key.
     fn insert(&mut self, entry: T) {
         let hash = self.hasher.hash_one(entry.key());
+        let i = self.bucket(hash);
         let hasher = &self.hasher;
-        let table = Arc::make_mut(&mut self.buckets[bucket_of(hash)]);
+        let table = Arc::make_mut(&mut self.buckets[i]);
         match table.entry(
             hash,
             |e| e.key() == entry.key(),
@@ -147,7 +194,7 @@ impl<T: Keyed> Sharded<T> {
     /// Removes the entry of `key` if `remove` says so.
     fn remove_if(&mut self, key: &[u8], remove: impl FnOnce(&T) -> bool) -> Option<T> {
         let hash = self.hasher.hash_one(key);
-        let i = bucket_of(hash);
+        let i = self.bucket(hash);
         match self.buckets[i].find(hash, |e| e.key() == key) {
             Some(entry) if remove(entry) => Arc::make_mut(&mut self.buckets[i])
                 .find_entry(hash, |e| e.key() == key)
@@ -159,6 +206,11 @@ impl<T: Keyed> Sharded<T> {
 
     fn len(&self) -> usize {
         self.buckets.iter().map(|b| b.len()).sum()
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.buckets.iter().map(|b| b.capacity()).sum()
     }
 
     fn values(&self) -> impl Iterator<Item = &T> {
@@ -341,6 +393,7 @@ const MAX_ROUTES_HINT: u64 = 1 << 22;
 /// order, then [`finish`](Builder::finish).
 pub(crate) struct Builder {
     hasher: RandomState,
+    /// Each map's entries, with their hashes, by file ([`FILES`] of them).
     apps: Vec<Vec<(u64, AppEntry)>>,
     exact: Vec<Vec<(u64, DomainEntry)>>,
     wildcard: Vec<Vec<(u64, DomainEntry)>>,
@@ -352,18 +405,18 @@ impl Builder {
     /// two domains each, up to [`MAX_ROUTES_HINT`]; past that, the room grows as they
     /// come).
     pub(crate) fn new(routes: u64) -> Builder {
-        let per_bucket = routes.min(MAX_ROUTES_HINT) as usize / BUCKETS;
-        // A bucket's share varies by a few standard deviations (sqrt of the mean).
+        let per_file = routes.min(MAX_ROUTES_HINT) as usize / FILES;
+        // A file's share varies by a few standard deviations (sqrt of the mean).
         let slack = |n: usize| if n == 0 { 0 } else { n + 4 * n.isqrt() + 8 };
         Builder {
             hasher: RandomState::default(),
-            apps: (0..BUCKETS)
-                .map(|_| Vec::with_capacity(slack(per_bucket)))
+            apps: (0..FILES)
+                .map(|_| Vec::with_capacity(slack(per_file)))
                 .collect(),
-            exact: (0..BUCKETS)
-                .map(|_| Vec::with_capacity(slack(2 * per_bucket)))
+            exact: (0..FILES)
+                .map(|_| Vec::with_capacity(slack(2 * per_file)))
                 .collect(),
-            wildcard: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            wildcard: (0..FILES).map(|_| Vec::new()).collect(),
             keys: Keys::default(),
         }
     }
@@ -403,9 +456,9 @@ impl Builder {
             } else {
                 &mut self.exact
             };
-            map[bucket_of(hash)].push((hash, entry));
+            map[file_of(hash)].push((hash, entry));
         }
-        self.apps[bucket_of(app)].push((app, AppEntry(route)));
+        self.apps[file_of(app)].push((app, AppEntry(route)));
     }
 
     /// Adds the routes of a [`KeyedRoutes`], in order, and empties it.
@@ -424,21 +477,24 @@ impl Builder {
         let hasher = self.hasher;
         // The apps first: a route replaced by a later one of the same app is dropped
         // with all its domains, as an upsert would.
-        let built = in_parallel(self.apps, threads, |entries| fill(&hasher, entries, None));
-        // Held until the domains are built: their addresses identify them meanwhile.
+        let apps = into_buckets(self.apps);
         let mut replaced_routes = Vec::new();
-        let mut apps = Vec::with_capacity(BUCKETS);
+        let built = in_parallel(apps, threads, |files| fill(&hasher, files, None));
+        // Held until the domains are built: their addresses identify them meanwhile.
+        let mut apps = Vec::with_capacity(built.len());
         for (table, dropped) in built {
             apps.push(Arc::new(table));
             replaced_routes.extend(dropped);
         }
         let replaced: HashSet<usize> = replaced_routes.iter().map(route_addr).collect();
         let skip = (!replaced.is_empty()).then_some(&replaced);
-        let domains = |lists: Vec<Vec<(u64, DomainEntry)>>| -> Vec<Arc<HashTable<DomainEntry>>> {
-            in_parallel(lists, threads, |entries| fill(&hasher, entries, skip))
-                .into_iter()
-                .map(|(table, _)| Arc::new(table))
-                .collect()
+        let domains = |files: Vec<Vec<(u64, DomainEntry)>>| -> Vec<Arc<HashTable<DomainEntry>>> {
+            in_parallel(into_buckets(files), threads, |files| {
+                fill(&hasher, files, skip)
+            })
+            .into_iter()
+            .map(|(table, _)| Arc::new(table))
+            .collect()
         };
         let exact = domains(self.exact);
         let wildcard = domains(self.wildcard);
@@ -510,17 +566,29 @@ fn route_addr(route: &Route) -> usize {
     route.key(0, 0).as_ptr() as usize
 }
 
-/// One bucket's table from its entries in order, a later entry replacing an earlier one
-/// with the same key; entries of the routes in `skip` are left out. Returns the routes
-/// of the replaced entries too.
+/// A map's files, in runs: one run per bucket, as many buckets as
+/// [`buckets_for`] its entries.
+fn into_buckets<T>(files: Vec<Vec<T>>) -> Vec<Vec<Vec<T>>> {
+    debug_assert_eq!(files.len(), FILES);
+    let buckets = buckets_for(files.iter().map(Vec::len).sum());
+    let mut runs: Vec<Vec<Vec<T>>> = (0..buckets).map(|_| Vec::new()).collect();
+    for (file, entries) in files.into_iter().enumerate() {
+        runs[file * buckets / FILES].push(entries);
+    }
+    runs
+}
+
+/// One bucket's table from its entries (a run of files) in order, a later entry
+/// replacing an earlier one with the same key; entries of the routes in `skip` are left
+/// out. Returns the routes of the replaced entries too.
 fn fill<T: Keyed>(
     hasher: &RandomState,
-    entries: Vec<(u64, T)>,
+    files: Vec<Vec<(u64, T)>>,
     skip: Option<&HashSet<usize>>,
 ) -> (HashTable<T>, Vec<Route>) {
-    let mut table = HashTable::with_capacity(entries.len());
+    let mut table = HashTable::with_capacity(files.iter().map(Vec::len).sum());
     let mut replaced = Vec::new();
-    for (hash, entry) in entries {
+    for (hash, entry) in files.into_iter().flatten() {
         if skip.is_some_and(|skip| skip.contains(&route_addr(entry.route()))) {
             continue;
         }
@@ -685,11 +753,12 @@ mod tests {
         after.upsert(route("app5", &["app5.test", "more.test"]));
         after.set_version(2);
         // One exact bucket or two, one app bucket, no wildcard bucket were copied.
-        assert!(after.exact.shares_buckets_with(&before.exact) >= BUCKETS - 2);
-        assert_eq!(after.apps.shares_buckets_with(&before.apps), BUCKETS - 1);
+        let (exact, apps) = (before.exact.buckets.len(), before.apps.buckets.len());
+        assert!(after.exact.shares_buckets_with(&before.exact) >= exact - 2);
+        assert_eq!(after.apps.shares_buckets_with(&before.apps), apps - 1);
         assert_eq!(
             after.wildcard.shares_buckets_with(&before.wildcard),
-            BUCKETS
+            before.wildcard.buckets.len()
         );
         // The reader of the old table sees the old table.
         assert_eq!(app_of(&before, "more.test"), None);
@@ -729,5 +798,41 @@ mod tests {
         }
         let total: usize = table.routes().map(|r| r.domain_count()).sum();
         assert_eq!(total, 40_000);
+    }
+
+    #[test]
+    fn a_bulk_build_fills_most_of_its_tables() {
+        // 60,000 routes in 256 buckets would be 234 a bucket: just over the 224 that
+        // 256 slots hold, so every table would have 512 and be half empty.
+        let routes = (0..60_000).map(|i| route(&format!("app{i}"), &[&format!("app{i}.test")]));
+        let table = RouteTable::from_routes(1, routes);
+        for (name, len, capacity) in [
+            ("apps", table.apps.len(), table.apps.capacity()),
+            ("exact", table.exact.len(), table.exact.capacity()),
+        ] {
+            assert_eq!(len, 60_000, "{name}");
+            let used = len as f64 / capacity as f64;
+            assert!(
+                used > 0.65,
+                "{name}: {len} in room for {capacity} ({used:.2})"
+            );
+        }
+    }
+
+    #[test]
+    fn the_number_of_buckets_leaves_few_slots_empty_at_any_size() {
+        for entries in [100_000, 300_000, 1_000_000, 2_000_000, 5_000_000] {
+            let buckets = buckets_for(entries);
+            assert!((BUCKETS..2 * BUCKETS).contains(&buckets), "{entries}");
+            // As many slots in every bucket as the fullest run's table has on average.
+            let per_run = entries * FILES.div_ceil(buckets) / FILES;
+            let slots = buckets * table_slots(per_run);
+            let used = entries as f64 / slots as f64;
+            assert!(
+                used > 0.65,
+                "{entries}: {buckets} buckets, {slots} slots ({used:.2})"
+            );
+        }
+        assert_eq!(buckets_for(0), BUCKETS);
     }
 }
