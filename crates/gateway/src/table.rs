@@ -14,31 +14,26 @@
 //! entry is found by the hash of its key and compared against the key's bytes inside
 //! the route itself. A million routes of two domains and two backends each (the
 //! benchmark's) take 137 MiB for the routes (113 bytes each on average, 144 with the
-//! reference counts and the allocator's rounding) and about 55 MiB for the maps, three
-//! quarters of whose slots are used (see *Bulk build*).
+//! reference counts and the allocator's rounding) and 86 MiB for the maps (hashbrown
+//! gives each bucket's table a power of two of slots, 44% to 87% of them used; 48% at
+//! that size).
 //!
 //! # Copy on write
 //!
-//! Each map is split into buckets behind `Arc`s: [`SHARDS`] shards, each split in the
-//! same number of buckets (one in an empty table, up to [`MAX_SPLIT`] in one built in
-//! bulk). A table is cloned by cloning those pointers, and a change copies only the
-//! buckets it touches: applying a delta to a million routes copies about 1/1280 of
-//! them, not all of them, and every other bucket stays shared with the table readers
-//! still hold. A key's shard is bits 32 to 39 of its hash, its bucket within the shard
-//! bits 40 to 55; the `HashTable` inside uses the low bits for the slot and the top
-//! seven for its tags, so neither is constant within a bucket.
+//! Each map is split into [`BUCKETS`] buckets behind `Arc`s. A table is cloned by
+//! cloning those pointers, and a change copies only the buckets it touches: applying
+//! a delta to a million routes copies about 1/256 of them, not all of them, and every
+//! other bucket stays shared with the table readers still hold. A bucket is chosen by
+//! bits 32 to 39 of the key's hash; the `HashTable` inside uses the low bits for the
+//! slot and the top seven for its tags, so neither is constant within a bucket.
 //!
 //! # Bulk build
 //!
 //! [`RouteTable::from_routes`], the snapshot decoder (`persist`) and the route stream's
 //! snapshots (`sync`) go through a `Builder`: it files each entry, with its hash,
-//! under its shard as the routes arrive (the decoder works the hashes out from the
-//! bytes it decodes), then builds every shard's tables at once, each sized up front, on
-//! every core (the shards are independent). hashbrown gives a table a power of two of
-//! slots and grows it at 7/8 full, so with one bucket per shard a map was 44% to 87%
-//! full depending on its size (48% at a million routes, 86 MiB of maps); knowing how
-//! many entries a map has, the builder splits its shards in the number of buckets that
-//! leaves the fewest slots in all (five at a million routes: 76% full, 55 MiB). A bucket's table is small enough to stay in the
+//! under its bucket as the routes arrive (the decoder works the hashes out from the
+//! bytes it decodes), then builds every bucket's table at once, sized up front, on every
+//! core (the buckets are independent). A bucket's table is small enough to stay in the
 //! CPU's caches while it is filled, which is what makes the build fast on one core too.
 //! The apps go first: a route replaced by a later one of the same app is left out with
 //! all its domains, as an upsert would have removed them.
@@ -63,57 +58,12 @@ pub use route::{BackendRef, Backends, Route};
 /// process keeps a crafted set of names from piling into one bucket everywhere.
 pub(crate) type RandomState = foldhash::fast::RandomState;
 
-/// Shards per map (see the module docs).
-pub const SHARDS: usize = 256;
+/// Buckets per map.
+pub const BUCKETS: usize = 256;
 
-/// The most buckets a bulk build splits a shard in.
-pub const MAX_SPLIT: usize = 16;
-
-/// The shard of a hash: bits 32 to 39.
-fn shard_of(hash: u64) -> usize {
-    (hash >> 32) as usize % SHARDS
-}
-
-/// The bucket of a hash within a shard split in `split`: bits 40 to 55, scaled.
-fn part_of(hash: u64, split: usize) -> usize {
-    (((hash >> 40) & 0xFFFF) as usize * split) >> 16
-}
-
-/// The bucket of a hash in a map whose shards are split in `split`.
-fn bucket_of(hash: u64, split: usize) -> usize {
-    shard_of(hash) * split + part_of(hash, split)
-}
-
-/// How many buckets to split each shard of a map of `entries` in: the number, up to
-/// [`MAX_SPLIT`], whose tables are expected to hold them in the fewest slots in all.
-fn split_for(entries: usize) -> usize {
-    let slots =
-        |split: usize| split as f64 * expected_slots(entries as f64 / (SHARDS * split) as f64);
-    (1..=MAX_SPLIT)
-        .min_by(|&a, &b| slots(a).total_cmp(&slots(b)))
-        .expect("a range that is not empty")
-}
-
-/// The slots a table is expected to have, sized for its count, when counts are spread
-/// around `mean` as hashes spread keys: those for the mean, twice as many for the share
-/// of tables whose count is over what that many hold (a normal tail, by the logistic
-/// approximation).
-fn expected_slots(mean: f64) -> f64 {
-    let slots = table_slots(mean.ceil() as usize) as f64;
-    let holds = slots * 7.0 / 8.0;
-    let z = (holds - mean) / mean.sqrt().max(1.0);
-    let over = 1.0 / (1.0 + (1.702 * z).exp());
-    slots * (1.0 + over)
-}
-
-/// The slots hashbrown gives a table made for `capacity` entries.
-fn table_slots(capacity: usize) -> usize {
-    match capacity {
-        0 => 0,
-        1..4 => 4,
-        4..8 => 8,
-        _ => (capacity * 8 / 7).next_power_of_two(),
-    }
+/// The bucket of a hash: bits 32 to 39 (see the module docs).
+fn bucket_of(hash: u64) -> usize {
+    (hash >> 32) as usize % BUCKETS
 }
 
 /// An entry of a map: it finds its key inside the route it points at. Keys are hashed
@@ -161,36 +111,27 @@ impl Keyed for DomainEntry {
 #[derive(Clone)]
 struct Sharded<T> {
     hasher: RandomState,
-    /// Buckets per shard.
-    split: usize,
-    /// Shard by shard, `split` each.
     buckets: Vec<Arc<HashTable<T>>>,
 }
 
 impl<T: Keyed> Sharded<T> {
     fn new(hasher: RandomState) -> Self {
         Sharded {
-            buckets: (0..SHARDS).map(|_| Arc::new(HashTable::new())).collect(),
-            split: 1,
+            buckets: (0..BUCKETS).map(|_| Arc::new(HashTable::new())).collect(),
             hasher,
         }
     }
 
-    fn bucket(&self, hash: u64) -> usize {
-        bucket_of(hash, self.split)
-    }
-
     fn get(&self, key: &[u8]) -> Option<&T> {
         let hash = self.hasher.hash_one(key);
-        self.buckets[self.bucket(hash)].find(hash, |e| e.key() == key)
+        self.buckets[bucket_of(hash)].find(hash, |e| e.key() == key)
     }
 
     /// Inserts `entry`, replacing the one with the same key.
     fn insert(&mut self, entry: T) {
         let hash = self.hasher.hash_one(entry.key());
-        let i = self.bucket(hash);
         let hasher = &self.hasher;
-        let table = Arc::make_mut(&mut self.buckets[i]);
+        let table = Arc::make_mut(&mut self.buckets[bucket_of(hash)]);
         match table.entry(
             hash,
             |e| e.key() == entry.key(),
@@ -206,7 +147,7 @@ impl<T: Keyed> Sharded<T> {
     /// Removes the entry of `key` if `remove` says so.
     fn remove_if(&mut self, key: &[u8], remove: impl FnOnce(&T) -> bool) -> Option<T> {
         let hash = self.hasher.hash_one(key);
-        let i = self.bucket(hash);
+        let i = bucket_of(hash);
         match self.buckets[i].find(hash, |e| e.key() == key) {
             Some(entry) if remove(entry) => Arc::make_mut(&mut self.buckets[i])
                 .find_entry(hash, |e| e.key() == key)
@@ -218,11 +159,6 @@ impl<T: Keyed> Sharded<T> {
 
     fn len(&self) -> usize {
         self.buckets.iter().map(|b| b.len()).sum()
-    }
-
-    #[cfg(test)]
-    fn capacity(&self) -> usize {
-        self.buckets.iter().map(|b| b.capacity()).sum()
     }
 
     fn values(&self) -> impl Iterator<Item = &T> {
@@ -405,7 +341,6 @@ const MAX_ROUTES_HINT: u64 = 1 << 22;
 /// order, then [`finish`](Builder::finish).
 pub(crate) struct Builder {
     hasher: RandomState,
-    /// Each map's entries, with their hashes, by shard.
     apps: Vec<Vec<(u64, AppEntry)>>,
     exact: Vec<Vec<(u64, DomainEntry)>>,
     wildcard: Vec<Vec<(u64, DomainEntry)>>,
@@ -417,18 +352,18 @@ impl Builder {
     /// two domains each, up to [`MAX_ROUTES_HINT`]; past that, the room grows as they
     /// come).
     pub(crate) fn new(routes: u64) -> Builder {
-        let per_shard = routes.min(MAX_ROUTES_HINT) as usize / SHARDS;
-        // A shard's share varies by a few standard deviations (sqrt of the mean).
+        let per_bucket = routes.min(MAX_ROUTES_HINT) as usize / BUCKETS;
+        // A bucket's share varies by a few standard deviations (sqrt of the mean).
         let slack = |n: usize| if n == 0 { 0 } else { n + 4 * n.isqrt() + 8 };
         Builder {
             hasher: RandomState::default(),
-            apps: (0..SHARDS)
-                .map(|_| Vec::with_capacity(slack(per_shard)))
+            apps: (0..BUCKETS)
+                .map(|_| Vec::with_capacity(slack(per_bucket)))
                 .collect(),
-            exact: (0..SHARDS)
-                .map(|_| Vec::with_capacity(slack(2 * per_shard)))
+            exact: (0..BUCKETS)
+                .map(|_| Vec::with_capacity(slack(2 * per_bucket)))
                 .collect(),
-            wildcard: (0..SHARDS).map(|_| Vec::new()).collect(),
+            wildcard: (0..BUCKETS).map(|_| Vec::new()).collect(),
             keys: Keys::default(),
         }
     }
@@ -468,9 +403,9 @@ impl Builder {
             } else {
                 &mut self.exact
             };
-            map[shard_of(hash)].push((hash, entry));
+            map[bucket_of(hash)].push((hash, entry));
         }
-        self.apps[shard_of(app)].push((app, AppEntry(route)));
+        self.apps[bucket_of(app)].push((app, AppEntry(route)));
     }
 
     /// Adds the routes of a [`KeyedRoutes`], in order, and empties it.
@@ -489,47 +424,39 @@ impl Builder {
         let hasher = self.hasher;
         // The apps first: a route replaced by a later one of the same app is dropped
         // with all its domains, as an upsert would.
-        let split = split_for(self.apps.iter().map(Vec::len).sum());
-        let built = in_parallel(self.apps, threads, |entries| {
-            fill(&hasher, entries, split, None)
-        });
+        let built = in_parallel(self.apps, threads, |entries| fill(&hasher, entries, None));
         // Held until the domains are built: their addresses identify them meanwhile.
         let mut replaced_routes = Vec::new();
-        let mut apps = Vec::with_capacity(SHARDS * split);
-        for (tables, dropped) in built {
-            apps.extend(tables.into_iter().map(Arc::new));
+        let mut apps = Vec::with_capacity(BUCKETS);
+        for (table, dropped) in built {
+            apps.push(Arc::new(table));
             replaced_routes.extend(dropped);
         }
-        let apps = Sharded {
-            hasher: hasher.clone(),
-            split,
-            buckets: apps,
-        };
         let replaced: HashSet<usize> = replaced_routes.iter().map(route_addr).collect();
         let skip = (!replaced.is_empty()).then_some(&replaced);
-        let domains = |shards: Vec<Vec<(u64, DomainEntry)>>| -> Sharded<DomainEntry> {
-            let split = split_for(shards.iter().map(Vec::len).sum());
-            let buckets = in_parallel(shards, threads, |entries| {
-                fill(&hasher, entries, split, skip)
-            })
-            .into_iter()
-            .flat_map(|(tables, _)| tables)
-            .map(Arc::new)
-            .collect();
-            Sharded {
-                hasher: hasher.clone(),
-                split,
-                buckets,
-            }
+        let domains = |lists: Vec<Vec<(u64, DomainEntry)>>| -> Vec<Arc<HashTable<DomainEntry>>> {
+            in_parallel(lists, threads, |entries| fill(&hasher, entries, skip))
+                .into_iter()
+                .map(|(table, _)| Arc::new(table))
+                .collect()
         };
         let exact = domains(self.exact);
         let wildcard = domains(self.wildcard);
         drop((replaced, replaced_routes));
         RouteTable {
             version,
-            exact,
-            wildcard,
-            apps,
+            exact: Sharded {
+                hasher: hasher.clone(),
+                buckets: exact,
+            },
+            wildcard: Sharded {
+                hasher: hasher.clone(),
+                buckets: wildcard,
+            },
+            apps: Sharded {
+                hasher,
+                buckets: apps,
+            },
         }
     }
 }
@@ -583,30 +510,20 @@ fn route_addr(route: &Route) -> usize {
     route.key(0, 0).as_ptr() as usize
 }
 
-/// One shard's tables (`split` of them) from its entries in order, a later entry
-/// replacing an earlier one with the same key; entries of the routes in `skip` are left
-/// out. Returns the routes of the replaced entries too.
+/// One bucket's table from its entries in order, a later entry replacing an earlier one
+/// with the same key; entries of the routes in `skip` are left out. Returns the routes
+/// of the replaced entries too.
 fn fill<T: Keyed>(
     hasher: &RandomState,
     entries: Vec<(u64, T)>,
-    split: usize,
     skip: Option<&HashSet<usize>>,
-) -> (Vec<HashTable<T>>, Vec<Route>) {
-    let mut sizes = vec![0; split];
-    if split == 1 {
-        sizes[0] = entries.len();
-    } else {
-        for (hash, _) in &entries {
-            sizes[part_of(*hash, split)] += 1;
-        }
-    }
-    let mut tables: Vec<HashTable<T>> = sizes.into_iter().map(HashTable::with_capacity).collect();
+) -> (HashTable<T>, Vec<Route>) {
+    let mut table = HashTable::with_capacity(entries.len());
     let mut replaced = Vec::new();
     for (hash, entry) in entries {
         if skip.is_some_and(|skip| skip.contains(&route_addr(entry.route()))) {
             continue;
         }
-        let table = &mut tables[part_of(hash, split)];
         match table.entry(
             hash,
             |e: &T| e.key() == entry.key(),
@@ -621,7 +538,7 @@ fn fill<T: Keyed>(
             }
         }
     }
-    (tables, replaced)
+    (table, replaced)
 }
 
 /// `f` of every item, in order, computed on up to `threads` scoped threads (each a
@@ -768,12 +685,11 @@ mod tests {
         after.upsert(route("app5", &["app5.test", "more.test"]));
         after.set_version(2);
         // One exact bucket or two, one app bucket, no wildcard bucket were copied.
-        let (exact, apps) = (before.exact.buckets.len(), before.apps.buckets.len());
-        assert!(after.exact.shares_buckets_with(&before.exact) >= exact - 2);
-        assert_eq!(after.apps.shares_buckets_with(&before.apps), apps - 1);
+        assert!(after.exact.shares_buckets_with(&before.exact) >= BUCKETS - 2);
+        assert_eq!(after.apps.shares_buckets_with(&before.apps), BUCKETS - 1);
         assert_eq!(
             after.wildcard.shares_buckets_with(&before.wildcard),
-            before.wildcard.buckets.len()
+            BUCKETS
         );
         // The reader of the old table sees the old table.
         assert_eq!(app_of(&before, "more.test"), None);
@@ -813,62 +729,5 @@ mod tests {
         }
         let total: usize = table.routes().map(|r| r.domain_count()).sum();
         assert_eq!(total, 40_000);
-    }
-
-    #[test]
-    fn a_bulk_build_fills_most_of_its_tables() {
-        // 60,000 routes in 256 buckets would be 234 a bucket: just over the 224 that
-        // 256 slots hold, so every table would have 512 and be half empty.
-        let routes = (0..60_000).map(|i| route(&format!("app{i}"), &[&format!("app{i}.test")]));
-        let table = RouteTable::from_routes(1, routes);
-        for (name, map_len, capacity) in [
-            ("apps", table.apps.len(), table.apps.capacity()),
-            ("exact", table.exact.len(), table.exact.capacity()),
-        ] {
-            assert_eq!(map_len, 60_000, "{name}");
-            let used = map_len as f64 / capacity as f64;
-            assert!(
-                used > 0.65,
-                "{name}: {map_len} in room for {capacity} ({used:.2})"
-            );
-        }
-        for host in ["app0.test", "app31337.test", "app59999.test"] {
-            assert_eq!(app_of(&table, host), host.strip_suffix(".test"));
-        }
-    }
-
-    #[test]
-    fn a_split_leaves_few_slots_empty_at_any_size() {
-        // With one bucket a shard, these sizes would use 0.46, 0.76, 0.57, 0.48, 0.48,
-        // 0.83 and 0.60 of their slots.
-        for entries in [
-            60_000, 100_000, 300_000, 1_000_000, 2_000_000, 3_500_000, 5_000_000,
-        ] {
-            let split = split_for(entries);
-            assert!((1..=MAX_SPLIT).contains(&split), "{entries}");
-            let per_bucket = entries / (SHARDS * split);
-            let slots = SHARDS * split * table_slots(per_bucket);
-            let used = entries as f64 / slots as f64;
-            assert!(
-                used > 0.7,
-                "{entries}: split in {split}, {slots} slots ({used:.2})"
-            );
-        }
-        assert_eq!(split_for(0), 1);
-    }
-
-    #[test]
-    fn buckets_within_a_shard_are_told_apart_by_other_bits() {
-        // Hashes that share their shard and differ only in the bits within it.
-        for split in 1..=MAX_SPLIT {
-            let mut seen = HashSet::new();
-            for high in 0..split as u64 {
-                let hash = (7 << 32) | ((high * 0x1_0000).div_ceil(split as u64) << 40) | 0xABC;
-                let bucket = bucket_of(hash, split);
-                assert_eq!(bucket / split, 7, "the shard, split in {split}");
-                seen.insert(bucket);
-            }
-            assert_eq!(seen.len(), split, "split in {split}");
-        }
     }
 }
