@@ -11,9 +11,9 @@
 
 mod admin;
 pub mod config;
-pub mod limits;
 pub mod metrics;
 pub mod persist;
+pub mod process;
 pub mod proxy;
 pub mod snapshot;
 mod sync;

@@ -73,6 +73,10 @@ pub const TLS_EARLIEST_EXPIRY: &str = "switchyard_gateway_tls_earliest_expiry_ti
 pub const OPEN_FDS: &str = "process_open_fds";
 /// The most files the process may open: at [`OPEN_FDS`] = this, new connections wait.
 pub const MAX_FDS: &str = "process_max_fds";
+/// Resident memory, in bytes.
+pub const RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+/// CPU time used, user and system, in seconds.
+pub const CPU_SECONDS: &str = "process_cpu_seconds_total";
 
 /// Latency buckets, in seconds, for every `*_duration_seconds` histogram (the request
 /// path's among them): Prometheus renders histograms, not client-side summaries.

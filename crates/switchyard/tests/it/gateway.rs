@@ -940,6 +940,15 @@ fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_tha
         GatewayProcess::spawn_with_open_files(dir.path(), "raised", &args, hard.min(256), hard);
     gateway.wait_ready();
     assert_eq!(gateway.metric("process_max_fds"), Some(hard as f64));
+    // With the process's memory and CPU, under their usual names.
+    let resident = gateway.metric("process_resident_memory_bytes").unwrap();
+    assert!(resident > 1e6 && resident < 1e10, "{resident} bytes");
+    // Counted in clock ticks (10 ms): every scrape spends some.
+    gateway.wait_for("CPU time counted", |gateway| {
+        gateway
+            .metric("process_cpu_seconds_total")
+            .is_some_and(|cpu| cpu > 0.0 && cpu < 600.0)
+    });
     assert!(
         gateway.log().contains("the open-files limit is low"),
         "{}",
