@@ -384,15 +384,18 @@ fn gateway_args(dir: &Path, proxy: u16, admin: u16, orchestrators: &[String]) ->
     args
 }
 
+/// The address given to `flag` in `args`.
+fn addr_of(args: &[String], flag: &str) -> SocketAddr {
+    let at = args.iter().position(|a| a == flag).expect(flag);
+    args[at + 1].parse().unwrap()
+}
+
 impl GatewayProcess {
     /// Starts `switchyard ARGS`; the proxy and admin addresses are those of `--listen`
     /// and `--admin` in `args`.
     fn spawn(dir: &Path, name: &str, args: &[String]) -> GatewayProcess {
-        let value = |flag: &str| -> SocketAddr {
-            let at = args.iter().position(|a| a == flag).expect(flag);
-            args[at + 1].parse().unwrap()
-        };
-        GatewayProcess::spawn_with(dir, name, args, &[], value("--listen"), value("--admin"))
+        let (proxy, admin) = (addr_of(args, "--listen"), addr_of(args, "--admin"));
+        GatewayProcess::spawn_with(dir, name, args, &[], proxy, admin)
     }
 
     /// Starts `switchyard ARGS` with `envs`, which serves on `proxy` and `admin`.
@@ -432,11 +435,7 @@ impl GatewayProcess {
                 }
             });
         }
-        let value = |flag: &str| -> SocketAddr {
-            let at = args.iter().position(|a| a == flag).expect(flag);
-            args[at + 1].parse().unwrap()
-        };
-        let (proxy, admin) = (value("--listen"), value("--admin"));
+        let (proxy, admin) = (addr_of(args, "--listen"), addr_of(args, "--admin"));
         GatewayProcess::spawn_command(command, dir, name, args, &[], proxy, admin)
     }
 
