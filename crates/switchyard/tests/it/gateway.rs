@@ -384,6 +384,11 @@ fn gateway_args(dir: &Path, proxy: u16, admin: u16, orchestrators: &[String]) ->
     args
 }
 
+/// A command that runs the `switchyard` binary under test.
+fn switchyard() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+}
+
 /// The address given to `flag` in `args`.
 fn addr_of(args: &[String], flag: &str) -> SocketAddr {
     let at = args.iter().position(|a| a == flag).expect(flag);
@@ -395,20 +400,7 @@ impl GatewayProcess {
     /// and `--admin` in `args`.
     fn spawn(dir: &Path, name: &str, args: &[String]) -> GatewayProcess {
         let (proxy, admin) = (addr_of(args, "--listen"), addr_of(args, "--admin"));
-        GatewayProcess::spawn_with(dir, name, args, &[], proxy, admin)
-    }
-
-    /// Starts `switchyard ARGS` with `envs`, which serves on `proxy` and `admin`.
-    fn spawn_with(
-        dir: &Path,
-        name: &str,
-        args: &[String],
-        envs: &[(&str, String)],
-        proxy: SocketAddr,
-        admin: SocketAddr,
-    ) -> GatewayProcess {
-        let command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-        GatewayProcess::spawn_command(command, dir, name, args, envs, proxy, admin)
+        GatewayProcess::spawn_with(switchyard(), dir, name, args, &[], proxy, admin)
     }
 
     /// [`GatewayProcess::spawn`], with the limit on open files set to `soft` (and
@@ -420,7 +412,7 @@ impl GatewayProcess {
         soft: u64,
         hard: u64,
     ) -> GatewayProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        let mut command = switchyard();
         // SAFETY: setrlimit(2) is async-signal-safe, and nothing else runs in the child.
         unsafe {
             command.pre_exec(move || {
@@ -436,10 +428,12 @@ impl GatewayProcess {
             });
         }
         let (proxy, admin) = (addr_of(args, "--listen"), addr_of(args, "--admin"));
-        GatewayProcess::spawn_command(command, dir, name, args, &[], proxy, admin)
+        GatewayProcess::spawn_with(command, dir, name, args, &[], proxy, admin)
     }
 
-    fn spawn_command(
+    /// Starts `command ARGS` (`switchyard` as [`switchyard`] made it, perhaps set up
+    /// further) with `envs`, which serves on `proxy` and `admin`.
+    fn spawn_with(
         mut command: Command,
         dir: &Path,
         name: &str,
@@ -799,7 +793,7 @@ fn the_config_file_yields_to_the_environment_and_an_unknown_key_is_named() {
 
     let config = dir.path().join("gateway.toml");
     std::fs::write(&config, "listen = \"127.0.0.1:1\"\nlisten-adress = \"x\"\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let output = switchyard()
         .args(["gateway", "--config"])
         .arg(&config)
         .output()
@@ -827,6 +821,7 @@ fn the_config_file_yields_to_the_environment_and_an_unknown_key_is_named() {
     ];
     let localhost = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut gateway = GatewayProcess::spawn_with(
+        switchyard(),
         dir.path(),
         "gateway",
         &args,
