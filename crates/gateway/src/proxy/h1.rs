@@ -14,7 +14,8 @@
 //! (`Content-Length` or chunked), `Expect: 100-continue` and pipelining included.
 //! Anything else (HTTP/2's preface, HTTP/1.0, an `Upgrade`, `CONNECT`, a head it
 //! does not parse or finds ambiguous) hands the connection, with the bytes read so
-//! far, to hyper ([`Outcome::HandOver`]), which serves it from there as before.
+//! far, to hyper ([`Outcome::HandOver`]), which serves it from there as before. A head
+//! over 64 KiB (`proxy::MAX_HEAD`) is refused here, with 431, whatever it is.
 //!
 //! A client connection is a plain socket or TLS over one ([`ClientStream`]); the
 //! backends are plain sockets.

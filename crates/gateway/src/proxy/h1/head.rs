@@ -10,8 +10,8 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::framing::Framing;
-// A longer head is not taken here: a request goes to hyper, which refuses it (431); a
-// response is a backend error.
+// A longer head is refused: a request's with 431 (whatever else it is, so hyper never
+// sees it), a response's as a backend error.
 use crate::proxy::MAX_HEAD;
 
 /// Header lines read at most; a head with more goes to hyper (which refuses it).
