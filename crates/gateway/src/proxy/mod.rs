@@ -522,7 +522,7 @@ fn place(
     }
 }
 
-async fn accept_failed(metrics: &metrics::Metrics, error: io::Error) {
+async fn accept_failed(counted: &Metrics, error: io::Error) {
     match error.kind() {
         // The client gave up before we got to it: nothing to wait out.
         io::ErrorKind::ConnectionAborted
@@ -530,7 +530,7 @@ async fn accept_failed(metrics: &metrics::Metrics, error: io::Error) {
         | io::ErrorKind::Interrupted => {}
         // Out of file descriptors or memory: accepting again at once would spin.
         _ => {
-            metrics.accept_errors.increment(1);
+            counted.accept_errors.increment(1);
             if accept_warning_due() {
                 tracing::warn!(
                     %error,
