@@ -70,7 +70,7 @@ pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
-    mut drain: watch::Receiver<Phase>,
+    drain: watch::Receiver<Phase>,
 ) {
     // Small responses must not wait for Nagle.
     let _ = stream.set_nodelay(true);
@@ -88,7 +88,29 @@ pub(super) async fn serve(
     });
     let idle = IdleTimer::new(idle_timeout);
 
-    if let Some(acceptor) = tls {
+    match tls {
+        // Boxed, as is hyper's part below: a task's future is as big as its biggest
+        // state, and the TLS session and hyper's connection would make every plain
+        // connection's task several KiB bigger, idle or not.
+        Some(acceptor) => {
+            Box::pin(serve_tls(conn, server, acceptor, stream, peer, idle, drain)).await
+        }
+        None => serve_h1_then_hyper(&conn, &server, stream, peer, idle, drain).await,
+    }
+}
+
+/// [`serve`] for a connection from the TLS listener: the handshake, then HTTP/2 if
+/// ALPN chose it, else HTTP/1.1 as on a plain connection.
+async fn serve_tls(
+    conn: Arc<ClientConn>,
+    server: Arc<auto::Builder<TokioExecutor>>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    idle: IdleTimer,
+    mut drain: watch::Receiver<Phase>,
+) {
+    {
         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
         let stream = tokio::select! {
             done = handshake => match done {
@@ -110,9 +132,8 @@ pub(super) async fn serve(
             let io = Watched::writes_only(stream, Arc::clone(&conn.activity));
             return serve_hyper(&conn, &server, io, peer, idle, drain).await;
         }
-        return serve_h1_then_hyper(&conn, &server, stream, peer, idle, drain).await;
+        serve_h1_then_hyper(&conn, &server, stream, peer, idle, drain).await;
     }
-    serve_h1_then_hyper(&conn, &server, stream, peer, idle, drain).await;
 }
 
 /// Serves `stream` on the `h1` path, then, if it hands the connection over, with hyper.
@@ -140,7 +161,7 @@ async fn serve_h1_then_hyper<S>(
     };
     let activity = Arc::clone(&conn.activity);
     let io = Watched::writes_only(h1::Rewind::new(read, stream), activity);
-    serve_hyper(conn, server, io, peer, idle, drain).await;
+    Box::pin(serve_hyper(conn, server, io, peer, idle, drain)).await;
 }
 
 /// Bounds a TLS handshake (a client that connects and sends nothing holds a socket).
