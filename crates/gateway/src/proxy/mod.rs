@@ -92,7 +92,8 @@ pub struct BackendConfig {
     /// How long an ejected backend is skipped (unless all of a route's are). After it,
     /// one more failed connect ejects the backend again; a good one clears it.
     pub eject_cooldown: Duration,
-    /// Idle connections kept per backend address; more are closed after use.
+    /// Idle connections kept per backend address (on the HTTP/1.1 path, per proxy
+    /// thread, as nginx's `keepalive` is per worker); more are closed after use.
     pub max_idle_per_backend: usize,
 }
 

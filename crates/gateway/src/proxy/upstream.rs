@@ -56,8 +56,12 @@ pub(super) struct Upstream {
     /// Idle connections, most recently used last (reused first, so the surplus ages
     /// out).
     idle: Mutex<Vec<BackendConn>>,
-    /// Idle plain connections, for the HTTP/1.1 path, in the same order.
-    idle_raw: Mutex<Vec<RawConn>>,
+    /// Idle plain connections, for the HTTP/1.1 path, in the same order: one list per
+    /// proxy thread (by [`this_thread`]), as a socket is lent on its own thread only.
+    /// A checkout and a checkin are a pop and a push; one shared list took a scan past
+    /// the other threads' sockets, and its cap, reached by one thread, made the others
+    /// close theirs after every request.
+    idle_raw: Mutex<Vec<Vec<RawConn>>>,
     max_idle: usize,
 }
 
@@ -394,17 +398,16 @@ impl Upstream {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn idle_raw(&self) -> std::sync::MutexGuard<'_, Vec<RawConn>> {
+    fn idle_raw(&self) -> std::sync::MutexGuard<'_, Vec<Vec<RawConn>>> {
         self.idle_raw.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// An idle plain connection of this thread's that is not known to be closed, if
     /// there is one.
     pub(super) fn checkout_raw(&self) -> Option<RawConn> {
-        let thread = this_thread();
         let mut idle = self.idle_raw();
-        while let Some(at) = idle.iter().rposition(|conn| conn.thread == thread) {
-            let conn = idle.remove(at);
+        let mine = idle.get_mut(this_thread())?;
+        while let Some(conn) = mine.pop() {
             if !conn.is_closed() {
                 return Some(conn);
             }
@@ -412,12 +415,17 @@ impl Upstream {
         None
     }
 
-    /// Puts a plain connection whose exchange is complete back in the pool.
+    /// Puts a plain connection whose exchange is complete back in its thread's pool
+    /// (which keeps at most `max_idle`).
     pub(super) fn checkin_raw(&self, mut conn: RawConn) {
         conn.idle_since_ms = now_ms();
         let mut idle = self.idle_raw();
-        if idle.len() < self.max_idle {
-            idle.push(conn);
+        if idle.len() <= conn.thread {
+            idle.resize_with(conn.thread + 1, Vec::new);
+        }
+        let mine = &mut idle[conn.thread];
+        if mine.len() < self.max_idle {
+            mine.push(conn);
         }
     }
 
@@ -448,8 +456,9 @@ impl Upstream {
     fn prune(&self, idle_since: u64) {
         self.idle()
             .retain(|conn| !conn.sender.is_closed() && conn.idle_since_ms >= idle_since);
-        self.idle_raw()
-            .retain(|conn| !conn.is_closed() && conn.idle_since_ms >= idle_since);
+        for idle in self.idle_raw().iter_mut() {
+            idle.retain(|conn| !conn.is_closed() && conn.idle_since_ms >= idle_since);
+        }
     }
 
     /// Nothing in flight, nothing pooled, not ejected: forgetting it loses nothing but
@@ -458,7 +467,7 @@ impl Upstream {
         self.in_flight.load(Relaxed) == 0
             && !self.is_ejected()
             && self.idle().is_empty()
-            && self.idle_raw().is_empty()
+            && self.idle_raw().iter().all(Vec::is_empty)
     }
 
     fn is_ejected(&self) -> bool {
@@ -501,6 +510,7 @@ impl Upstream {
                 + self
                     .idle_raw()
                     .iter()
+                    .flatten()
                     .filter(|conn| !conn.is_closed())
                     .count(),
             connects_total: self.connects.load(Relaxed),

@@ -1239,12 +1239,20 @@ struct Threaded {
 
 impl Threaded {
     async fn start(threads: usize) -> Threaded {
+        Threaded::start_with(threads, BackendConfig::default()).await
+    }
+
+    async fn start_with(threads: usize, backends: BackendConfig) -> Threaded {
         let backend = TestBackend::named("app").await;
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
             1,
             [route("app", &["app.test"], &[(backend.addr, 1)])],
         )));
-        let proxy = Arc::new(Proxy::new(Arc::clone(&table), ProxyConfig::default()));
+        let proxy = Arc::new(Proxy::with_backend_config(
+            Arc::clone(&table),
+            ProxyConfig::default(),
+            backends,
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -1294,6 +1302,43 @@ async fn serves_on_threads_of_its_own_and_drains_them_all() {
     for client in &clients {
         eventually(|| client.sender.is_closed()).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_proxy_thread_keeps_its_own_idle_backend_connections() {
+    let Threaded {
+        backend,
+        proxy,
+        addr,
+        stop,
+        served,
+    } = Threaded::start_with(
+        2,
+        BackendConfig {
+            max_idle_per_backend: 1,
+            ..BackendConfig::default()
+        },
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(Client::connect(addr).await);
+    }
+    eventually(|| proxy.stats().connections_per_thread.iter().all(|n| *n > 0)).await;
+    for _ in 0..10 {
+        for client in &mut clients {
+            assert_eq!(client.get("app.test", "/").await, ok("app"));
+        }
+    }
+    // One request at a time, on both threads: each keeps the one idle connection it
+    // may. Had the one allowed been for both, one thread would connect for every
+    // request it served.
+    let stats = proxy.backend(&backend.addr.to_string()).unwrap();
+    assert_eq!(stats.connects_total, 2, "{stats:?}");
+    assert_eq!(stats.idle_connections, 2, "{stats:?}");
+
+    stop.send(()).unwrap();
+    within(served).await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
