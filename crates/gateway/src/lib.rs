@@ -430,6 +430,9 @@ fn load(dir: &std::path::Path) -> Result<(SnapshotStore, Option<Loaded>), Error>
     Ok((store, Some(Loaded { table, modified })))
 }
 
+/// Connections a listener holds before they are accepted.
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// A listening socket with `SO_REUSEPORT`, so that a new gateway can bind beside the one
 /// it replaces; see [`steer_new_connections_here`].
 fn bind(addr: SocketAddr, what: &'static str) -> Result<tokio::net::TcpListener, Error> {
@@ -441,7 +444,10 @@ fn bind(addr: SocketAddr, what: &'static str) -> Result<tokio::net::TcpListener,
     socket.set_reuse_port(true).map_err(error)?;
     socket.set_nonblocking(true).map_err(error)?;
     socket.bind(&addr.into()).map_err(error)?;
-    socket.listen(1024).map_err(error)?;
+    // Room for a burst of connections (clients reconnecting after a restart, say) to
+    // wait for their accept rather than have their SYNs dropped and retried a second
+    // later; the kernel caps it at net.core.somaxconn (4096 by default).
+    socket.listen(LISTEN_BACKLOG).map_err(error)?;
     if let Err(e) = steer_new_connections_here(&socket) {
         tracing::warn!(%addr, error = %e, "cannot steer new connections to this gateway; a restart beside another gateway may reset a few connections");
     }
