@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
@@ -803,6 +804,56 @@ fn status_reports_zookeeper_orchestrators_and_gateways() {
             .contains("no route table yet"),
         "{out}"
     );
+}
+
+#[test]
+fn bench_gateway_refuses_more_connections_than_its_open_files_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = |connections: &str| {
+        let mut command = switchyard();
+        // SAFETY: setrlimit(2) is async-signal-safe, and nothing else runs in the child.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 1024,
+                    rlim_max: 1024,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        // `--tls --peers direct` is refused by the check after this one.
+        let args = [
+            "bench",
+            "gateway",
+            "--no-install",
+            "--tls",
+            "--peers",
+            "direct",
+        ];
+        let output = command
+            .args(args)
+            .args(["--connections", connections])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stderr, output.stdout.is_empty())
+    };
+    let (code, stderr, quiet) = bench("1000");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--connections 1000 needs about 4512 open files")
+            && stderr.contains("the limit is 1024"),
+        "{stderr}"
+    );
+    assert!(quiet);
+    let (code, stderr, _) = bench("100");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--peers names none of them"), "{stderr}");
 }
 
 #[test]

@@ -19,6 +19,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::switchyard;
 use gateway::persist;
 use gateway::snapshot::SnapshotStore;
 use serde_json::{json, Value};
@@ -384,11 +385,6 @@ fn gateway_args(dir: &Path, proxy: u16, admin: u16, orchestrators: &[String]) ->
     args
 }
 
-/// A command that runs the `switchyard` binary under test.
-fn switchyard() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
-}
-
 /// The address given to `flag` in `args`.
 fn addr_of(args: &[String], flag: &str) -> SocketAddr {
     let at = args.iter().position(|a| a == flag).expect(flag);
@@ -431,8 +427,7 @@ impl GatewayProcess {
         GatewayProcess::spawn_with(command, dir, name, args, &[], proxy, admin)
     }
 
-    /// Starts `command ARGS` (`switchyard` as [`switchyard`] made it, perhaps set up
-    /// further) with `envs`, which serves on `proxy` and `admin`.
+    /// Starts `command ARGS` (the binary under test, perhaps set up further) with `envs`, which serves on `proxy` and `admin`.
     fn spawn_with(
         mut command: Command,
         dir: &Path,

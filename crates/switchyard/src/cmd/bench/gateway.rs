@@ -265,6 +265,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.rate_share > 0.0 && args.rate_share <= 1.0,
         "--rate-share must be more than 0 and at most 1"
     );
+    // The backend may hold a connection per client connection for every proxy of an
+    // interleaved round; the processes started from here inherit the limit.
+    let open_files = ::gateway::process::raise_open_files_limit()
+        .context("reading or raising the open-files limit")?;
+    let needed = 4 * args.connections + 512;
+    anyhow::ensure!(
+        open_files >= needed,
+        "--connections {} needs about {needed} open files per process (the backend may hold \
+         a connection per client connection for each of four proxies); the limit is \
+         {open_files}: raise the hard limit (ulimit -Hn, or LimitNOFILE=)",
+        args.connections
+    );
     peers::catch_interrupts();
     let mut peer_list: Vec<Peer> = Vec::new();
     for &peer in &args.peers {
@@ -381,7 +393,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let backend_dir = dir.path().join("backend");
     peers::write_file(
         &backend_dir.join("nginx.conf"),
-        &peers::backend_conf(&backend_dir, backend_port),
+        &peers::backend_conf(&backend_dir, backend_port, args.connections),
     )?;
     let started = Instant::now();
     let mut backend = Process::start(
@@ -1174,7 +1186,8 @@ impl Bench<'_> {
             Peer::Direct => bail!("the direct load runs no proxy"),
             Peer::Nginx => {
                 let conf = dir.join("nginx.conf");
-                let mut text = peers::nginx_conf(dir, port, backend_port, one, pem);
+                let connections = self.args.connections;
+                let mut text = peers::nginx_conf(dir, port, backend_port, one, pem, connections);
                 if single_process {
                     anyhow::ensure!(
                         text.contains("master_process on;"),
@@ -1188,7 +1201,7 @@ impl Bench<'_> {
             Peer::Haproxy => {
                 let haproxy = self.haproxy.as_ref().context("haproxy is not installed")?;
                 let conf = dir.join("haproxy.cfg");
-                let text = peers::haproxy_conf(port, backend_port, one, pem);
+                let text = peers::haproxy_conf(port, backend_port, one, pem, self.args.connections);
                 peers::write_file(&conf, &text)?;
                 let mut command = Command::new(&haproxy.path);
                 command.arg("-db").arg("-f").arg(&conf);

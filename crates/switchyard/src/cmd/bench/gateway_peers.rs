@@ -705,9 +705,18 @@ pub fn first_proxied(
 // ---------------------------------------------------------------------------------------
 // Configurations.
 
+/// nginx's `worker_connections` and HAProxy's `maxconn` for a load on `connections`
+/// connections: each takes one, and its connection to the backend another.
+pub fn connection_room(connections: u64) -> u64 {
+    (2 * connections + 256).max(4096)
+}
+
 /// The backend: one nginx worker answering every request with a fixed 200 and
-/// [`BACKEND_BODY`], keeping connections open for as long as a proxy likes.
-pub fn backend_conf(dir: &Path, port: u16) -> String {
+/// [`BACKEND_BODY`], keeping connections open for as long as a proxy likes. Room for
+/// every proxy of an interleaved round holding a connection per client connection, and
+/// a listen queue that takes a burst of them (nginx's default holds 511).
+pub fn backend_conf(dir: &Path, port: u16, connections: u64) -> String {
+    let room = (4 * connections + 256).max(4096);
     format!(
         "# The backend of `switchyard bench gateway`: a fixed 200 with a small body.
 daemon off;
@@ -716,7 +725,7 @@ worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{
-    worker_connections 4096;
+    worker_connections {room};
 }}
 http {{
     access_log off;
@@ -726,7 +735,7 @@ http {{
     proxy_temp_path {dir}/proxy;
     default_type text/plain;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port} backlog=4096;
         location / {{
             return 200 \"{BACKEND_BODY}\";
         }}
@@ -741,6 +750,8 @@ http {{
 /// processes (`auto`: one per CPU, its multi-core default). Keep-alive to the backend,
 /// the forwarding headers the gateway sets, and no per-connection request limit on
 /// either side (nginx's default of 1000 would make it reconnect where the others do not).
+/// Room for `connections` clients, and as many idle backend connections kept per worker
+/// as there are clients, up to 1024 (the gateway keeps 1024 per thread), at least 64.
 /// With `tls` (a PEM file with the certificate and its key), clients speak TLS to it.
 pub fn nginx_conf(
     dir: &Path,
@@ -748,8 +759,11 @@ pub fn nginx_conf(
     backend: u16,
     workers: Option<u16>,
     tls: Option<&Path>,
+    connections: u64,
 ) -> String {
     let workers = workers.map_or("auto".to_string(), |n| n.to_string());
+    let room = connection_room(connections);
+    let keepalive = connections.clamp(64, 1024);
     let (ssl, certificate) = match tls {
         Some(pem) => (
             " ssl",
@@ -770,7 +784,7 @@ worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{
-    worker_connections 4096;
+    worker_connections {room};
 }}
 http {{
     access_log off;
@@ -780,7 +794,7 @@ http {{
     proxy_temp_path {dir}/proxy;
     {certificate}upstream backend {{
         server 127.0.0.1:{backend};
-        keepalive 64;
+        keepalive {keepalive};
         keepalive_requests 1000000;
     }}
     server {{
@@ -809,8 +823,15 @@ http {{
 /// HAProxy as a reverse proxy for [`HOST`] (anything else: 404), with `threads` threads
 /// (`None`: its default, one per CPU it may run on). With `tls` (a PEM file with the
 /// certificate and its key), clients speak TLS to it.
-pub fn haproxy_conf(port: u16, backend: u16, threads: Option<u16>, tls: Option<&Path>) -> String {
+pub fn haproxy_conf(
+    port: u16,
+    backend: u16,
+    threads: Option<u16>,
+    tls: Option<&Path>,
+    connections: u64,
+) -> String {
     let nbthread = threads.map_or(String::new(), |n| format!("    nbthread {n}\n"));
+    let room = connection_room(connections);
     let (ssl, proto) = match tls {
         Some(pem) => (format!(" ssl crt {}", pem.display()), "https"),
         None => (String::new(), "http"),
@@ -818,7 +839,7 @@ pub fn haproxy_conf(port: u16, backend: u16, threads: Option<u16>, tls: Option<&
     format!(
         "# HAProxy as a reverse proxy, as `switchyard bench gateway` runs it.
 global
-{nbthread}    maxconn 4096
+{nbthread}    maxconn {room}
 defaults
     mode http
     timeout connect 3s
