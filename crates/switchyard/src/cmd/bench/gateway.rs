@@ -764,9 +764,10 @@ fn about(bench: &Bench<'_>, snapshots: &[SnapshotInfo]) -> String {
     );
     let _ = writeln!(
         out,
-        "- nginx: {} as a reverse proxy for {} (upstream keepalive 64, keepalive_requests 1000000, X-Forwarded-*)",
+        "- nginx: {} as a reverse proxy for {} (upstream keepalive {}, keepalive_requests 1000000, listen backlog 4096, X-Forwarded-*)",
         bench.nginx.version,
-        peers::HOST
+        peers::HOST,
+        peers::nginx_keepalive(bench.args.connections)
     );
     if let Some(h) = &bench.haproxy {
         let _ = writeln!(

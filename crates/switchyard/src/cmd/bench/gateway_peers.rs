@@ -711,6 +711,13 @@ pub fn connection_room(connections: u64) -> u64 {
     (2 * connections + 256).max(4096)
 }
 
+/// nginx's upstream `keepalive` (idle backend connections kept per worker) for a load on
+/// `connections` connections: as many, at least 64, at most 1024 (the gateway keeps up
+/// to 1024 per proxy thread).
+pub fn nginx_keepalive(connections: u64) -> u64 {
+    connections.clamp(64, 1024)
+}
+
 /// The backend: one nginx worker answering every request with a fixed 200 and
 /// [`BACKEND_BODY`], keeping connections open for as long as a proxy likes. Room for
 /// every proxy of an interleaved round holding a connection per client connection, and
@@ -752,6 +759,7 @@ http {{
 /// either side (nginx's default of 1000 would make it reconnect where the others do not).
 /// Room for `connections` clients, and as many idle backend connections kept per worker
 /// as there are clients, up to 1024 (the gateway keeps 1024 per thread), at least 64.
+/// The listen queue is the gateway's (4096; nginx's default holds 511).
 /// With `tls` (a PEM file with the certificate and its key), clients speak TLS to it.
 pub fn nginx_conf(
     dir: &Path,
@@ -763,7 +771,7 @@ pub fn nginx_conf(
 ) -> String {
     let workers = workers.map_or("auto".to_string(), |n| n.to_string());
     let room = connection_room(connections);
-    let keepalive = connections.clamp(64, 1024);
+    let keepalive = nginx_keepalive(connections);
     let (ssl, certificate) = match tls {
         Some(pem) => (
             " ssl",
@@ -798,7 +806,7 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port}{ssl} default_server;
+        listen 127.0.0.1:{port}{ssl} default_server backlog=4096;
         return 404;
     }}
     server {{
