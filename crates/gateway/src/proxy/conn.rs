@@ -110,30 +110,28 @@ async fn serve_tls(
     idle: IdleTimer,
     mut drain: watch::Receiver<Phase>,
 ) {
-    {
-        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-        let stream = tokio::select! {
-            done = handshake => match done {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    conn.proxy.metrics.tls_handshake_failures.increment(1);
-                    tracing::debug!(%error, %peer, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    conn.proxy.metrics.tls_handshake_failures.increment(1);
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            },
-            () = aborted(&mut drain) => return,
-        };
-        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-            let io = Watched::writes_only(stream, Arc::clone(&conn.activity));
-            return serve_hyper(&conn, &server, io, peer, idle, drain).await;
-        }
-        serve_h1_then_hyper(&conn, &server, stream, peer, idle, drain).await;
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                conn.proxy.metrics.tls_handshake_failures.increment(1);
+                tracing::debug!(%error, %peer, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                conn.proxy.metrics.tls_handshake_failures.increment(1);
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = aborted(&mut drain) => return,
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let io = Watched::writes_only(stream, Arc::clone(&conn.activity));
+        return serve_hyper(&conn, &server, io, peer, idle, drain).await;
     }
+    serve_h1_then_hyper(&conn, &server, stream, peer, idle, drain).await;
 }
 
 /// Serves `stream` on the `h1` path, then, if it hands the connection over, with hyper.
