@@ -5,14 +5,13 @@
 use std::fs::File;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
 use serde_json::{json, Value};
 
 use super::orchestrator::{eventually, get};
-use super::switchyard;
+use super::{switchyard, switchyard_with_open_files};
 
 const TOKEN: &str = "cli-test-token-0123456789";
 
@@ -810,21 +809,7 @@ fn status_reports_zookeeper_orchestrators_and_gateways() {
 fn bench_gateway_refuses_more_connections_than_its_open_files_allow() {
     let dir = tempfile::tempdir().unwrap();
     let bench = |connections: &str| {
-        let mut command = switchyard();
-        // SAFETY: setrlimit(2) is async-signal-safe, and nothing else runs in the child.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 1024,
-                    rlim_max: 1024,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        let mut command = switchyard_with_open_files(1024, 1024);
         // `--tls --peers direct` is refused by the check after this one.
         let args = [
             "bench",

@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +18,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::switchyard;
+use super::{switchyard, switchyard_with_open_files};
 use gateway::persist;
 use gateway::snapshot::SnapshotStore;
 use serde_json::{json, Value};
@@ -408,26 +407,13 @@ impl GatewayProcess {
         soft: u64,
         hard: u64,
     ) -> GatewayProcess {
-        let mut command = switchyard();
-        // SAFETY: setrlimit(2) is async-signal-safe, and nothing else runs in the child.
-        unsafe {
-            command.pre_exec(move || {
-                let limit = libc::rlimit {
-                    rlim_cur: soft,
-                    rlim_max: hard,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            });
-        }
+        let command = switchyard_with_open_files(soft, hard);
         let (proxy, admin) = (addr_of(args, "--listen"), addr_of(args, "--admin"));
         GatewayProcess::spawn_with(command, dir, name, args, &[], proxy, admin)
     }
 
-    /// Starts `command ARGS` (the binary under test, perhaps set up further) with `envs`, which serves on `proxy` and `admin`.
+    /// Starts `command ARGS` (the binary under test, perhaps set up further) with
+    /// `envs`, which serves on `proxy` and `admin`.
     fn spawn_with(
         mut command: Command,
         dir: &Path,

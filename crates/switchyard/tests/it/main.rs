@@ -12,6 +12,27 @@ pub fn switchyard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
 }
 
+/// `switchyard`, whose limit on open files is set to `soft` and `hard` before it runs.
+pub fn switchyard_with_open_files(soft: u64, hard: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = switchyard();
+    // SAFETY: setrlimit(2) is async-signal-safe, and nothing else runs in the child.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    command
+}
+
 /// The first of `n` consecutive free loopback ports, outside the ephemeral range so
 /// that no outgoing connection takes one before the server binds it.
 pub fn free_port_run(n: u16) -> u16 {
