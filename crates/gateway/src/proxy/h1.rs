@@ -125,7 +125,7 @@ impl ClientStream for TcpStream {
             // The socket's own reader slot, not `readable()`'s list of waiters (a lock
             // and a list entry per wait).
             std::future::poll_fn(|cx| self.poll_read_ready(cx)).await?;
-            buffers.lend();
+            buffers.lend_for_request();
             buffers.client.reserve(READ_SIZE);
             match read_now(self, &mut buffers.client) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -160,7 +160,7 @@ impl ClientStream for TlsStream<TcpStream> {
         }
         buffers.client.reserve(READ_SIZE);
         let read = self.read_buf(&mut buffers.client).await;
-        buffers.lend();
+        buffers.lend_for_request();
         read
     }
 
@@ -199,7 +199,7 @@ pub(super) async fn serve<C: ClientStream>(
                     &buffers.client,
                     conn.client_ip.as_bytes(),
                     C::PROTO,
-                    &mut buffers.head,
+                    &mut buffers.out,
                 );
                 match parsed {
                     Parse::Done(req) => break req,
@@ -212,7 +212,7 @@ pub(super) async fn serve<C: ClientStream>(
                             is_head: false,
                             close: true,
                         };
-                        answer.send(&conn.proxy, client, &mut buffers.head).await;
+                        answer.send(&conn.proxy, client, &mut buffers.out).await;
                         return Outcome::Closed;
                     }
                     Parse::Partial => {}
@@ -268,41 +268,41 @@ fn read_now(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     Ok(read)
 }
 
-/// A connection's buffers. Lent by the thread's spares while a request is read and
-/// answered, given back when the connection waits for the next one: a connection
-/// that idles between requests holds no buffer (there may be many thousands).
+/// A connection's buffers. Lent by the thread's spares only while there are bytes to
+/// handle: a connection that idles between requests, or waits for its backend's
+/// answer, holds none (there may be many thousands).
 #[derive(Default)]
 pub(super) struct Buffers {
     /// Bytes read from the client and not yet handled.
     client: Vec<u8>,
     /// Bytes read from the backend.
     backend: Vec<u8>,
-    /// The request head (and the body bytes that came with it) for the backend.
-    head: Vec<u8>,
-    /// What goes to the client next.
-    response: Vec<u8>,
+    /// What goes out next: the request head (and the body bytes that came with it)
+    /// for the backend, then the response head for the client.
+    out: Vec<u8>,
 }
 
 impl Buffers {
-    fn lend(&mut self) {
-        let mut bufs = self.all();
-        if bufs.iter().all(|buf| buf.capacity() != 0) {
-            return;
+    /// Before the client's bytes are read: room for them and for the rewritten head.
+    fn lend_for_request(&mut self) {
+        if self.client.capacity() == 0 || self.out.capacity() == 0 {
+            spare::take_into(&mut [&mut self.client, &mut self.out]);
         }
-        spare::take_into(&mut bufs);
+    }
+
+    /// Once the request head is with the backend, what is not needed while it works
+    /// goes back. The client's bytes stay while a body or a pipelined request is
+    /// still to come.
+    fn release_while_waiting(&mut self, body_done: bool) {
+        if body_done && self.client.is_empty() {
+            spare::give_all(&mut [&mut self.client, &mut self.out]);
+        } else {
+            spare::give_all(&mut [&mut self.out]);
+        }
     }
 
     fn give_back(&mut self) {
-        spare::give_all(&mut self.all());
-    }
-
-    fn all(&mut self) -> [&mut Vec<u8>; 4] {
-        [
-            &mut self.client,
-            &mut self.backend,
-            &mut self.head,
-            &mut self.response,
-        ]
+        spare::give_all(&mut [&mut self.client, &mut self.backend, &mut self.out]);
     }
 }
 
@@ -319,7 +319,7 @@ mod spare {
 
     use super::READ_SIZE;
 
-    /// Buffers kept per thread (four per request in progress).
+    /// Buffers kept per thread (up to three per request being read or answered).
     const KEEP: usize = 256;
     /// A buffer that grew beyond this is freed, not kept.
     const KEEP_CAPACITY: usize = 64 * 1024;
@@ -399,7 +399,7 @@ impl Exchange<'_> {
             Ok(taken) => taken,
             Err(_) => {
                 let answer = Answer::new(Failure::BadBody, &req, true);
-                answer.send(proxy, client, &mut buffers.response).await;
+                answer.send(proxy, client, &mut buffers.out).await;
                 return false;
             }
         };
@@ -409,20 +409,20 @@ impl Exchange<'_> {
                 // The body is not read: the connection cannot go on after it.
                 let close = close || req.framing != Framing::Empty;
                 let answer = Answer::new(failure, &req, close);
-                let sent = answer.send(proxy, client, &mut buffers.response).await;
+                let sent = answer.send(proxy, client, &mut buffers.out).await;
                 buffers.client.drain(..req.len);
                 return sent && !close;
             }
         };
         let sent_with_head = req.len..req.len + with_head;
         buffers
-            .head
+            .out
             .extend_from_slice(&buffers.client[sent_with_head.clone()]);
 
         let started = Instant::now();
         let waiting = conn.activity.hold();
         let retry_elsewhere = req.idempotent && req.framing == Framing::Empty;
-        let sent = send_head(proxy, upstream, &buffers.head, retry_elsewhere, &host).await;
+        let sent = send_head(proxy, upstream, &buffers.out, retry_elsewhere, &host).await;
         buffers.client.drain(..sent_with_head.end);
         let (mut backend, lease) = match sent {
             Ok(sent) => sent,
@@ -430,9 +430,10 @@ impl Exchange<'_> {
                 drop(waiting);
                 let close = close || !body.is_done();
                 let answer = Answer::new(failure, &req, close);
-                return answer.send(proxy, client, &mut buffers.response).await && !close;
+                return answer.send(proxy, client, &mut buffers.out).await && !close;
             }
         };
+        buffers.release_while_waiting(body.is_done());
 
         if req.expect_continue
             && !body.is_done()
@@ -469,7 +470,7 @@ impl Exchange<'_> {
                 from_backend: &mut from_backend,
                 to_client: &mut to_client,
                 buf: &mut buffers.backend,
-                out: &mut buffers.response,
+                out: &mut buffers.out,
                 idle,
             }));
             loop {
@@ -500,7 +501,7 @@ impl Exchange<'_> {
                 drop((backend, lease));
                 let close = close || !uploaded;
                 let answer = Answer::new(failure, &req, close);
-                answer.send(proxy, client, &mut buffers.response).await && !close
+                answer.send(proxy, client, &mut buffers.out).await && !close
             }
             Err(Broken::Cut) => false,
         }
@@ -620,6 +621,7 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
     // when it goes off early it is set again for what is left.
     let timeout = r.proxy.config.first_byte_timeout;
     r.buf.clear();
+    let backend = r.from_backend.as_ref();
     let head = loop {
         r.out.clear();
         match head::response(r.buf, r.is_head, r.close, r.out) {
@@ -635,13 +637,23 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
                 return Err(Broken::Answer(Failure::BadResponse));
             }
         }
-        r.buf.reserve(READ_SIZE);
         tokio::select! {
             biased;
-            read = r.from_backend.read_buf(r.buf) => match read {
-                Ok(0) | Err(_) => return Err(Broken::Answer(Failure::Backend)),
-                Ok(_) => {}
-            },
+            // The buffers are lent once the answer is there to read, not while the
+            // backend works on the request.
+            ready = std::future::poll_fn(|cx| backend.poll_read_ready(cx)) => {
+                if ready.is_err() {
+                    return Err(Broken::Answer(Failure::Backend));
+                }
+                spare::take_into(&mut [&mut *r.buf, &mut *r.out]);
+                r.buf.reserve(READ_SIZE);
+                match read_now(backend, r.buf) {
+                    Ok(0) => return Err(Broken::Answer(Failure::Backend)),
+                    Ok(_) => {}
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(Broken::Answer(Failure::Backend)),
+                }
+            }
             () = r.first_byte.as_mut() => {
                 let Some(left) = r.progress.left_of(timeout) else {
                     return Err(Broken::Answer(Failure::Timeout));
