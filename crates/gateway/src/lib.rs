@@ -13,7 +13,6 @@ mod admin;
 pub mod config;
 pub mod metrics;
 pub mod persist;
-pub mod process;
 pub mod proxy;
 pub mod snapshot;
 mod sync;

@@ -77,6 +77,36 @@ pub const MAX_FDS: &str = "process_max_fds";
 pub const RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
 /// CPU time used, user and system, in seconds.
 pub const CPU_SECONDS: &str = "process_cpu_seconds_total";
+/// When the process started, in seconds since the Unix epoch: a change is a restart.
+pub const START_TIME: &str = "process_start_time_seconds";
+
+/// Sets the process's figures ([`OPEN_FDS`], [`MAX_FDS`], [`RESIDENT_MEMORY`],
+/// [`CPU_SECONDS`], [`START_TIME`]) in the recorder in use, read from `/proc`; one that
+/// cannot be read is left out.
+pub(crate) fn record_process() {
+    let process = metrics_process::collector::collect();
+    let figures = [
+        (OPEN_FDS, process.open_fds.map(|n| n as f64)),
+        // 0 is an unlimited limit: no figure to compare with.
+        (
+            MAX_FDS,
+            process.max_fds.filter(|n| *n > 0).map(|n| n as f64),
+        ),
+        (
+            RESIDENT_MEMORY,
+            process.resident_memory_bytes.map(|n| n as f64),
+        ),
+        // A gauge: `metrics` counters count whole units, and the usual name is in
+        // seconds (PromQL's rate() takes it all the same).
+        (CPU_SECONDS, process.cpu_seconds_total),
+        (START_TIME, process.start_time_seconds.map(|s| s as f64)),
+    ];
+    for (name, value) in figures {
+        if let Some(value) = value {
+            metrics::gauge!(name).set(value);
+        }
+    }
+}
 
 /// Latency buckets, in seconds, for every `*_duration_seconds` histogram (the request
 /// path's among them): Prometheus renders histograms, not client-side summaries.
@@ -220,6 +250,15 @@ fn describe() {
         "Route table snapshots applied."
     );
     describe_counter!(DELTAS_APPLIED, Unit::Count, "Route changes applied.");
+    describe_gauge!(OPEN_FDS, Unit::Count, "Files the process has open.");
+    describe_gauge!(MAX_FDS, Unit::Count, "The most files the process may open.");
+    describe_gauge!(RESIDENT_MEMORY, Unit::Bytes, "Resident memory size.");
+    describe_gauge!(CPU_SECONDS, Unit::Seconds, "User and system CPU time used.");
+    describe_gauge!(
+        START_TIME,
+        Unit::Seconds,
+        "Start time, since the Unix epoch."
+    );
     describe_counter!(
         UPDATES_HELD,
         Unit::Count,

@@ -599,21 +599,7 @@ impl Control {
         metrics::gauge!(m::SNAPSHOT_WRITE_TIME).set(load(&w.last_unix_ms) / 1e3);
         metrics::gauge!(m::SNAPSHOT_VERSION).set(load(&w.last_version));
         metrics::gauge!(m::SNAPSHOT_LOAD_DURATION).set(self.load_duration.as_secs_f64());
-        if let (Ok(open), Ok(limit)) = (
-            crate::process::open_files(),
-            crate::process::open_files_limit(),
-        ) {
-            metrics::gauge!(m::OPEN_FDS).set(open as f64);
-            metrics::gauge!(m::MAX_FDS).set(limit as f64);
-        }
-        if let Ok(bytes) = crate::process::resident_bytes() {
-            metrics::gauge!(m::RESIDENT_MEMORY).set(bytes as f64);
-        }
-        if let Ok(seconds) = crate::process::cpu_seconds() {
-            // A gauge: `metrics` counters count whole units, and the usual name is in
-            // seconds (PromQL's rate() takes it all the same).
-            metrics::gauge!(m::CPU_SECONDS).set(seconds);
-        }
+        m::record_process();
         if let Some(tls) = &self.tls {
             metrics::gauge!(m::TLS_CERTIFICATES).set(tls.files() as f64);
             if let Some(expiry) = tls.earliest_expiry() {

@@ -90,6 +90,7 @@ impl Shared {
         ::metrics::gauge!(metrics::READY).set(if self.not_ready().is_none() { 1.0 } else { 0.0 });
         ::metrics::gauge!(metrics::ZK_IN_FLIGHT).set(self.zk.in_flight() as f64);
         ::metrics::gauge!(metrics::ZK_LARGEST_NODE).set(self.zk.largest_payload_bytes() as f64);
+        metrics::record_process();
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod cmd;
 mod http;
+mod open_files;
 mod region;
 
 use std::process::ExitCode;

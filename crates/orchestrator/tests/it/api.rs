@@ -371,6 +371,29 @@ fn metrics_export_the_layer_and_the_servers_size_figures() {
         ] {
             assert!(text.contains(name), "{name} missing from /metrics");
         }
+        // The process's own figures, under the Prometheus client libraries' names.
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+                .parse()
+                .unwrap()
+        };
+        // Its ZooKeeper session and its listener at least; the test process runs it.
+        let open = value("process_open_fds");
+        assert!(open >= 2.0 && open < value("process_max_fds"), "{open}");
+        let resident = value("process_resident_memory_bytes");
+        assert!(resident > 1e6 && resident < 1e11, "{resident} bytes");
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = value("process_start_time_seconds");
+        assert!(
+            started <= now + 1.0 && started > now - 86_400.0,
+            "{started}"
+        );
         orch.stop().await;
     });
 }

@@ -28,12 +28,12 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Raises the soft limit on open files to the hard one (see
-/// `gateway::process::raise_open_files_limit`) for a daemon whose every connection takes
-/// one (`holds`: what takes them, for the warning), and says what it came to.
+/// Raises the soft limit on open files to the hard one (see [`crate::open_files`]) for a
+/// daemon whose every connection takes one (`holds`: what takes them, for the warning),
+/// and says what it came to.
 pub fn raise_open_files_limit(holds: &str) {
-    match ::gateway::process::raise_open_files_limit() {
-        Ok(limit) if limit < ::gateway::process::LOW_OPEN_FILES_LIMIT => tracing::warn!(
+    match crate::open_files::raise() {
+        Ok(limit) if limit < crate::open_files::LOW => tracing::warn!(
             limit,
             "the open-files limit is low: {holds}, and accepts wait past the limit; raise the \
              hard limit (systemd: LimitNOFILE=, shell: ulimit -Hn)"

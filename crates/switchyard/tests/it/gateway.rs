@@ -918,6 +918,12 @@ fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_tha
     // With the process's memory and CPU, under their usual names.
     let resident = gateway.metric("process_resident_memory_bytes").unwrap();
     assert!(resident > 1e6 && resident < 1e10, "{resident} bytes");
+    let started = gateway.metric("process_start_time_seconds").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(started <= now + 1.0 && started > now - 600.0, "{started}");
     // Counted in clock ticks (10 ms): every scrape spends some.
     gateway.wait_for("CPU time counted", |gateway| {
         gateway

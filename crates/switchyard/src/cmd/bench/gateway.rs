@@ -267,8 +267,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     // The backend may hold a connection per client connection for every proxy of an
     // interleaved round; the processes started from here inherit the limit.
-    let open_files = ::gateway::process::raise_open_files_limit()
-        .context("reading or raising the open-files limit")?;
+    let open_files =
+        crate::open_files::raise().context("reading or raising the open-files limit")?;
     let needed = 4 * args.connections + 512;
     anyhow::ensure!(
         open_files >= needed,
