@@ -122,6 +122,9 @@ struct OrchestratorStatus {
     /// `switchyard_zk_payloads_over_alert_total`: payloads written or read over the size
     /// alert.
     payloads_over_alert: Option<u64>,
+    /// Files the orchestrator process has open, and the most it may.
+    open_files: Option<u64>,
+    open_files_limit: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,9 +148,20 @@ struct GatewayStatus {
     open_files_limit: Option<u64>,
 }
 
-/// A gateway with this share of its open-files limit in use is degraded: at the limit
+/// A daemon with this share of its open-files limit in use is degraded: at the limit
 /// it accepts no connection.
 const OPEN_FILES_WARNING_SHARE: f64 = 0.8;
+
+/// What is wrong when a daemon has `open` of its `limit` files open, if anything.
+fn open_files_problem(open: Option<u64>, limit: Option<u64>) -> Option<String> {
+    let (open, limit) = (open?, limit?);
+    (open as f64 >= OPEN_FILES_WARNING_SHARE * limit as f64).then(|| {
+        format!(
+            "{open} of its {limit} open files in use: at the limit it accepts no connection; \
+             raise the limit (systemd: LimitNOFILE=)"
+        )
+    })
+}
 
 /// A served TLS certificate this close to its expiry makes a gateway degraded.
 const TLS_EXPIRY_WARNING_DAYS: f64 = 14.0;
@@ -413,20 +427,33 @@ async fn orchestrator_status(target: Target, timeout: Duration) -> OrchestratorS
         get(format!("{base}/v1/region"), timeout),
         get(format!("{base}/metrics"), timeout),
     );
-    let (health, ready, reason) = match &readyz {
+    let (mut health, ready, mut reason) = match &readyz {
         Ok(answer) if answer.status == 200 => (Health::Ok, true, None),
         Ok(answer) => (Health::Degraded, false, Some(operator::reason(answer))),
         Err(why) => (Health::Unreachable, false, Some(why.clone())),
     };
+    let metrics = metrics
+        .ok()
+        .filter(|a| a.status == 200)
+        .map(|a| String::from_utf8_lossy(&a.body).into_owned());
+    let whole = |name| Some(metric(metrics.as_deref()?, name)? as u64);
+    let (open_files, open_files_limit) = (
+        whole(orchestrator::metrics::OPEN_FDS),
+        whole(orchestrator::metrics::MAX_FDS),
+    );
+    if let Some(problem) = open_files_problem(open_files, open_files_limit) {
+        if health == Health::Ok {
+            (health, reason) = (Health::Degraded, Some(problem));
+        }
+    }
     let region = region
         .ok()
         .filter(|a| a.status == 200)
         .and_then(|a| serde_json::from_slice::<RegionView>(&a.body).ok());
-    let payloads_over_alert = metrics.ok().filter(|a| a.status == 200).map(|a| {
-        let text = String::from_utf8_lossy(&a.body);
-        // Absent until the first payload over the alert: then it is zero.
-        metric(&text, coord::metrics::ZK_PAYLOADS_OVER_ALERT).unwrap_or(0.0) as u64
-    });
+    // Absent until the first payload over the alert: then it is zero.
+    let payloads_over_alert = metrics
+        .as_deref()
+        .map(|text| metric(text, coord::metrics::ZK_PAYLOADS_OVER_ALERT).unwrap_or(0.0) as u64);
     OrchestratorStatus {
         name: target.name,
         url: target.addr,
@@ -435,6 +462,8 @@ async fn orchestrator_status(target: Target, timeout: Duration) -> OrchestratorS
         reason,
         region,
         payloads_over_alert,
+        open_files,
+        open_files_limit,
     }
 }
 
@@ -527,14 +556,10 @@ fn gateway_problems(status: &GatewayStatus, max_staleness: Duration) -> Vec<Stri
             )
         });
     }
-    if let (Some(open), Some(limit)) = (status.open_files, status.open_files_limit) {
-        if open as f64 >= OPEN_FILES_WARNING_SHARE * limit as f64 {
-            problems.push(format!(
-                "{open} of its {limit} open files in use: at the limit it accepts no connection; \
-                 raise the limit (systemd: LimitNOFILE=)"
-            ));
-        }
-    }
+    problems.extend(open_files_problem(
+        status.open_files,
+        status.open_files_limit,
+    ));
     if let Some(held) = status.held_updates.filter(|h| *h > 0) {
         problems.push(format!(
             "{held} route table update held (it would remove {} routes): see GET /admin/held, then POST /admin/confirm",
@@ -747,6 +772,20 @@ switchyard_gateway_routes_extra 99
             .map(|t| t.addr)
             .collect();
         assert_eq!(addrs, ["a:1", "b:2181", "c:3"]);
+    }
+
+    #[test]
+    fn a_daemon_is_flagged_from_80_percent_of_its_open_files_limit() {
+        assert_eq!(open_files_problem(Some(799), Some(1000)), None);
+        let problem = open_files_problem(Some(800), Some(1000)).unwrap();
+        assert!(
+            problem.starts_with("800 of its 1000 open files in use"),
+            "{problem}"
+        );
+        assert!(problem.contains("LimitNOFILE="), "{problem}");
+        // A daemon that does not report both figures is not judged on them.
+        assert_eq!(open_files_problem(Some(5000), None), None);
+        assert_eq!(open_files_problem(None, Some(10)), None);
     }
 
     #[test]
