@@ -249,4 +249,171 @@ mod tests {
         long.resize(MAX_META + 10, b'a');
         assert_eq!(end_of(Framing::Chunked, &long, 4096), Err(Malformed));
     }
+
+    /// A whole-buffer reading of the chunked coding as the scanner means to take it
+    /// (RFC 9112 §7.1, strictly): where the body ends, `None` if `body` is a valid
+    /// beginning, `Err` at the first byte that breaks it.
+    fn reference_end(body: &[u8]) -> Result<Option<usize>, Malformed> {
+        // Reads up to the CRLF that ends a line whose bytes must not hold a bare CR or LF.
+        fn line_end(body: &[u8], mut at: usize) -> Result<Option<usize>, Malformed> {
+            loop {
+                match body.get(at) {
+                    None => return Ok(None),
+                    Some(b'\r') => {
+                        return match body.get(at + 1) {
+                            None => Ok(None),
+                            Some(b'\n') => Ok(Some(at + 2)),
+                            Some(_) => Err(Malformed),
+                        }
+                    }
+                    Some(b'\n') => return Err(Malformed),
+                    Some(_) => at += 1,
+                }
+            }
+        }
+        let mut at = 0;
+        loop {
+            let digits = body[at..]
+                .iter()
+                .take_while(|b| b.is_ascii_hexdigit())
+                .count();
+            if digits > 15 || (digits == 0 && at < body.len()) {
+                return Err(Malformed);
+            }
+            if at + digits == body.len() {
+                return Ok(None);
+            }
+            let size =
+                u64::from_str_radix(std::str::from_utf8(&body[at..at + digits]).unwrap(), 16)
+                    .unwrap();
+            at += digits;
+            match body[at] {
+                b'\r' | b';' | b' ' | b'\t' => {}
+                _ => return Err(Malformed),
+            }
+            let Some(next) = line_end(body, at)? else {
+                return Ok(None);
+            };
+            at = next;
+            if size == 0 {
+                // Trailer lines, then the empty line.
+                loop {
+                    match (body.get(at), body.get(at + 1)) {
+                        (None, _) | (Some(b'\r'), None) => return Ok(None),
+                        (Some(b'\r'), Some(b'\n')) => return Ok(Some(at + 2)),
+                        (Some(b'\r' | b'\n'), _) => return Err(Malformed),
+                        _ => {}
+                    }
+                    let Some(next) = line_end(body, at)? else {
+                        return Ok(None);
+                    };
+                    at = next;
+                }
+            }
+            let data_end = at + size as usize;
+            if data_end >= body.len() {
+                return Ok(None);
+            }
+            match (body[data_end], body.get(data_end + 1)) {
+                (b'\r', None) => return Ok(None),
+                (b'\r', Some(b'\n')) => at = data_end + 2,
+                _ => return Err(Malformed),
+            }
+        }
+    }
+
+    /// xorshift64*: enough to vary the cases, and the same cases on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, from: &[&'a [u8]]) -> &'a [u8] {
+            from[self.below(from.len())]
+        }
+    }
+
+    /// A chunked body, valid, with extensions, trailers and data holding CR and LF,
+    /// followed by the start of another message.
+    fn chunked_body(rng: &mut Rng) -> Vec<u8> {
+        const EXTENSIONS: &[&[u8]] = &[b"", b"", b";a=b", b" ;x", b"\t;q=\"v w\"", b";;"];
+        const TRAILERS: &[&[u8]] = &[b"X-Sum: 1\r\n", b"Host: elsewhere\r\n", b"a:\r\n"];
+        let mut body = Vec::new();
+        for _ in 0..rng.below(4) {
+            let size = 1 + rng.below(40);
+            let zeros = "0".repeat(rng.below(3));
+            let digits = if rng.below(2) == 0 {
+                format!("{zeros}{size:x}")
+            } else {
+                format!("{zeros}{size:X}")
+            };
+            body.extend_from_slice(digits.as_bytes());
+            body.extend_from_slice(rng.pick(EXTENSIONS));
+            body.extend_from_slice(b"\r\n");
+            body.extend((0..size).map(|_| rng.pick(&[b"\r", b"\n", b"0", b"x", b";"])[0]));
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(rng.pick(&[b"0", b"000"]));
+        body.extend_from_slice(rng.pick(EXTENSIONS));
+        body.extend_from_slice(b"\r\n");
+        for _ in 0..rng.below(3) {
+            body.extend_from_slice(rng.pick(TRAILERS));
+        }
+        body.extend_from_slice(b"\r\nGET / HTTP/1.1\r\n");
+        body
+    }
+
+    #[test]
+    fn the_scanner_reads_any_chunked_body_as_a_whole_buffer_reading_does() {
+        const BYTES: &[&[u8]] = &[b"\r", b"\n", b";", b"0", b"f", b"g", b" ", b"\t", b"\0"];
+        let mut rng = Rng(0x5EED_CAFE_F00D_BEEF);
+        let (mut ended, mut refused) = (0, 0);
+        for case in 0..4000 {
+            let mut body = chunked_body(&mut rng);
+            let valid = body.clone();
+            // Most cases are broken: a byte replaced, removed or added.
+            for _ in 0..rng.below(3) {
+                let at = rng.below(body.len());
+                match rng.below(3) {
+                    0 => body[at] = rng.pick(BYTES)[0],
+                    1 => drop(body.remove(at)),
+                    _ => body.insert(at, rng.pick(BYTES)[0]),
+                }
+            }
+            let expected = reference_end(&body);
+            if body == valid {
+                assert!(
+                    matches!(expected, Ok(Some(_))),
+                    "case {case}: the reading itself"
+                );
+            }
+            for step in [1, 1 + rng.below(16), body.len()] {
+                assert_eq!(
+                    end_of(Framing::Chunked, &body, step),
+                    expected,
+                    "case {case}, in pieces of {step}: {:?}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            match expected {
+                Ok(Some(_)) => ended += 1,
+                Err(_) => refused += 1,
+                Ok(None) => {}
+            }
+        }
+        // Both kinds are well represented, so the comparison covered both.
+        assert!(
+            ended > 1000 && refused > 1000,
+            "{ended} ended, {refused} refused"
+        );
+    }
 }

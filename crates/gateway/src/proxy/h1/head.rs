@@ -532,6 +532,190 @@ mod tests {
         ));
     }
 
+    /// xorshift64*: enough to vary the cases, and the same cases on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn any_head_taken_reaches_the_backend_with_exactly_what_the_rules_keep() {
+        const HEADERS: &[(&str, &str)] = &[
+            ("Host", "app.test"),
+            ("Host", "other.test"),
+            ("Content-Length", "5"),
+            ("Content-Length", "7"),
+            ("Transfer-Encoding", "chunked"),
+            ("Transfer-Encoding", "gzip"),
+            ("Connection", "keep-alive"),
+            ("Connection", "close"),
+            ("Connection", "X-Secret, keep-alive"),
+            ("Connection", "upgrade"),
+            ("Upgrade", "websocket"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("TE", "trailers"),
+            ("Trailer", "X-Sum"),
+            ("Expect", "100-continue"),
+            ("X-Forwarded-For", "192.0.2.1"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "forged.test"),
+            ("Via", "1.0 edge"),
+            ("X-Secret", "s"),
+            ("X-Kept", "a b"),
+            ("Accept", "*/*"),
+            ("Cookie", "c=1; d=2"),
+        ];
+        let hop_or_ours = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+            "expect",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "via",
+        ];
+        let mut rng = Rng(0x0DD_BA11_5EED);
+        let mut taken = 0;
+        for case in 0..3000 {
+            let sent: Vec<(String, &str)> = (0..rng.below(9))
+                .map(|_| {
+                    let (name, value) = HEADERS[rng.below(HEADERS.len())];
+                    // Names in any case.
+                    let name: String = name
+                        .chars()
+                        .map(|c| match rng.below(3) {
+                            0 => c.to_ascii_uppercase(),
+                            1 => c.to_ascii_lowercase(),
+                            _ => c,
+                        })
+                        .collect();
+                    (name, value)
+                })
+                .collect();
+            let method = ["GET", "POST", "HEAD"][rng.below(3)];
+            let mut req = format!("{method} /p?q=1 HTTP/1.1\r\n");
+            for (name, value) in &sent {
+                req.push_str(&format!(
+                    "{name}:{}{value}\r\n",
+                    [" ", "", "\t "][rng.below(3)]
+                ));
+            }
+            req.push_str("\r\nbody");
+            let named = |wanted: &'static str| {
+                sent.iter()
+                    .filter(move |(name, _)| name.eq_ignore_ascii_case(wanted))
+                    .map(|(_, value)| *value)
+            };
+            let lengths: Vec<&str> = named("content-length").collect();
+            let hosts: Vec<&str> = named("host").collect();
+            let outcome = rewrite(&req);
+            let Parse::Done((head, out)) = outcome else {
+                assert!(matches!(outcome, Parse::HandOver), "case {case}: {req:?}");
+                continue;
+            };
+            taken += 1;
+            // Ambiguous framing or routing is never taken.
+            assert_eq!(hosts.len(), 1, "case {case}: {req:?}");
+            let chunked = named("transfer-encoding").next().is_some();
+            assert!(!chunked || lengths.is_empty(), "case {case}: {req:?}");
+            assert!(
+                lengths.windows(2).all(|w| w[0] == w[1]),
+                "case {case}: {req:?}"
+            );
+            let framing = match (chunked, lengths.first()) {
+                (true, _) => Framing::Chunked,
+                (false, Some(n)) => Framing::Length(n.parse().unwrap()),
+                (false, None) => Framing::Empty,
+            };
+            assert_eq!(head.framing, framing, "case {case}: {req:?}");
+            assert_eq!(&req[head.host.clone()], hosts[0]);
+
+            // What the backend gets is one whole head, in the rules' words.
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut parsed = httparse::Request::new(&mut slots);
+            let status = parsed.parse(out.as_bytes()).unwrap();
+            assert_eq!(status, httparse::Status::Complete(out.len()), "{out:?}");
+            assert_eq!(parsed.method, Some(method));
+            assert_eq!(parsed.path, Some("/p?q=1"));
+            let got: Vec<(String, &str)> = parsed
+                .headers
+                .iter()
+                .map(|h| {
+                    let value = std::str::from_utf8(h.value).unwrap();
+                    (h.name.to_ascii_lowercase(), value)
+                })
+                .collect();
+            // The end-to-end headers, in their order; nothing the client's `Connection`
+            // names, nothing hop-by-hop, none of the forwarding headers it sent.
+            let dropped_by_connection: Vec<&str> = named("connection")
+                .flat_map(|value| value.split(','))
+                .map(str::trim)
+                .collect();
+            let kept: Vec<(String, &str)> = sent
+                .iter()
+                .map(|(name, value)| (name.to_ascii_lowercase(), *value))
+                .filter(|(name, _)| {
+                    !hop_or_ours.contains(&name.as_str())
+                        && name != "transfer-encoding"
+                        && !dropped_by_connection
+                            .iter()
+                            .any(|n| n.eq_ignore_ascii_case(name))
+                })
+                .collect();
+            let end_to_end: Vec<(String, &str)> = got
+                .iter()
+                .filter(|(name, _)| {
+                    !hop_or_ours.contains(&name.as_str()) && name != "transfer-encoding"
+                })
+                .cloned()
+                .collect();
+            assert_eq!(end_to_end, kept, "case {case}: {req:?} became {out:?}");
+            // The forwarding headers, once each, the client's own entries first.
+            let ours = |name: &str| -> Vec<&str> {
+                got.iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| *v)
+                    .collect()
+            };
+            let mut chain: Vec<&str> = named("x-forwarded-for").collect();
+            chain.push("10.1.2.3");
+            assert_eq!(ours("x-forwarded-for"), [chain.join(", ")]);
+            assert_eq!(ours("x-forwarded-proto"), ["http"]);
+            assert_eq!(ours("x-forwarded-host"), [hosts[0]]);
+            let mut via: Vec<&str> = named("via").collect();
+            via.push("1.1 switchyard");
+            assert_eq!(ours("via"), [via.join(", ")]);
+            let framing_lines = ours("transfer-encoding");
+            assert_eq!(
+                framing_lines,
+                if chunked { vec!["chunked"] } else { vec![] }
+            );
+            for hop in [
+                "connection",
+                "keep-alive",
+                "proxy-connection",
+                "te",
+                "trailer",
+            ] {
+                assert!(ours(hop).is_empty(), "case {case}: {hop} in {out:?}");
+            }
+            assert!(ours("upgrade").is_empty() && ours("expect").is_empty());
+        }
+        // Enough heads were taken for the rules to have been checked.
+        assert!(taken > 300, "{taken} of 3000 taken");
+    }
+
     #[test]
     fn what_this_path_does_not_take_goes_to_hyper() {
         for req in [
