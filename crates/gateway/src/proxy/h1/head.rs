@@ -752,6 +752,140 @@ mod tests {
     }
 
     #[test]
+    fn any_answer_passed_on_frames_its_body_for_the_client_as_the_proxy_reads_it() {
+        const HEADERS: &[(&str, &str)] = &[
+            ("Content-Length", "5"),
+            ("Content-Length", "7"),
+            ("Transfer-Encoding", "chunked"),
+            ("Transfer-Encoding", "gzip, chunked"),
+            ("Connection", "close"),
+            ("Connection", "keep-alive"),
+            ("Connection", "X-Secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("Upgrade", "h2c"),
+            ("Trailer", "X-Sum"),
+            ("Proxy-Connection", "close"),
+            ("X-Secret", "s"),
+            ("Set-Cookie", "a=1"),
+            ("Content-Type", "text/plain"),
+        ];
+        let hop = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+            "transfer-encoding",
+        ];
+        let mut rng = Rng(0x00B0_D1E5);
+        let (mut passed, mut refused) = (0, 0);
+        for case in 0..3000 {
+            let sent: Vec<(&str, &str)> = (0..rng.below(6))
+                .map(|_| HEADERS[rng.below(HEADERS.len())])
+                .collect();
+            let status = [200, 204, 304, 103, 404, 500][rng.below(6)];
+            let version = ["1.1", "1.0"][rng.below(2)];
+            let (to_head, close) = (rng.below(4) == 0, rng.below(4) == 0);
+            let mut res = format!("HTTP/{version} {status} Some Reason\r\n");
+            for (name, value) in &sent {
+                res.push_str(&format!("{name}: {value}\r\n"));
+            }
+            res.push_str("\r\n");
+            let mut out = Vec::new();
+            let head = match response(res.as_bytes(), to_head, close, &mut out) {
+                Ok(head) => head.expect("a whole head"),
+                Err(_) => {
+                    refused += 1;
+                    continue;
+                }
+            };
+            passed += 1;
+            let out = String::from_utf8(out).unwrap();
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut parsed = httparse::Response::new(&mut slots);
+            let parse = parsed.parse(out.as_bytes()).unwrap();
+            assert_eq!(parse, httparse::Status::Complete(out.len()), "{out:?}");
+            assert_eq!((parsed.version, parsed.code), (Some(1), Some(status)));
+            let got: Vec<(String, &str)> = parsed
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        std::str::from_utf8(h.value).unwrap(),
+                    )
+                })
+                .collect();
+            let values = |name: &str| -> Vec<&str> {
+                got.iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| *v)
+                    .collect()
+            };
+            // The client finds the body's end where the proxy does (RFC 9112 §6.3).
+            let lengths = values("content-length");
+            let codings = values("transfer-encoding");
+            let closes = values("connection") == ["close"];
+            let context = format!("case {case}: {res:?} became {out:?}");
+            match head.framing {
+                Framing::Empty => {
+                    assert!(to_head || status < 200 || status == 204 || status == 304);
+                }
+                Framing::Chunked => {
+                    assert_eq!(codings, ["chunked"], "{context}");
+                    assert!(lengths.is_empty(), "{context}");
+                }
+                Framing::Length(n) => {
+                    assert!(codings.is_empty(), "{context}");
+                    assert!(!lengths.is_empty(), "{context}");
+                    assert!(lengths.iter().all(|l| l.parse() == Ok(n)), "{context}");
+                }
+                Framing::UntilClose => {
+                    assert!(codings.is_empty() && lengths.is_empty(), "{context}");
+                    assert!(closes, "{context}");
+                }
+            }
+            if close {
+                assert!(closes, "{context}");
+            }
+            // End to end: what the backend's `Connection` does not name, in its order.
+            let named: Vec<&str> = sent
+                .iter()
+                .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+                .flat_map(|(_, value)| value.split(','))
+                .map(str::trim)
+                .collect();
+            // A length beside a coding is dropped: the coding frames the body.
+            let coded = sent
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
+            let kept: Vec<(String, &str)> = sent
+                .iter()
+                .map(|(name, value)| (name.to_ascii_lowercase(), *value))
+                .filter(|(name, _)| {
+                    !hop.contains(&name.as_str())
+                        && !named.iter().any(|n| n.eq_ignore_ascii_case(name))
+                        && (name != "content-length" || !coded)
+                })
+                .collect();
+            let end_to_end: Vec<(String, &str)> = got
+                .iter()
+                .filter(|(name, _)| !hop.contains(&name.as_str()))
+                .cloned()
+                .collect();
+            assert_eq!(end_to_end, kept, "{context}");
+            let backend_closes =
+                version == "1.0" || named.iter().any(|n| n.eq_ignore_ascii_case("close"));
+            assert_eq!(head.keep_alive, !backend_closes, "{context}");
+        }
+        assert!(
+            passed > 1000 && refused > 300,
+            "{passed} passed on, {refused} refused"
+        );
+    }
+
+    #[test]
     fn a_response_is_rewritten_for_the_client() {
         let mut out = Vec::new();
         let answer =
