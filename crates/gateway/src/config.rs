@@ -81,6 +81,12 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_GATEWAY_TLS_CERTS", value_name = "DIR")]
     pub tls_certs: Option<PathBuf>,
 
+    /// File to append a JSON line per request to (time, client, method, host, path,
+    /// protocol, status, upstream, duration_ms); opened again on SIGHUP, for log
+    /// rotation. Off unless given.
+    #[arg(long, env = "SWITCHYARD_GATEWAY_ACCESS_LOG", value_name = "FILE")]
+    pub access_log: Option<PathBuf>,
+
     /// Orchestrator base URL (`http://host:port`), repeatable or comma-separated; tried in
     /// turn. None: the gateway serves the table on disk only.
     #[arg(
@@ -175,6 +181,7 @@ impl Default for Config {
             admin: DEFAULT_ADMIN.parse().expect("the defaults parse"),
             tls_listen: None,
             tls_certs: None,
+            access_log: None,
             orchestrators: Vec::new(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             mass_delete_share: DEFAULT_MASS_DELETE_SHARE
@@ -278,6 +285,7 @@ impl Config {
             admin,
             tls_listen,
             tls_certs,
+            access_log,
             orchestrators,
             state_dir,
             mass_delete_share,

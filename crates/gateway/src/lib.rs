@@ -65,6 +65,14 @@ pub enum Error {
     /// The TLS certificate folder cannot be used.
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
+    /// The access log cannot be opened for writing.
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
     /// A listening socket could not be set up.
     #[error("cannot listen on {addr} for the {what}: {source}")]
     Bind {
@@ -93,6 +101,8 @@ pub struct Gateway {
     config: Config,
     control: Arc<Control>,
     listener: Option<proxy::Listeners>,
+    /// Handed to the proxy when it starts serving.
+    access_log: Option<Arc<proxy::AccessLog>>,
     /// Threads of their own the proxy runs on; 0: the runtime `serve` is called on.
     proxy_threads: usize,
     /// See [`Gateway::keep_table_at_exit`].
@@ -123,6 +133,17 @@ impl Gateway {
         metrics::install();
         let tls = match &config.tls_certs {
             Some(dir) => Some(Arc::new(tls::CertFolder::load(dir)?)),
+            None => None,
+        };
+        let access_log = match &config.access_log {
+            Some(path) => {
+                Some(
+                    proxy::AccessLog::open(path).map_err(|source| Error::AccessLog {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
 
@@ -209,8 +230,8 @@ impl Gateway {
             tokio::spawn(sync::hold_timer(Arc::clone(&control))),
             tokio::spawn(metrics::upkeep()),
         ];
-        if let Some(tls) = tls {
-            background.push(tokio::spawn(reload_on_sighup(tls)));
+        if tls.is_some() || access_log.is_some() {
+            background.push(tokio::spawn(reload_on_sighup(tls, access_log.clone())));
         }
         let mut listeners = proxy::Listeners::from(listener);
         if let Some((listener, acceptor)) = tls_listener {
@@ -220,6 +241,7 @@ impl Gateway {
             config,
             control,
             listener: Some(listeners),
+            access_log,
             proxy_threads: 0,
             keep_table: false,
             listen_addr,
@@ -274,10 +296,11 @@ impl Gateway {
     /// written to disk before this returns.
     pub async fn serve(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let listener = self.listener.take().expect("serve runs once");
-        let proxy = Arc::new(Proxy::new(
-            Arc::clone(self.control.table()),
-            self.config.proxy_config(),
-        ));
+        let mut proxy = Proxy::new(Arc::clone(self.control.table()), self.config.proxy_config());
+        if let Some(log) = self.access_log.take() {
+            proxy = proxy.with_access_log(log);
+        }
+        let proxy = Arc::new(proxy);
         let _ = self.control.proxy.set(Arc::downgrade(&proxy));
         let (stop_proxy, proxy_stopped) = oneshot::channel::<()>();
         let proxy_stopped = async move {
@@ -384,9 +407,13 @@ impl Drop for Gateway {
     }
 }
 
-/// Reads the TLS certificate folder again on each SIGHUP (as nginx and HAProxy reload
-/// on a signal), so renewed certificates are served without a restart.
-async fn reload_on_sighup(tls: Arc<tls::CertFolder>) {
+/// On each SIGHUP, reads the TLS certificate folder again (as nginx and HAProxy reload
+/// on a signal), so renewed certificates are served without a restart, and opens the
+/// access log again by its name, for log rotation.
+async fn reload_on_sighup(
+    tls: Option<Arc<tls::CertFolder>>,
+    access_log: Option<Arc<proxy::AccessLog>>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -396,8 +423,14 @@ async fn reload_on_sighup(tls: Arc<tls::CertFolder>) {
         }
     };
     while hangups.recv().await.is_some() {
-        let tls = Arc::clone(&tls);
-        let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+        if let Some(log) = &access_log {
+            tracing::info!(path = %log.path().display(), "SIGHUP: reopening the access log");
+            log.reopen();
+        }
+        if let Some(tls) = &tls {
+            let tls = Arc::clone(tls);
+            let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
+use super::access_log::Entry;
 use super::answer::Failure;
 use super::body::{Pooled, Progress, RequestBody, ResponseBody};
 use super::conn::ClientConn;
@@ -29,16 +30,68 @@ use super::upstream::{BackendConn, Lease, Upstream};
 use super::{headers, tunnel, Proxy};
 
 /// A request in flight, from its head to the end of its response (or its tunnel),
-/// counted in the in-flight gauge.
+/// counted in the in-flight gauge, and written to the access log when it ends.
 pub(super) struct RequestGuard {
     conn: Arc<ClientConn>,
+    /// What the access log says of it; `None` without an access log.
+    log: Option<Box<Logged>>,
+}
+
+/// A request as the access log says it, gathered as it goes.
+struct Logged {
+    /// The method, the host and the target, back to back.
+    text: Vec<u8>,
+    method_end: usize,
+    host_end: usize,
+    protocol: &'static str,
+    started: Instant,
+    /// 0 until an answer is decided.
+    status: u16,
+    upstream: Option<Arc<Upstream>>,
 }
 
 impl RequestGuard {
     pub(super) fn new(conn: Arc<ClientConn>) -> RequestGuard {
         conn.activity.touch();
         conn.proxy.metrics.in_flight.increment(1.0);
-        RequestGuard { conn }
+        RequestGuard { conn, log: None }
+    }
+
+    /// Says what the request is, for the access log (nothing without one).
+    pub(super) fn describe(
+        &mut self,
+        method: &[u8],
+        host: &[u8],
+        target: &[u8],
+        protocol: &'static str,
+    ) {
+        if self.conn.proxy.access_log.is_none() {
+            return;
+        }
+        let text = [method, host, target].concat();
+        self.log = Some(Box::new(Logged {
+            method_end: method.len(),
+            host_end: method.len() + host.len(),
+            text,
+            protocol,
+            started: Instant::now(),
+            status: 0,
+            upstream: None,
+        }));
+    }
+
+    /// The status the client is answered with.
+    pub(super) fn answered(&mut self, status: StatusCode) {
+        if let Some(log) = &mut self.log {
+            log.status = status.as_u16();
+        }
+    }
+
+    /// The backend the request went to (the last one, after a retry elsewhere).
+    pub(super) fn sent_to(&mut self, upstream: &Arc<Upstream>) {
+        if let Some(log) = &mut self.log {
+            log.upstream = Some(Arc::clone(upstream));
+        }
     }
 }
 
@@ -46,6 +99,23 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.conn.proxy.metrics.in_flight.decrement(1.0);
         self.conn.activity.touch();
+        if let (Some(log), Some(access_log)) = (&self.log, &self.conn.proxy.access_log) {
+            if log.status != 0 {
+                let recorded = access_log.record(&Entry {
+                    client: self.conn.client_ip.as_bytes(),
+                    method: &log.text[..log.method_end],
+                    host: &log.text[log.method_end..log.host_end],
+                    path: &log.text[log.host_end..],
+                    protocol: log.protocol,
+                    status: log.status,
+                    upstream: log.upstream.as_deref().map(Upstream::addr),
+                    duration: log.started.elapsed(),
+                });
+                if !recorded {
+                    self.conn.proxy.metrics.access_log_dropped.increment(1);
+                }
+            }
+        }
     }
 }
 
@@ -54,7 +124,25 @@ pub(super) async fn handle(
     conn: Arc<ClientConn>,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
-    let mut request = Some(RequestGuard::new(Arc::clone(&conn)));
+    let mut guard = RequestGuard::new(Arc::clone(&conn));
+    if conn.proxy.access_log.is_some() {
+        let host = headers::raw_host(&req);
+        let host = host.as_ref().map_or(&b""[..], |host| host.as_bytes());
+        let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+        let protocol = match req.version() {
+            http::Version::HTTP_09 => "HTTP/0.9",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            _ => "HTTP/1.1",
+        };
+        guard.describe(
+            req.method().as_str().as_bytes(),
+            host,
+            target.as_bytes(),
+            protocol,
+        );
+    }
+    let mut request = Some(guard);
     let mut response = match forward(&conn, req, &mut request).await {
         Ok(response) => response,
         Err(failure) => {
@@ -63,7 +151,8 @@ pub(super) async fn handle(
         }
     };
     conn.proxy.metrics.count(response.status());
-    if let Some(request) = request {
+    if let Some(mut request) = request {
+        request.answered(response.status());
         response.body_mut().attach(request);
     }
     response
@@ -98,6 +187,9 @@ async fn forward(
     let req = req.map(|body| RequestBody::new(body, progress.clone()));
 
     let started = Instant::now();
+    if let Some(request) = request.as_mut() {
+        request.sent_to(&upstream);
+    }
     // Waiting for a head is bounded by the first-byte timeout, not the idle one.
     let waiting = conn.activity.hold();
     let (mut response, backend_conn, lease) = exchange(
@@ -111,6 +203,9 @@ async fn forward(
     .await?;
     drop(waiting);
     proxy.metrics.upstream_duration(started.elapsed());
+    if let Some(request) = request.as_mut() {
+        request.sent_to(lease.upstream());
+    }
 
     if !headers::only_chunked(response.headers()) {
         return Err(Failure::BadResponse);
@@ -125,7 +220,8 @@ async fn forward(
         let client_upgrade = client_upgrade.ok_or(Failure::BadResponse)?;
         let backend_upgrade = hyper::upgrade::on(&mut response);
         headers::strip_hop_by_hop(response.headers_mut(), true);
-        let request = request.take().expect("the request guard is taken once");
+        let mut request = request.take().expect("the request guard is taken once");
+        request.answered(StatusCode::SWITCHING_PROTOCOLS);
         tunnel::spawn(
             Arc::clone(conn),
             client_upgrade,

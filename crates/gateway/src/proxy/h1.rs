@@ -212,7 +212,11 @@ pub(super) async fn serve<C: ClientStream>(
                             is_head: false,
                             close: true,
                         };
-                        answer.send(&conn.proxy, client, &mut buffers.out).await;
+                        // Counted, not logged: nothing of the request was read.
+                        let mut request = RequestGuard::new(Arc::clone(conn));
+                        answer
+                            .send(&conn.proxy, client, &mut buffers.out, &mut request)
+                            .await;
                         return Outcome::Closed;
                     }
                     Parse::Partial => {}
@@ -392,14 +396,30 @@ impl Exchange<'_> {
             first_byte,
         } = self;
         let proxy = &*conn.proxy;
-        let request = RequestGuard::new(Arc::clone(conn));
+        let mut request = RequestGuard::new(Arc::clone(conn));
+        if proxy.access_log.is_some() {
+            // The request line: the method, one space, the target, one space.
+            let mut line = buffers.client[..req.len].splitn(3, |byte| *byte == b' ');
+            let (method, target) = (
+                line.next().unwrap_or_default(),
+                line.next().unwrap_or_default(),
+            );
+            request.describe(
+                method,
+                &buffers.client[req.host.clone()],
+                target,
+                "HTTP/1.1",
+            );
+        }
         let mut body = BodyEnd::new(req.framing);
         // Body bytes that came with the head go out with it.
         let with_head = match body.advance(&buffers.client[req.len..]) {
             Ok(taken) => taken,
             Err(_) => {
                 let answer = Answer::new(Failure::BadBody, &req, true);
-                answer.send(proxy, client, &mut buffers.out).await;
+                answer
+                    .send(proxy, client, &mut buffers.out, &mut request)
+                    .await;
                 return false;
             }
         };
@@ -409,7 +429,9 @@ impl Exchange<'_> {
                 // The body is not read: the connection cannot go on after it.
                 let close = close || req.framing != Framing::Empty;
                 let answer = Answer::new(failure, &req, close);
-                let sent = answer.send(proxy, client, &mut buffers.out).await;
+                let sent = answer
+                    .send(proxy, client, &mut buffers.out, &mut request)
+                    .await;
                 buffers.client.drain(..req.len);
                 return sent && !close;
             }
@@ -422,6 +444,7 @@ impl Exchange<'_> {
         let started = Instant::now();
         let waiting = conn.activity.hold();
         let retry_elsewhere = req.idempotent && req.framing == Framing::Empty;
+        request.sent_to(&upstream);
         let sent = send_head(proxy, upstream, &buffers.out, retry_elsewhere, &host).await;
         buffers.client.drain(..sent_with_head.end);
         let (mut backend, lease) = match sent {
@@ -430,9 +453,13 @@ impl Exchange<'_> {
                 drop(waiting);
                 let close = close || !body.is_done();
                 let answer = Answer::new(failure, &req, close);
-                return answer.send(proxy, client, &mut buffers.out).await && !close;
+                return answer
+                    .send(proxy, client, &mut buffers.out, &mut request)
+                    .await
+                    && !close;
             }
         };
+        request.sent_to(lease.upstream());
         buffers.release_while_waiting(body.is_done());
 
         if req.expect_continue
@@ -467,6 +494,7 @@ impl Exchange<'_> {
                 progress: &progress,
                 first_byte,
                 waiting: Some(waiting),
+                request: &mut request,
                 from_backend: &mut from_backend,
                 to_client: &mut to_client,
                 buf: &mut buffers.backend,
@@ -501,7 +529,10 @@ impl Exchange<'_> {
                 drop((backend, lease));
                 let close = close || !uploaded;
                 let answer = Answer::new(failure, &req, close);
-                answer.send(proxy, client, &mut buffers.out).await && !close
+                answer
+                    .send(proxy, client, &mut buffers.out, &mut request)
+                    .await
+                    && !close
             }
             Err(Broken::Cut) => false,
         }
@@ -599,6 +630,7 @@ struct Respond<'a, 'b, W> {
     first_byte: Pin<&'a mut Sleep>,
     /// Holds the client connection (not idle) until the response head.
     waiting: Option<super::idle::Hold<'a>>,
+    request: &'a mut RequestGuard,
     from_backend: &'a mut ReadHalf<'b>,
     to_client: &'a mut W,
     buf: &'a mut Vec<u8>,
@@ -673,6 +705,7 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
     r.proxy.metrics.upstream_duration(r.started.elapsed());
     if let Ok(status) = StatusCode::from_u16(head.status) {
         r.proxy.metrics.count(status);
+        r.request.answered(status);
     }
     r.out.extend_from_slice(&rest[..taken]);
     write(r.to_client, r.out, r.activity, r.idle).await?;
@@ -753,10 +786,12 @@ impl Answer {
         proxy: &Proxy,
         client: &mut (impl AsyncWrite + Unpin),
         out: &mut Vec<u8>,
+        request: &mut RequestGuard,
     ) -> bool {
         tracing::debug!(failure = ?self.failure, "request not forwarded");
         let (status, body) = self.failure.into_parts();
         proxy.metrics.count(status);
+        request.answered(status);
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(status.as_str().as_bytes());

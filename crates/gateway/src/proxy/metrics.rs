@@ -31,6 +31,8 @@ pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_gateway_tls_handshake
 /// Connections the proxy could not accept (out of file descriptors or memory). They
 /// wait in the listen queue meanwhile, or time out there.
 pub const ACCEPT_ERRORS_TOTAL: &str = "switchyard_gateway_accept_errors_total";
+/// Access log lines dropped because the disk did not keep up (see `proxy::AccessLog`).
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "switchyard_gateway_access_log_dropped_total";
 /// The label of [`REQUESTS_TOTAL`].
 pub const CODE_LABEL: &str = "code";
 
@@ -60,6 +62,11 @@ pub fn describe() {
         "Connections the gateway could not accept (out of file descriptors or memory)."
     );
     metrics::describe_counter!(
+        ACCESS_LOG_DROPPED_TOTAL,
+        Unit::Count,
+        "Access log lines dropped because the disk did not keep up."
+    );
+    metrics::describe_counter!(
         TLS_HANDSHAKE_FAILURES_TOTAL,
         Unit::Count,
         "TLS handshakes that failed or timed out."
@@ -74,6 +81,7 @@ pub(super) struct Metrics {
     pub(super) connections: Gauge,
     pub(super) tls_handshake_failures: Counter,
     pub(super) accept_errors: Counter,
+    pub(super) access_log_dropped: Counter,
 }
 
 impl Metrics {
@@ -87,6 +95,7 @@ impl Metrics {
             connections: metrics::gauge!(CONNECTIONS_OPEN),
             tls_handshake_failures: metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL),
             accept_errors: metrics::counter!(ACCEPT_ERRORS_TOTAL),
+            access_log_dropped: metrics::counter!(ACCESS_LOG_DROPPED_TOTAL),
         }
     }
 

@@ -12,6 +12,7 @@
 //! `idle` idle timeouts, `answer` the proxy's own status pages, `balance` how proxy
 //! threads share connections and `metrics` the metric names.
 
+mod access_log;
 mod answer;
 mod balance;
 mod body;
@@ -39,6 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+pub use self::access_log::AccessLog;
 use self::balance::{Balance, Share};
 use self::conn::Phase;
 use self::metrics::Metrics;
@@ -208,6 +210,7 @@ pub struct Proxy {
     connections_open: AtomicUsize,
     /// Set while serving on threads of its own.
     balance: ArcSwapOption<Balance>,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 /// A snapshot of the proxy's state, for the admin side.
@@ -267,7 +270,14 @@ impl Proxy {
             config,
             connections_open: AtomicUsize::new(0),
             balance: ArcSwapOption::empty(),
+            access_log: None,
         }
+    }
+
+    /// Logs every request to `log` (see [`AccessLog`]).
+    pub fn with_access_log(mut self, log: Arc<AccessLog>) -> Proxy {
+        self.access_log = Some(log);
+        self
     }
 
     /// Counts of connections and backends.

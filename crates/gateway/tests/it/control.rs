@@ -1309,6 +1309,17 @@ mass-delete-share = 0.25
     assert_eq!(config.tls_certs.as_deref(), Some(Path::new("/srv/certs")));
     config.validate().unwrap();
     assert_eq!(defaults.tls_listen, None);
+
+    // The access log: off unless given, in the file or as a flag.
+    assert_eq!(defaults.access_log, None);
+    std::fs::write(&file, "access-log = \"/var/log/switchyard/access.log\"\n").unwrap();
+    let config = parse(&["--config", file.to_str().unwrap()]).unwrap();
+    assert_eq!(
+        config.access_log.as_deref(),
+        Some(Path::new("/var/log/switchyard/access.log"))
+    );
+    let config = parse(&["--access-log", "/tmp/a.log"]).unwrap();
+    assert_eq!(config.access_log.as_deref(), Some(Path::new("/tmp/a.log")));
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use gateway::proxy::{BackendConfig, Proxy, ProxyConfig};
+use gateway::proxy::{AccessLog, BackendConfig, Proxy, ProxyConfig};
 use gateway::RouteTable;
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -198,7 +198,7 @@ pub(crate) fn route(app: &str, domains: &[&str], backends: &[(SocketAddr, u16)])
 }
 
 /// An address nothing listens on.
-async fn dead_addr() -> SocketAddr {
+pub(crate) async fn dead_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
 }
@@ -221,6 +221,13 @@ impl Gateway {
     async fn for_app(backend: &TestBackend, config: ProxyConfig) -> Gateway {
         let routes = vec![route("app", &["app.test"], &[(backend.addr, 1)])];
         Gateway::start_with(routes, config, BackendConfig::default()).await
+    }
+
+    /// Serves `routes`, logging every request to `log`.
+    pub(crate) async fn start_logging(routes: Vec<Route>, log: Arc<AccessLog>) -> Gateway {
+        let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(1, routes)));
+        let proxy = Proxy::new(Arc::clone(&table), ProxyConfig::default()).with_access_log(log);
+        Gateway::serve(Arc::new(proxy), table).await
     }
 
     async fn start_with(

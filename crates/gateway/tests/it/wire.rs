@@ -19,7 +19,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::proxy::{ok, read_head, route, values, within, Gateway, TestBackend};
+use gateway::proxy::AccessLog;
+
+use crate::proxy::{dead_addr, ok, read_head, route, values, within, Gateway, TestBackend};
 
 /// A backend that answers every request head (requests here have no body) with
 /// `answer`, and closes the connection after it when `close`.
@@ -623,4 +625,96 @@ async fn a_length_beside_chunked_framing_does_not_reach_the_client() {
         assert_eq!((status, &body[..]), (200, &b"hello"[..]), "{way:?}: {head}");
         assert!(!head.contains("content-length: 3"), "{way:?}: {head}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_one_line_of_the_access_log_on_either_path() {
+    let backend = TestBackend::named("app").await;
+    let dead = dead_addr().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let log = AccessLog::open(&path).unwrap();
+    let routes = vec![
+        route("app", &["app.test"], &[(backend.addr, 1)]),
+        route("gone", &["gone.test"], &[(dead, 1)]),
+    ];
+    let gateway = Gateway::start_logging(routes, Arc::clone(&log)).await;
+    // Flushes and reads the log until it has `count` lines.
+    let lines = |path: std::path::PathBuf, count: usize| {
+        let log = Arc::clone(&log);
+        async move {
+            let mut lines = Vec::new();
+            crate::proxy::eventually(|| {
+                log.flush().unwrap();
+                let text = std::fs::read_to_string(&path).unwrap();
+                lines = text
+                    .lines()
+                    .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                    .collect();
+                lines.len() >= count
+            })
+            .await;
+            lines
+        }
+    };
+
+    for way in WAYS {
+        let (status, _, body) = get(gateway.addr, way, "/p?x=1&y=%22", ("x-a", "1")).await;
+        assert_eq!((status, body.as_slice()), (200, &b"app"[..]));
+    }
+    let mut client = gateway.client().await;
+    assert_eq!(client.get("nowhere.test", "/").await.0, 404);
+    assert_eq!(client.get("gone.test", "/g").await.0, 502);
+
+    let logged = lines(path.clone(), 5).await;
+    assert_eq!(logged.len(), 5, "{logged:?}");
+    // A line is written as its request ends: in the order they ended.
+    let with = |host: &str, field: &str, value: serde_json::Value| {
+        let found: Vec<_> = logged
+            .iter()
+            .filter(|line| line["host"] == host && line[field] == value)
+            .collect();
+        assert_eq!(found.len(), 1, "{host} {field} {value} in {logged:?}");
+        found[0].clone()
+    };
+    let upstream = backend.addr.to_string();
+    for protocol in ["HTTP/1.1", "HTTP/1.0", "HTTP/2.0"] {
+        let line = with("app.test", "protocol", protocol.into());
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["host"], "app.test");
+        assert_eq!(line["path"], "/p?x=1&y=%22");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["upstream"], upstream.as_str());
+        assert_eq!(line["client"], "127.0.0.1");
+        assert!(line["duration_ms"].as_f64().unwrap() >= 0.0, "{line}");
+        assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
+    }
+    let unknown = with("nowhere.test", "status", 404.into());
+    assert!(unknown["upstream"].is_null(), "{unknown}");
+    let failed = with("gone.test", "status", 502.into());
+    assert_eq!(failed["upstream"], dead.to_string().as_str());
+
+    // Rotated: the file is moved away, the log opened again by its name.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    log.reopen();
+    assert_eq!(client.get("app.test", "/after").await.0, 200);
+    let after = lines(path.clone(), 1).await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0]["path"], "/after");
+    assert_eq!(
+        std::fs::read_to_string(&rotated).unwrap().lines().count(),
+        5
+    );
+    assert_eq!(log.dropped(), 0);
+}
+
+#[test]
+fn an_access_log_that_cannot_be_opened_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = AccessLog::open(&dir.path().join("no/such/folder/access.log")).err();
+    assert_eq!(
+        error.map(|error| error.kind()),
+        Some(std::io::ErrorKind::NotFound)
+    );
 }

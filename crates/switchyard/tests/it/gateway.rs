@@ -971,3 +971,65 @@ fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_tha
         gateway.log()
     );
 }
+
+#[test]
+fn the_access_log_has_a_line_per_request_and_is_opened_again_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = backend("app");
+    let orchestrator = Orchestrator::start();
+    let _live = orchestrator.stream(snapshot(1, &[route("app", app.addr)]));
+    let path = dir.path().join("access.log");
+    let mut args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+    args.extend(["--access-log".into(), path.display().to_string()]);
+    let mut gateway = GatewayProcess::spawn(dir.path(), "logged", &args);
+    gateway.wait_ready();
+    gateway.wait_for("app.test through the proxy", |gateway| {
+        matches!(gateway.get("app.test"), Ok((200, _)))
+    });
+    let lines = |path: &Path| -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    wait_for("the request's line", || {
+        lines(&path).iter().any(|line| line["host"] == "app.test")
+    });
+    let line = lines(&path).pop().unwrap();
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["upstream"], app.addr.to_string().as_str());
+
+    // logrotate's way: move the file, then SIGHUP.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    gateway.signal(libc::SIGHUP);
+    gateway.wait_for("the log reopened", |gateway| {
+        gateway.log().contains("reopening the access log")
+    });
+    assert_eq!(
+        http_get(gateway.proxy, "app.test", "/rotated").unwrap().0,
+        200
+    );
+    wait_for("a line in the new file", || !lines(&path).is_empty());
+    let after = lines(&path);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0]["path"], "/rotated");
+    assert!(lines(&rotated)
+        .iter()
+        .all(|line| line["path"] != "/rotated"));
+    assert!(gateway.is_running());
+
+    // A log that cannot be opened stops the start, naming the file.
+    let mut args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+    args.extend(["--access-log".into(), "/nonexistent/access.log".into()]);
+    let mut refused = GatewayProcess::spawn(dir.path(), "refused", &args);
+    assert!(!refused.wait_exit().success());
+    assert!(
+        refused
+            .log()
+            .contains("cannot open the access log /nonexistent/access.log"),
+        "{}",
+        refused.log()
+    );
+}
