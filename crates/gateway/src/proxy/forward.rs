@@ -81,6 +81,7 @@ impl RequestGuard {
     }
 
     /// The status the client is answered with.
+    #[inline]
     pub(super) fn answered(&mut self, status: StatusCode) {
         if let Some(log) = &mut self.log {
             log.status = status.as_u16();
@@ -88,6 +89,7 @@ impl RequestGuard {
     }
 
     /// The backend the request went to (the last one, after a retry elsewhere).
+    #[inline]
     pub(super) fn sent_to(&mut self, upstream: &Arc<Upstream>) {
         if let Some(log) = &mut self.log {
             log.upstream = Some(Arc::clone(upstream));
