@@ -184,6 +184,12 @@ pub struct Args {
     /// machine's noise does not move. `gateway-large` and `direct` are left out.
     #[arg(long, conflicts_with_all = ["tls", "new_connections"])]
     instructions: bool,
+    /// Every proxy logs every request: the gateway (`--access-log`) and nginx the same
+    /// JSON line to a file in their folder, nginx buffered (64k, flushed every 100 ms) as
+    /// the gateway's writer is; HAProxy its standard HTTP log line to its output, one
+    /// write a line (it logs to syslog or a stream only).
+    #[arg(long)]
+    access_log: bool,
     /// Do not install missing tools (nginx, haproxy, wrk) with apt-get; skip what needs them.
     #[arg(long)]
     no_install: bool,
@@ -635,6 +641,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "routes": args.routes,
                 "tls": args.tls,
                 "new_connections": args.new_connections,
+                "access_log": args.access_log,
                 "peers": peer_list.iter().map(|p| p.name()).collect::<Vec<_>>(),
                 "modes": modes.iter().map(|m| m.name()).collect::<Vec<_>>(),
                 "cap_percent": args.cap_percent,
@@ -753,6 +760,11 @@ fn describe(mode: Mode, bench: &Bench<'_>) -> String {
     }
 }
 
+/// What `--access-log` turns on, for the report.
+const ACCESS_LOG_NOTE: &str = "- access logs (--access-log): the gateway (--access-log) and nginx (log_format \
+     escape=json, buffer=64k flush=100ms) write the same JSON line per request to a file; HAProxy its \
+     `option httplog` line to its output, one write a line\n";
+
 fn about(bench: &Bench<'_>, snapshots: &[SnapshotInfo]) -> String {
     let mut out = String::from("\nPeers:\n");
     let _ = writeln!(
@@ -769,6 +781,9 @@ fn about(bench: &Bench<'_>, snapshots: &[SnapshotInfo]) -> String {
         peers::HOST,
         peers::nginx_keepalive(bench.args.connections)
     );
+    if bench.args.access_log {
+        out.push_str(ACCESS_LOG_NOTE);
+    }
     if let Some(h) = &bench.haproxy {
         let _ = writeln!(
             out,
@@ -1188,7 +1203,15 @@ impl Bench<'_> {
             Peer::Nginx => {
                 let conf = dir.join("nginx.conf");
                 let connections = self.args.connections;
-                let mut text = peers::nginx_conf(dir, port, backend_port, one, pem, connections);
+                let mut text = peers::nginx_conf(
+                    dir,
+                    port,
+                    backend_port,
+                    one,
+                    pem,
+                    connections,
+                    self.args.access_log,
+                );
                 if single_process {
                     anyhow::ensure!(
                         text.contains("master_process on;"),
@@ -1202,7 +1225,14 @@ impl Bench<'_> {
             Peer::Haproxy => {
                 let haproxy = self.haproxy.as_ref().context("haproxy is not installed")?;
                 let conf = dir.join("haproxy.cfg");
-                let text = peers::haproxy_conf(port, backend_port, one, pem, self.args.connections);
+                let text = peers::haproxy_conf(
+                    port,
+                    backend_port,
+                    one,
+                    pem,
+                    self.args.connections,
+                    self.args.access_log,
+                );
                 peers::write_file(&conf, &text)?;
                 let mut command = Command::new(&haproxy.path);
                 command.arg("-db").arg("-f").arg(&conf);
@@ -1216,7 +1246,11 @@ impl Bench<'_> {
                         .clone()
                         .context("no large table was written")?,
                 };
-                self.gateway_command(addr, &state, one)?
+                let mut command = self.gateway_command(addr, &state, one)?;
+                if self.args.access_log {
+                    command.arg("--access-log").arg(dir.join(peers::ACCESS_LOG));
+                }
+                command
             }
         };
         Ok(command)

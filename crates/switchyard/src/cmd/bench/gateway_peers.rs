@@ -705,6 +705,9 @@ pub fn first_proxied(
 // ---------------------------------------------------------------------------------------
 // Configurations.
 
+/// The access log's file in a peer's folder, with `--access-log`.
+pub const ACCESS_LOG: &str = "access.log";
+
 /// nginx's `worker_connections` and HAProxy's `maxconn` for a load on `connections`
 /// connections: each takes one, and its connection to the backend another.
 pub fn connection_room(connections: u64) -> u64 {
@@ -761,6 +764,8 @@ http {{
 /// as there are clients, up to 1024 (the gateway keeps 1024 per thread), at least 64.
 /// The listen queue is the gateway's (4096; nginx's default holds 511).
 /// With `tls` (a PEM file with the certificate and its key), clients speak TLS to it.
+/// With `access_log`, every request is logged as the gateway logs it (the same JSON
+/// fields), to [`ACCESS_LOG`] in `dir`, buffered and flushed as the gateway's writer does.
 pub fn nginx_conf(
     dir: &Path,
     port: u16,
@@ -768,8 +773,21 @@ pub fn nginx_conf(
     workers: Option<u16>,
     tls: Option<&Path>,
     connections: u64,
+    access_log: bool,
 ) -> String {
     let workers = workers.map_or("auto".to_string(), |n| n.to_string());
+    let access_log = if access_log {
+        format!(
+            "log_format switchyard escape=json '{{\"time\":\"$time_iso8601\",\"client\":\"$remote_addr\",\
+             \"method\":\"$request_method\",\"host\":\"$host\",\"path\":\"$request_uri\",\
+             \"protocol\":\"$server_protocol\",\"status\":$status,\"upstream\":\"$upstream_addr\",\
+             \"duration_ms\":$request_time}}';\n    \
+             access_log {} switchyard buffer=64k flush=100ms;",
+            dir.join(ACCESS_LOG).display()
+        )
+    } else {
+        "access_log off;".to_string()
+    };
     let room = connection_room(connections);
     let keepalive = nginx_keepalive(connections);
     let (ssl, certificate) = match tls {
@@ -795,7 +813,7 @@ events {{
     worker_connections {room};
 }}
 http {{
-    access_log off;
+    {access_log}
     keepalive_requests 1000000;
     keepalive_timeout 75s;
     client_body_temp_path {dir}/client_body;
@@ -830,15 +848,26 @@ http {{
 
 /// HAProxy as a reverse proxy for [`HOST`] (anything else: 404), with `threads` threads
 /// (`None`: its default, one per CPU it may run on). With `tls` (a PEM file with the
-/// certificate and its key), clients speak TLS to it.
+/// certificate and its key), clients speak TLS to it. With `access_log`, every request
+/// is logged in its standard HTTP format to its standard output: HAProxy writes logs to
+/// syslog or to a stream, a line at a time, not to a file of its own.
 pub fn haproxy_conf(
     port: u16,
     backend: u16,
     threads: Option<u16>,
     tls: Option<&Path>,
     connections: u64,
+    access_log: bool,
 ) -> String {
     let nbthread = threads.map_or(String::new(), |n| format!("    nbthread {n}\n"));
+    let (log_global, log_defaults) = if access_log {
+        (
+            "    log stdout format raw local0\n",
+            "    log global\n    option httplog\n",
+        )
+    } else {
+        ("", "")
+    };
     let room = connection_room(connections);
     let (ssl, proto) = match tls {
         Some(pem) => (format!(" ssl crt {}", pem.display()), "https"),
@@ -847,9 +876,9 @@ pub fn haproxy_conf(
     format!(
         "# HAProxy as a reverse proxy, as `switchyard bench gateway` runs it.
 global
-{nbthread}    maxconn {room}
+{nbthread}{log_global}    maxconn {room}
 defaults
-    mode http
+{log_defaults}    mode http
     timeout connect 3s
     timeout client 60s
     timeout server 30s
@@ -966,6 +995,36 @@ fn route_json(out: &mut String, i: usize, backend: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_access_logs_nginx_logs_the_gateways_fields_and_haproxy_its_http_line() {
+        let dir = Path::new("/tmp/peer");
+        let off = nginx_conf(dir, 1, 2, Some(1), None, 32, false);
+        assert!(off.contains("access_log off;") && !off.contains("log_format"));
+        let on = nginx_conf(dir, 1, 2, Some(1), None, 32, true);
+        assert!(
+            on.contains("access_log /tmp/peer/access.log switchyard buffer=64k flush=100ms;"),
+            "{on}"
+        );
+        // The fields of the gateway's own line (`gateway::proxy::AccessLog`).
+        for field in [
+            "time",
+            "client",
+            "method",
+            "host",
+            "path",
+            "protocol",
+            "status",
+            "upstream",
+            "duration_ms",
+        ] {
+            assert!(on.contains(&format!("\"{field}\":")), "{field} in {on}");
+        }
+        let off = haproxy_conf(1, 2, Some(1), None, 32, false);
+        assert!(!off.contains("log"), "{off}");
+        let on = haproxy_conf(1, 2, Some(1), None, 32, true);
+        assert!(on.contains("log stdout format raw local0") && on.contains("option httplog"));
+    }
 
     #[test]
     fn a_stat_line_gives_its_group_and_cpu_ticks() {

@@ -21,7 +21,7 @@ use anyhow::{bail, Context};
 use super::super::gateway_load::{self, WrkSettings};
 use super::super::gateway_peers::{self as peers, Process};
 use super::super::gateway_report::Skipped;
-use super::{Bench, Mode, Peer};
+use super::{Bench, Mode, Peer, ACCESS_LOG_NOTE};
 
 /// One proxy's count.
 #[derive(Debug, serde::Serialize)]
@@ -65,7 +65,10 @@ pub(super) fn run(
         );
         counted.push(count);
     }
-    let table = table(&counted, bench.args.connections, bench.args.duration_secs);
+    let mut table = table(&counted, bench.args.connections, bench.args.duration_secs);
+    if bench.args.access_log {
+        table.push_str(ACCESS_LOG_NOTE);
+    }
     if bench.args.json {
         eprint!("{table}");
         let json = serde_json::json!({ "instructions": counted, "skipped": skipped });
