@@ -6,7 +6,7 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once a table is loaded (from disk or an orchestrator), else 503 and why |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /routes/{host}` | the route a request for `host` takes, as JSON; 404 if none |
+//! | `GET /routes/{host}` | the route a request for `host` takes, as JSON, with `backend_state`: per backend, in its order, what the proxy knows of it (requests in flight, idle connections, connects and failed connects, whether it is ejected), `null` before its first request; 404 if none |
 //! | `GET /admin/held` | `{"held": null}`, or the held update |
 //! | `POST /admin/confirm` | body `{"version": V}`: applies the held update `V` names |
 //! | `POST /admin/tls/reload` | reads the TLS certificate folder again; 422 and why if it fails (the old set stays) |
@@ -103,7 +103,29 @@ async fn route(State(control): State<Arc<Control>>, Path(host): Path<String>) ->
     };
     let table = control.table().load();
     match table.lookup(&normalized) {
-        Some(route) => Json(route.to_model()).into_response(),
+        Some(route) => {
+            let route = route.to_model();
+            let proxy = control.proxy.get().and_then(std::sync::Weak::upgrade);
+            let state: Vec<serde_json::Value> = route
+                .backends
+                .iter()
+                .map(|backend| {
+                    let Some(stats) = proxy.as_ref().and_then(|p| p.backend(backend.addr())) else {
+                        return serde_json::Value::Null;
+                    };
+                    json!({
+                        "in_flight": stats.in_flight,
+                        "idle_connections": stats.idle_connections,
+                        "connects_total": stats.connects_total,
+                        "connect_failures_total": stats.connect_failures_total,
+                        "ejected": stats.ejected,
+                    })
+                })
+                .collect();
+            let mut body = json!(route);
+            body["backend_state"] = state.into();
+            Json(body).into_response()
+        }
         None => error(
             StatusCode::NOT_FOUND,
             "no_route",

@@ -40,6 +40,39 @@ pub(super) enum Failure {
 }
 
 impl Failure {
+    /// Every reason, as [`Failure::reason`] names them: the label values of
+    /// `switchyard_gateway_errors_total`.
+    pub(super) const REASONS: [&'static str; 11] = [
+        "bad_host",
+        "head_too_long",
+        "unsupported_coding",
+        "bad_body",
+        "no_route",
+        "no_backend",
+        "connect_method",
+        "connect",
+        "backend",
+        "bad_response",
+        "timeout",
+    ];
+
+    /// Its index in [`Failure::REASONS`].
+    pub(super) fn reason(&self) -> usize {
+        match self {
+            Failure::BadHost => 0,
+            Failure::HeadTooLong => 1,
+            Failure::UnsupportedCoding => 2,
+            Failure::BadBody => 3,
+            Failure::NoRoute(_) => 4,
+            Failure::NoBackend(_) => 5,
+            Failure::ConnectMethod => 6,
+            Failure::Connect => 7,
+            Failure::Backend => 8,
+            Failure::BadResponse => 9,
+            Failure::Timeout => 10,
+        }
+    }
+
     pub(super) fn status(&self) -> StatusCode {
         match self {
             Failure::BadHost | Failure::BadBody => StatusCode::BAD_REQUEST,

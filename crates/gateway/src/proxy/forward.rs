@@ -149,6 +149,7 @@ pub(super) async fn handle(
         Ok(response) => response,
         Err(failure) => {
             tracing::debug!(?failure, "request not forwarded");
+            conn.proxy.metrics.failed(&failure);
             failure.response()
         }
     };

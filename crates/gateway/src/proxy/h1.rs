@@ -789,6 +789,7 @@ impl Answer {
         request: &mut RequestGuard,
     ) -> bool {
         tracing::debug!(failure = ?self.failure, "request not forwarded");
+        proxy.metrics.failed(&self.failure);
         let (status, body) = self.failure.into_parts();
         proxy.metrics.count(status);
         request.answered(status);

@@ -16,6 +16,8 @@ use std::time::Duration;
 use http::StatusCode;
 use metrics::{Counter, Gauge, Unit};
 
+use super::answer::Failure;
+
 /// Requests answered, by status class: label [`CODE_LABEL`] = `1xx` (upgrades) to `5xx`.
 pub const REQUESTS_TOTAL: &str = "switchyard_gateway_requests_total";
 /// From choosing a backend to its response head, in seconds (connects included).
@@ -35,6 +37,14 @@ pub const ACCEPT_ERRORS_TOTAL: &str = "switchyard_gateway_accept_errors_total";
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "switchyard_gateway_access_log_dropped_total";
 /// The label of [`REQUESTS_TOTAL`].
 pub const CODE_LABEL: &str = "code";
+/// Requests the gateway answered itself (a 4xx or 5xx of its own), by [`REASON_LABEL`]:
+/// `no_route`, `no_backend`, `connect`, `backend`, `bad_response`, `timeout`,
+/// `bad_host`, `bad_body`, `head_too_long`, `unsupported_coding`, `connect_method`.
+pub const ERRORS_TOTAL: &str = "switchyard_gateway_errors_total";
+/// The label of [`ERRORS_TOTAL`].
+pub const REASON_LABEL: &str = "reason";
+/// Times a backend was ejected after consecutive connect failures.
+pub const BACKEND_EJECTIONS_TOTAL: &str = "switchyard_gateway_backend_ejections_total";
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -62,6 +72,16 @@ pub fn describe() {
         "Connections the gateway could not accept (out of file descriptors or memory)."
     );
     metrics::describe_counter!(
+        ERRORS_TOTAL,
+        Unit::Count,
+        "Requests the gateway answered itself, by reason."
+    );
+    metrics::describe_counter!(
+        BACKEND_EJECTIONS_TOTAL,
+        Unit::Count,
+        "Times a backend was ejected after consecutive connect failures."
+    );
+    metrics::describe_counter!(
         ACCESS_LOG_DROPPED_TOTAL,
         Unit::Count,
         "Access log lines dropped because the disk did not keep up."
@@ -76,6 +96,7 @@ pub fn describe() {
 /// Handles registered once, so a request does not look its metrics up by name.
 pub(super) struct Metrics {
     requests: [Counter; 5],
+    errors: [Counter; Failure::REASONS.len()],
     pub(super) upstream_duration: Latency,
     pub(super) in_flight: Gauge,
     pub(super) connections: Gauge,
@@ -90,6 +111,8 @@ impl Metrics {
     pub(super) fn new() -> Metrics {
         Metrics {
             requests: CLASSES.map(|class| metrics::counter!(REQUESTS_TOTAL, CODE_LABEL => class)),
+            errors: Failure::REASONS
+                .map(|reason| metrics::counter!(ERRORS_TOTAL, REASON_LABEL => reason)),
             upstream_duration: Latency::new(),
             in_flight: metrics::gauge!(REQUESTS_IN_FLIGHT),
             connections: metrics::gauge!(CONNECTIONS_OPEN),
@@ -102,6 +125,11 @@ impl Metrics {
     pub(super) fn count(&self, status: StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.requests[class].increment(1);
+    }
+
+    /// A request the proxy answers itself, because of `failure`.
+    pub(super) fn failed(&self, failure: &Failure) {
+        self.errors[failure.reason()].increment(1);
     }
 
     pub(super) fn upstream_duration(&self, duration: Duration) {

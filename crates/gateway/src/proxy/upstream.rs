@@ -42,6 +42,8 @@ pub(super) struct Upstreams {
     eject_cooldown: Duration,
     max_idle: usize,
     client: http1::Builder,
+    /// `switchyard_gateway_backend_ejections_total`.
+    ejections: metrics::Counter,
 }
 
 /// One backend address.
@@ -177,6 +179,7 @@ impl Upstreams {
                 client.max_header_size(super::MAX_HEAD);
                 client
             },
+            ejections: metrics::counter!(super::metrics::BACKEND_EJECTIONS_TOTAL),
         }
     }
 
@@ -304,7 +307,11 @@ impl Upstreams {
     fn count_connect<T>(&self, upstream: &Upstream, result: &Result<T, ConnectError>) {
         match result {
             Ok(_) => upstream.connected(),
-            Err(_) => upstream.connect_failed(self.eject_after_failures, self.eject_cooldown),
+            Err(_) => {
+                if upstream.connect_failed(self.eject_after_failures, self.eject_cooldown) {
+                    self.ejections.increment(1);
+                }
+            }
         }
     }
 
@@ -482,20 +489,23 @@ impl Upstream {
         }
     }
 
-    fn connect_failed(&self, eject_after: u32, cooldown: Duration) {
+    /// Counts a failed connect; whether it ejected the backend.
+    fn connect_failed(&self, eject_after: u32, cooldown: Duration) -> bool {
         self.connect_failures.fetch_add(1, Relaxed);
         // Not reset on ejection: after the cool-down, one more failure ejects again.
         let failures = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
-        if failures >= eject_after && !self.is_ejected() {
-            let until = now_ms() + cooldown.as_millis() as u64;
-            self.ejected_until_ms.store(until, Relaxed);
-            tracing::warn!(
-                backend = %self.addr,
-                failures,
-                cooldown_secs = cooldown.as_secs_f64(),
-                "backend ejected after consecutive connect failures"
-            );
+        if failures < eject_after || self.is_ejected() {
+            return false;
         }
+        let until = now_ms() + cooldown.as_millis() as u64;
+        self.ejected_until_ms.store(until, Relaxed);
+        tracing::warn!(
+            backend = %self.addr,
+            failures,
+            cooldown_secs = cooldown.as_secs_f64(),
+            "backend ejected after consecutive connect failures"
+        );
+        true
     }
 
     pub(super) fn stats(&self) -> BackendStats {

@@ -1223,6 +1223,25 @@ async fn counts_requests_by_status_class() {
         // dead backend's connect failed before any head.
         "switchyard_gateway_upstream_duration_seconds_count 3\n",
         "switchyard_gateway_connections_open 1\n",
+        // The proxy's own answers, by why.
+        "switchyard_gateway_errors_total{reason=\"no_route\"} 1\n",
+        "switchyard_gateway_errors_total{reason=\"connect\"} 1\n",
+        "switchyard_gateway_errors_total{reason=\"timeout\"} 0\n",
+        "switchyard_gateway_backend_ejections_total 0\n",
+    ] {
+        assert!(rendered.contains(line), "no {line:?} in\n{rendered}");
+    }
+    // The third failed connect in a row ejects the dead backend (the default), once.
+    for _ in 0..3 {
+        assert_eq!(
+            client.get("dead.test", "/").await.0,
+            StatusCode::BAD_GATEWAY
+        );
+    }
+    let rendered = metrics.render();
+    for line in [
+        "switchyard_gateway_errors_total{reason=\"connect\"} 4\n",
+        "switchyard_gateway_backend_ejections_total 1\n",
     ] {
         assert!(rendered.contains(line), "no {line:?} in\n{rendered}");
     }

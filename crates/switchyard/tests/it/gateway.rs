@@ -565,7 +565,13 @@ fn a_gateway_killed_with_sigkill_serves_every_route_from_disk_with_the_orchestra
     }
     let (status, body) = gateway.admin_get("/routes/beta.test").unwrap();
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"app\":\"beta\""), "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["app"], "beta");
+    // What the proxy knows of the backend it has just sent to.
+    let state = &body["backend_state"][0];
+    assert!(state["connects_total"].as_u64().unwrap() >= 1, "{body}");
+    assert_eq!(state["connect_failures_total"], 0, "{body}");
+    assert_eq!(state["ejected"], false, "{body}");
     assert!(gateway
         .metric("switchyard_gateway_route_table_staleness_seconds")
         .is_some());
