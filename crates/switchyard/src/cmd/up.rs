@@ -296,6 +296,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         orchestrator_urls.join(","),
                         "--state-dir".into(),
                         state.display().to_string(),
+                        "--access-log".into(),
+                        dir.join("logs")
+                            .join(format!("{name}.access.log"))
+                            .display()
+                            .to_string(),
                     ];
                     (name, args)
                 }

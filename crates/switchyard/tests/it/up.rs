@@ -222,6 +222,18 @@ fn up_serves_the_demo_apps_survives_an_upgrade_under_load_and_stops_cleanly() {
             .unwrap_err()
             .contains("404"));
     }
+    // Each gateway logs its requests beside its log.
+    let access_log = up.dir.path().join("logs").join("gateway-1.access.log");
+    let mut logged = String::new();
+    for _ in 0..100 {
+        logged = std::fs::read_to_string(&access_log).unwrap_or_default();
+        if logged.contains("\"host\":\"nobody.localhost\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(logged.contains("\"status\":404"), "{logged}");
+    assert!(logged.contains("\"host\":\"hello.localhost\""), "{logged}");
 
     // A dry run changes nothing.
     let before = up.pids();
