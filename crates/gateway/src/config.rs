@@ -82,7 +82,7 @@ pub struct Config {
     pub tls_certs: Option<PathBuf>,
 
     /// File to append a JSON line per request to (time, client, method, host, path,
-    /// protocol, status, upstream, duration_ms); opened again on SIGHUP, for log
+    /// protocol, status, bytes, upstream, duration_ms); opened again on SIGHUP, for log
     /// rotation. Off unless given.
     #[arg(long, env = "SWITCHYARD_GATEWAY_ACCESS_LOG", value_name = "FILE")]
     pub access_log: Option<PathBuf>,

@@ -7,11 +7,13 @@
 //! (`switchyard_gateway_access_log_dropped_total`) rather than requests slowed.
 //!
 //! ```json
-//! {"time":"2026-11-26T18:00:00.123Z","client":"192.0.2.7","method":"GET","host":"app.example.com","path":"/a?b=1","protocol":"HTTP/1.1","status":200,"upstream":"10.0.0.5:8080","duration_ms":1.204}
+//! {"time":"2026-11-26T18:00:00.123Z","client":"192.0.2.7","method":"GET","host":"app.example.com","path":"/a?b=1","protocol":"HTTP/1.1","status":200,"bytes":5120,"upstream":"10.0.0.5:8080","duration_ms":1.204}
 //! ```
 //!
-//! `upstream` is `null` when no backend was tried (404, 503, a request refused); the
-//! duration runs from the request's head to the end of its answer. `SIGHUP` (and
+//! `bytes` counts the answer's body, not its head (over HTTP/1.1 as sent, with a chunked
+//! answer's framing; over HTTP/2 and HTTP/1.0 its data); `upstream` is `null`
+//! when no backend was tried (404, 503, a request refused); the duration runs from the
+//! request's head to the end of its answer. `SIGHUP` (and
 //! [`AccessLog::reopen`]) opens the file again by name, for log rotation.
 
 use std::cell::Cell;
@@ -133,6 +135,8 @@ pub(super) struct Entry<'a> {
     pub(super) path: &'a [u8],
     pub(super) protocol: &'static str,
     pub(super) status: u16,
+    /// Of the answer's body.
+    pub(super) bytes: u64,
     pub(super) upstream: Option<&'a str>,
     pub(super) duration: Duration,
 }
@@ -157,6 +161,8 @@ impl Entry<'_> {
         out.extend_from_slice(self.protocol.as_bytes());
         out.extend_from_slice(b"\",\"status\":");
         out.extend_from_slice(number.format(self.status).as_bytes());
+        out.extend_from_slice(b",\"bytes\":");
+        out.extend_from_slice(number.format(self.bytes).as_bytes());
         out.extend_from_slice(b",\"upstream\":");
         match self.upstream {
             Some(upstream) => string(out, upstream.as_bytes()),
@@ -256,6 +262,7 @@ mod tests {
             path: b"/a\"b\\c\x01\x7f\xff\xfe?\xc3\xa9",
             protocol: "HTTP/1.1",
             status: 200,
+            bytes: 1234,
             upstream: Some("127.0.0.1:8080"),
             duration: Duration::from_micros(1_204),
         };
@@ -266,6 +273,7 @@ mod tests {
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(line["path"], "/a\"b\\c\u{1}\u{7f}\u{fffd}\u{fffd}?é");
         assert_eq!(line["status"], 200);
+        assert_eq!(line["bytes"], 1234);
         assert_eq!(line["upstream"], "127.0.0.1:8080");
         assert_eq!(line["duration_ms"], 1.204);
         let time = line["time"].as_str().unwrap();

@@ -101,9 +101,20 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         match &mut this.inner {
-            Inner::Full(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+            Inner::Full(data) => {
+                let data = data.take();
+                if let (Some(request), Some(data)) = (&mut this.request, &data) {
+                    request.sent_bytes(data.len());
+                }
+                Poll::Ready(data.map(|data| Ok(Frame::data(data))))
+            }
             Inner::Backend(body) => {
                 let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
+                if let (Some(request), Some(Ok(frame))) = (&mut this.request, &frame) {
+                    if let Some(data) = frame.data_ref() {
+                        request.sent_bytes(data.len());
+                    }
+                }
                 let ended = match &frame {
                     None => true,
                     Some(Ok(_)) => body.is_end_stream(),

@@ -47,6 +47,8 @@ struct Logged {
     started: Instant,
     /// 0 until an answer is decided.
     status: u16,
+    /// Bytes of the answer's body passed on so far.
+    bytes: u64,
     upstream: Option<Arc<Upstream>>,
 }
 
@@ -76,6 +78,7 @@ impl RequestGuard {
             protocol,
             started: Instant::now(),
             status: 0,
+            bytes: 0,
             upstream: None,
         }));
     }
@@ -85,6 +88,14 @@ impl RequestGuard {
     pub(super) fn answered(&mut self, status: StatusCode) {
         if let Some(log) = &mut self.log {
             log.status = status.as_u16();
+        }
+    }
+
+    /// `bytes` more of the answer's body passed on to the client.
+    #[inline]
+    pub(super) fn sent_bytes(&mut self, bytes: usize) {
+        if let Some(log) = &mut self.log {
+            log.bytes += bytes as u64;
         }
     }
 
@@ -110,6 +121,7 @@ impl Drop for RequestGuard {
                     path: &log.text[log.host_end..],
                     protocol: log.protocol,
                     status: log.status,
+                    bytes: log.bytes,
                     upstream: log.upstream.as_deref().map(Upstream::addr),
                     duration: log.started.elapsed(),
                 });

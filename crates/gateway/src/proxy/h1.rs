@@ -709,6 +709,7 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
     }
     r.out.extend_from_slice(&rest[..taken]);
     write(r.to_client, r.out, r.activity, r.idle).await?;
+    r.request.sent_bytes(taken);
     while !body.is_done() {
         r.buf.clear();
         r.buf.reserve(READ_SIZE);
@@ -725,6 +726,7 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
         let taken = body.advance(r.buf).map_err(|_| Broken::Cut)?;
         stray |= taken < r.buf.len();
         write(r.to_client, &r.buf[..taken], r.activity, r.idle).await?;
+        r.request.sent_bytes(taken);
     }
     Ok(Ended {
         backend_reusable: head.keep_alive && !stray && body.is_done(),
@@ -806,6 +808,7 @@ impl Answer {
         out.extend_from_slice(b"\r\n\r\n");
         if !self.is_head {
             out.extend_from_slice(&body);
+            request.sent_bytes(body.len());
         }
         write_out(client, out).await.is_ok()
     }

@@ -684,12 +684,14 @@ async fn every_request_is_one_line_of_the_access_log_on_either_path() {
         assert_eq!(line["host"], "app.test");
         assert_eq!(line["path"], "/p?x=1&y=%22");
         assert_eq!(line["status"], 200);
+        assert_eq!(line["bytes"], 3, "the body, {line}");
         assert_eq!(line["upstream"], upstream.as_str());
         assert_eq!(line["client"], "127.0.0.1");
         assert!(line["duration_ms"].as_f64().unwrap() >= 0.0, "{line}");
         assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
     }
     let unknown = with("nowhere.test", "status", 404.into());
+    assert_eq!(unknown["bytes"], "no route for host nowhere.test\n".len());
     assert!(unknown["upstream"].is_null(), "{unknown}");
     let failed = with("gone.test", "status", 502.into());
     assert_eq!(failed["upstream"], dead.to_string().as_str());

@@ -780,7 +780,7 @@ pub fn nginx_conf(
         format!(
             "log_format switchyard escape=json '{{\"time\":\"$time_iso8601\",\"client\":\"$remote_addr\",\
              \"method\":\"$request_method\",\"host\":\"$host\",\"path\":\"$request_uri\",\
-             \"protocol\":\"$server_protocol\",\"status\":$status,\"upstream\":\"$upstream_addr\",\
+             \"protocol\":\"$server_protocol\",\"status\":$status,\"bytes\":$body_bytes_sent,\"upstream\":\"$upstream_addr\",\
              \"duration_ms\":$request_time}}';\n    \
              access_log {} switchyard buffer=64k flush=100ms;",
             dir.join(ACCESS_LOG).display()
@@ -1015,6 +1015,7 @@ mod tests {
             "path",
             "protocol",
             "status",
+            "bytes",
             "upstream",
             "duration_ms",
         ] {
