@@ -101,7 +101,7 @@ pub struct Gateway {
     config: Config,
     control: Arc<Control>,
     listener: Option<proxy::Listeners>,
-    /// Handed to the proxy when it starts serving.
+    /// Handed to the proxy when it starts serving; written out when it stops.
     access_log: Option<Arc<proxy::AccessLog>>,
     /// Threads of their own the proxy runs on; 0: the runtime `serve` is called on.
     proxy_threads: usize,
@@ -297,8 +297,8 @@ impl Gateway {
     pub async fn serve(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let listener = self.listener.take().expect("serve runs once");
         let mut proxy = Proxy::new(Arc::clone(self.control.table()), self.config.proxy_config());
-        if let Some(log) = self.access_log.take() {
-            proxy = proxy.with_access_log(log);
+        if let Some(log) = &self.access_log {
+            proxy = proxy.with_access_log(Arc::clone(log));
         }
         let proxy = Arc::new(proxy);
         let _ = self.control.proxy.set(Arc::downgrade(&proxy));
@@ -358,6 +358,12 @@ impl Gateway {
         self.control.set_stopping();
         for task in self.background.drain(..) {
             task.abort();
+        }
+        // The requests have drained: their lines are all formatted.
+        if let Some(log) = &self.access_log {
+            if let Err(error) = log.flush() {
+                tracing::warn!(%error, path = %log.path().display(), "access log not written");
+            }
         }
         if let Some(stop) = self.admin_stop.take() {
             let _ = stop.send(());

@@ -1026,6 +1026,12 @@ fn the_access_log_has_a_line_per_request_and_is_opened_again_on_sighup() {
         .all(|line| line["path"] != "/rotated"));
     assert!(gateway.is_running());
 
+    // Stopped right after a request, the gateway writes its line before it exits.
+    assert_eq!(http_get(gateway.proxy, "app.test", "/last").unwrap().0, 200);
+    gateway.signal(libc::SIGTERM);
+    assert!(gateway.wait_exit().success());
+    assert_eq!(lines(&path).last().unwrap()["path"], "/last");
+
     // A log that cannot be opened stops the start, naming the file.
     let mut args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
     args.extend(["--access-log".into(), "/nonexistent/access.log".into()]);
