@@ -4,7 +4,8 @@
 //! its answer's body, or of its tunnel); a thread of its own writes the buffer to the
 //! file every [`FLUSH_EVERY`]. The request path never waits for the disk: if the writer
 //! falls [`MAX_PENDING`] behind (a disk that stalls), lines are dropped and counted
-//! (`switchyard_gateway_access_log_dropped_total`) rather than requests slowed.
+//! (`switchyard_gateway_access_log_dropped_total`) rather than requests slowed; so are
+//! the lines of a write that failed (a full disk).
 //!
 //! ```json
 //! {"time":"2026-11-26T18:00:00.123Z","client":"192.0.2.7","method":"GET","host":"app.example.com","path":"/a?b=1","protocol":"HTTP/1.1","status":200,"bytes":5120,"upstream":"10.0.0.5:8080","duration_ms":1.204}
@@ -24,6 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::metrics::ACCESS_LOG_DROPPED_TOTAL;
+
 /// How often the writer thread writes what requests logged.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Bytes of lines waiting for the writer past which new lines are dropped.
@@ -38,6 +41,8 @@ pub struct AccessLog {
     file: Mutex<File>,
     reopen: AtomicBool,
     dropped: AtomicU64,
+    /// [`ACCESS_LOG_DROPPED_TOTAL`], in the recorder installed when the log was opened.
+    dropped_metric: metrics::Counter,
 }
 
 impl AccessLog {
@@ -50,6 +55,7 @@ impl AccessLog {
             file: Mutex::new(open(path)?),
             reopen: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            dropped_metric: metrics::counter!(ACCESS_LOG_DROPPED_TOTAL),
         });
         let weak = Arc::downgrade(&log);
         std::thread::Builder::new()
@@ -63,9 +69,14 @@ impl AccessLog {
         &self.path
     }
 
-    /// Lines dropped because the writer was too far behind.
+    /// Lines dropped: the writer was too far behind, or their write failed.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn count_dropped(&self, lines: u64) {
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+        self.dropped_metric.increment(lines);
     }
 
     /// Opens the file again by its name before the next write (after it was rotated).
@@ -73,27 +84,30 @@ impl AccessLog {
         self.reopen.store(true, Ordering::Relaxed);
     }
 
-    /// Writes what is pending now.
+    /// Writes what is pending now. A file that cannot be opened again keeps the lines
+    /// waiting (and the reopen asked for); the lines of a write that fails are dropped.
     pub fn flush(&self) -> io::Result<()> {
         let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.reopen.swap(false, Ordering::Relaxed) {
+        if self.reopen.load(Ordering::Relaxed) {
             *file = open(&self.path)?;
+            self.reopen.store(false, Ordering::Relaxed);
         }
         let lines =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        file.write_all(&lines)
+        file.write_all(&lines).inspect_err(|_| {
+            self.count_dropped(lines.iter().filter(|&&byte| byte == b'\n').count() as u64);
+        })
     }
 
-    /// Adds one request's line; `false` if it was dropped.
-    pub(super) fn record(&self, entry: &Entry<'_>) -> bool {
+    /// Adds one request's line (unless too many wait: then it is dropped and counted).
+    pub(super) fn record(&self, entry: &Entry<'_>) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         if pending.len() >= MAX_PENDING {
             drop(pending);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
+            self.count_dropped(1);
+            return;
         }
         entry.write_json(&mut pending);
-        true
     }
 }
 

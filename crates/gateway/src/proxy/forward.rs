@@ -114,7 +114,7 @@ impl Drop for RequestGuard {
         self.conn.activity.touch();
         if let (Some(log), Some(access_log)) = (&self.log, &self.conn.proxy.access_log) {
             if log.status != 0 {
-                let recorded = access_log.record(&Entry {
+                access_log.record(&Entry {
                     client: self.conn.client_ip.as_bytes(),
                     method: &log.text[..log.method_end],
                     host: &log.text[log.method_end..log.host_end],
@@ -125,9 +125,6 @@ impl Drop for RequestGuard {
                     upstream: log.upstream.as_deref().map(Upstream::addr),
                     duration: log.started.elapsed(),
                 });
-                if !recorded {
-                    self.conn.proxy.metrics.access_log_dropped.increment(1);
-                }
             }
         }
     }

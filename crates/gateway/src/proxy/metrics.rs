@@ -102,7 +102,6 @@ pub(super) struct Metrics {
     pub(super) connections: Gauge,
     pub(super) tls_handshake_failures: Counter,
     pub(super) accept_errors: Counter,
-    pub(super) access_log_dropped: Counter,
 }
 
 impl Metrics {
@@ -118,7 +117,6 @@ impl Metrics {
             connections: metrics::gauge!(CONNECTIONS_OPEN),
             tls_handshake_failures: metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL),
             accept_errors: metrics::counter!(ACCEPT_ERRORS_TOTAL),
-            access_log_dropped: metrics::counter!(ACCESS_LOG_DROPPED_TOTAL),
         }
     }
 

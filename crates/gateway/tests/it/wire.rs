@@ -720,3 +720,54 @@ fn an_access_log_that_cannot_be_opened_is_an_error_naming_it() {
         Some(std::io::ErrorKind::NotFound)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_a_full_disk_refuses_are_counted_as_dropped() {
+    let backend = TestBackend::named("app").await;
+    // Every write to /dev/full fails with ENOSPC, as on a full disk.
+    let log = AccessLog::open(std::path::Path::new("/dev/full")).unwrap();
+    let routes = vec![route("app", &["app.test"], &[(backend.addr, 1)])];
+    let gateway = Gateway::start_logging(routes, Arc::clone(&log)).await;
+    let mut client = gateway.client().await;
+    for _ in 0..2 {
+        assert_eq!(client.get("app.test", "/").await, ok("app"));
+    }
+    // The writer thread may be the one to find the disk full: either way, both lines
+    // end up counted, and requests went on.
+    crate::proxy::eventually(|| {
+        let _ = log.flush();
+        log.dropped() == 2
+    })
+    .await;
+    assert_eq!(client.get("app.test", "/").await, ok("app"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_cannot_be_opened_again_keeps_its_lines_until_it_can() {
+    let backend = TestBackend::named("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("logs");
+    std::fs::create_dir(&folder).unwrap();
+    let path = folder.join("access.log");
+    let log = AccessLog::open(&path).unwrap();
+    let routes = vec![route("app", &["app.test"], &[(backend.addr, 1)])];
+    let gateway = Gateway::start_logging(routes, Arc::clone(&log)).await;
+    let mut client = gateway.client().await;
+
+    // Rotated into a folder that is then gone: the file cannot be opened again.
+    std::fs::rename(&folder, dir.path().join("old")).unwrap();
+    log.reopen();
+    assert_eq!(client.get("app.test", "/kept").await, ok("app"));
+    crate::proxy::eventually(|| log.flush().is_err()).await;
+    assert!(!path.exists());
+    // The folder is back: the next flush opens the file and writes what waited.
+    std::fs::create_dir(&folder).unwrap();
+    crate::proxy::eventually(|| {
+        log.flush().is_ok()
+            && std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("\"/kept\"")
+    })
+    .await;
+    assert_eq!(log.dropped(), 0);
+}
