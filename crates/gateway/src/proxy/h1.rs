@@ -423,8 +423,10 @@ impl Exchange<'_> {
                 return false;
             }
         };
-        let (host, upstream) = match route(proxy, &buffers.client[req.host.clone()]) {
-            Ok(routed) => routed,
+        // The normalised host is made again from the request if a failed connect
+        // sends it to another backend: not kept, it borrows nothing meanwhile.
+        let upstream = match route(proxy, &buffers.client[req.host.clone()]) {
+            Ok((_, upstream)) => upstream,
             Err(failure) => {
                 // The body is not read: the connection cannot go on after it.
                 let close = close || req.framing != Framing::Empty;
@@ -445,8 +447,13 @@ impl Exchange<'_> {
         let waiting = conn.activity.hold();
         let retry_elsewhere = req.idempotent && req.framing == Framing::Empty;
         request.sent_to(&upstream);
-        let sent = send_head(proxy, upstream, &buffers.out, retry_elsewhere, &host).await;
-        buffers.client.drain(..sent_with_head.end);
+        let outgoing = Outgoing {
+            out: &mut buffers.out,
+            client: &mut buffers.client,
+            consumed: sent_with_head.end,
+            host: req.host.clone(),
+        };
+        let sent = send_head(proxy, upstream, outgoing, retry_elsewhere).await;
         let (mut backend, lease) = match sent {
             Ok(sent) => sent,
             Err(failure) => {
@@ -539,19 +546,50 @@ impl Exchange<'_> {
     }
 }
 
-/// Writes `head` to a pooled connection to `upstream` (another one if it turns out
-/// closed) or a new one; after a failed connect, to another backend of the route of
-/// `host` once, if `retry_elsewhere`.
+/// A request on its way to a backend, as [`send_head`] takes it.
+struct Outgoing<'a> {
+    /// Its head (and the body bytes that came with it) for the backend.
+    out: &'a mut Vec<u8>,
+    /// The client's bytes: the first `consumed` are this request's head and body.
+    client: &'a mut Vec<u8>,
+    consumed: usize,
+    /// Where its raw `Host` is in `client`.
+    host: std::ops::Range<usize>,
+}
+
+/// What [`send_head`] keeps of a request while it waits for a new connection.
+struct SetAside {
+    head: Vec<u8>,
+    /// The normalised host, for another backend of its route after a failed connect.
+    host: String,
+}
+
+/// Writes the request's head to a pooled connection to `upstream` (another one if it
+/// turns out closed) or a new one; after a failed connect, to another backend of its
+/// route once, if `retry_elsewhere`. The request's bytes are taken off the client's
+/// buffer whatever happens.
+///
+/// Before it waits for a new connection, the head and the host are copied out and the
+/// buffers go back to the thread (the client's unless more bytes of it wait there): a
+/// burst of new clients on a cold pool means thousands of connects at once, and the
+/// buffers they held were half the gateway's memory at 4,000 connections.
 async fn send_head(
     proxy: &Proxy,
     upstream: Arc<Upstream>,
-    head: &[u8],
+    outgoing: Outgoing<'_>,
     mut retry_elsewhere: bool,
-    host: &str,
 ) -> Result<(RawConn, Lease), Failure> {
+    let Outgoing {
+        out,
+        client,
+        consumed,
+        host,
+    } = outgoing;
     let mut lease = Lease::new(upstream);
-    loop {
+    let mut set_aside: Option<SetAside> = None;
+    let sent = 'send: loop {
         while let Some(mut conn) = lease.upstream().checkout_raw() {
+            let head = set_aside.as_ref().map_or(&out[..], |aside| &aside.head);
             // A first write that fails wrote nothing: the socket was closed under us,
             // and the request can go on another. Once any byte is written, it cannot.
             // An idle pooled socket nearly always has room: try without a future first.
@@ -564,7 +602,7 @@ async fn send_head(
             match first {
                 Ok(0) | Err(_) => continue,
                 Ok(written) => {
-                    return match conn.stream.write_all(&head[written..]).await {
+                    break 'send match conn.stream.write_all(&head[written..]).await {
                         Ok(()) => Ok((conn, lease)),
                         Err(error) => {
                             tracing::debug!(%error, "backend request failed");
@@ -574,9 +612,26 @@ async fn send_head(
                 }
             }
         }
+        if set_aside.is_none() {
+            let raw = std::str::from_utf8(&client[host.clone()]).ok();
+            set_aside = Some(SetAside {
+                head: out.clone(),
+                host: raw
+                    .and_then(model::normalize_host)
+                    .map(String::from)
+                    .unwrap_or_default(),
+            });
+            client.drain(..consumed);
+            if client.is_empty() {
+                spare::give_all(&mut [out, client]);
+            } else {
+                spare::give_all(&mut [out]);
+            }
+        }
+        let aside = set_aside.as_ref().expect("set aside above");
         match proxy.upstreams.connect_raw(lease.upstream()).await {
             Ok(mut conn) => {
-                return match conn.stream.write_all(head).await {
+                break match conn.stream.write_all(&aside.head).await {
                     Ok(()) => Ok((conn, lease)),
                     Err(error) => {
                         tracing::debug!(%error, "backend request failed");
@@ -586,13 +641,17 @@ async fn send_head(
             }
             Err(error) => {
                 tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
-                if move_elsewhere(proxy, host, &mut lease, &mut retry_elsewhere) {
+                if move_elsewhere(proxy, &aside.host, &mut lease, &mut retry_elsewhere) {
                     continue;
                 }
-                return Err(Failure::Connect);
+                break Err(Failure::Connect);
             }
         }
+    };
+    if set_aside.is_none() {
+        client.drain(..consumed);
     }
+    sent
 }
 
 /// Sends the rest of a request body to the backend as it arrives.
