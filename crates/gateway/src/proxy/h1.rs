@@ -28,6 +28,8 @@
 
 mod framing;
 mod head;
+#[cfg(test)]
+mod seeded;
 
 use std::future::Future;
 use std::io;

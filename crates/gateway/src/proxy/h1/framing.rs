@@ -165,6 +165,7 @@ impl BodyEnd {
 
 #[cfg(test)]
 mod tests {
+    use super::super::seeded::Rng;
     use super::*;
 
     /// Feeds `body` in pieces of `step` bytes: where it ends.
@@ -319,26 +320,6 @@ mod tests {
                 (b'\r', Some(b'\n')) => at = data_end + 2,
                 _ => return Err(Malformed),
             }
-        }
-    }
-
-    /// xorshift64*: enough to vary the cases, and the same cases on every run.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn pick<'a>(&mut self, from: &[&'a [u8]]) -> &'a [u8] {
-            from[self.below(from.len())]
         }
     }
 
