@@ -1326,6 +1326,29 @@ mass-delete-share = 0.25
 }
 
 #[test]
+fn the_readmes_example_configuration_is_one_the_gateway_reads() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let section = readme
+        .split("### Gateway configuration")
+        .nth(1)
+        .expect("the README has a configuration section");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section has a TOML example");
+    let config = Config::from_toml(example).unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.orchestrators.len(), 2);
+    assert_eq!(
+        config.access_log.as_deref(),
+        Some(Path::new("/var/log/switchyard/access.log"))
+    );
+    assert_eq!(config.confirm_window, Duration::from_secs(600));
+}
+
+#[test]
 fn an_unknown_key_in_the_file_is_an_error_that_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.toml");
