@@ -51,8 +51,9 @@ const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
 #[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
-    /// TOML file with any of these settings; flags and environment variables override it.
-    /// (Read by `Config::from_matches`; a `Config` built in code ignores it.)
+    /// TOML file with any of these settings (the same names, `--workers` aside); flags
+    /// and environment variables override it.
+    // Read by `Config::from_matches`; a `Config` built in code ignores it.
     #[arg(long, env = "SWITCHYARD_GATEWAY_CONFIG", value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
