@@ -66,7 +66,7 @@ pub enum Error {
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
     /// The access log cannot be opened for writing.
-    #[error("cannot open the access log {path}: {source}")]
+    #[error("cannot open the access log {path}: {source}; its folder must exist and be writable by this user")]
     AccessLog {
         /// The file.
         path: PathBuf,
