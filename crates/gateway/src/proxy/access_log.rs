@@ -11,8 +11,8 @@
 //! {"time":"2026-11-26T18:00:00.123Z","client":"192.0.2.7","method":"GET","host":"app.example.com","path":"/a?b=1","protocol":"HTTP/1.1","status":200,"bytes":5120,"upstream":"10.0.0.5:8080","duration_ms":1.204}
 //! ```
 //!
-//! `bytes` counts the answer's body, not its head (over HTTP/1.1 as sent, with a chunked
-//! answer's framing; over HTTP/2 and HTTP/1.0 its data); `upstream` is `null`
+//! `bytes` counts the data of the answer's body, not its head nor a chunked answer's
+//! framing, on every protocol; `upstream` is `null`
 //! when no backend was tried (404, 503, a request refused); the duration runs from the
 //! request's head to the end of its answer. `SIGHUP` (and
 //! [`AccessLog::reopen`]) opens the file again by name, for log rotation.

@@ -18,6 +18,10 @@ pub(super) enum Failure {
     BadHost,
     /// A request head over [`MAX_HEAD`](super::MAX_HEAD) bytes.
     HeadTooLong,
+    /// A request head that does not parse as HTTP/1.x. Only hyper's path meets one:
+    /// the own path hands such a head over, and hyper answers it (400, no body); it is
+    /// counted and logged here.
+    MalformedHead,
     /// A request body in a transfer coding other than chunked (RFC 9112 §6.1: 501).
     UnsupportedCoding,
     /// A request body whose chunked framing is broken.
@@ -42,9 +46,10 @@ pub(super) enum Failure {
 impl Failure {
     /// Every reason, as [`Failure::reason`] names them: the label values of
     /// `switchyard_gateway_errors_total`.
-    pub(super) const REASONS: [&'static str; 11] = [
+    pub(super) const REASONS: [&'static str; 12] = [
         "bad_host",
         "head_too_long",
+        "malformed_head",
         "unsupported_coding",
         "bad_body",
         "no_route",
@@ -61,21 +66,22 @@ impl Failure {
         match self {
             Failure::BadHost => 0,
             Failure::HeadTooLong => 1,
-            Failure::UnsupportedCoding => 2,
-            Failure::BadBody => 3,
-            Failure::NoRoute(_) => 4,
-            Failure::NoBackend(_) => 5,
-            Failure::ConnectMethod => 6,
-            Failure::Connect => 7,
-            Failure::Backend => 8,
-            Failure::BadResponse => 9,
-            Failure::Timeout => 10,
+            Failure::MalformedHead => 2,
+            Failure::UnsupportedCoding => 3,
+            Failure::BadBody => 4,
+            Failure::NoRoute(_) => 5,
+            Failure::NoBackend(_) => 6,
+            Failure::ConnectMethod => 7,
+            Failure::Connect => 8,
+            Failure::Backend => 9,
+            Failure::BadResponse => 10,
+            Failure::Timeout => 11,
         }
     }
 
     pub(super) fn status(&self) -> StatusCode {
         match self {
-            Failure::BadHost | Failure::BadBody => StatusCode::BAD_REQUEST,
+            Failure::BadHost | Failure::BadBody | Failure::MalformedHead => StatusCode::BAD_REQUEST,
             Failure::NoRoute(_) => StatusCode::NOT_FOUND,
             Failure::HeadTooLong => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Failure::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
@@ -90,6 +96,7 @@ impl Failure {
         match self {
             Failure::BadHost => Bytes::from_static(b"missing or invalid Host header\n"),
             Failure::BadBody => Bytes::from_static(b"malformed request body\n"),
+            Failure::MalformedHead => Bytes::from_static(b"malformed request head\n"),
             Failure::HeadTooLong => Bytes::from_static(b"request head over 64 KiB\n"),
             Failure::UnsupportedCoding => {
                 Bytes::from_static(b"transfer coding not supported (only chunked)\n")

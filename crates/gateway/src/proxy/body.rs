@@ -104,7 +104,7 @@ impl Body for ResponseBody {
             Inner::Full(data) => {
                 let data = data.take();
                 if let (Some(request), Some(data)) = (&mut this.request, &data) {
-                    request.sent_bytes(data.len());
+                    request.sent_bytes(data.len() as u64);
                 }
                 Poll::Ready(data.map(|data| Ok(Frame::data(data))))
             }
@@ -112,7 +112,7 @@ impl Body for ResponseBody {
                 let frame = ready!(Pin::new(&mut *body).poll_frame(cx));
                 if let (Some(request), Some(Ok(frame))) = (&mut this.request, &frame) {
                     if let Some(data) = frame.data_ref() {
-                        request.sent_bytes(data.len());
+                        request.sent_bytes(data.len() as u64);
                     }
                 }
                 let ended = match &frame {

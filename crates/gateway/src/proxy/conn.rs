@@ -203,6 +203,9 @@ async fn serve_hyper<IO>(
             biased;
             result = http.as_mut() => {
                 if let Err(error) = result {
+                    if let Some(error) = error.downcast_ref::<hyper::Error>() {
+                        forward::refused_by_hyper(conn, error);
+                    }
                     tracing::debug!(%error, %peer, "client connection ended with an error");
                 }
                 break;

@@ -47,7 +47,7 @@ struct Logged {
     started: Instant,
     /// 0 until an answer is decided.
     status: u16,
-    /// Bytes of the answer's body passed on so far.
+    /// Bytes of the answer's body's data passed on so far (not its framing).
     bytes: u64,
     upstream: Option<Arc<Upstream>>,
 }
@@ -93,9 +93,9 @@ impl RequestGuard {
 
     /// `bytes` more of the answer's body passed on to the client.
     #[inline]
-    pub(super) fn sent_bytes(&mut self, bytes: usize) {
+    pub(super) fn sent_bytes(&mut self, bytes: u64) {
         if let Some(log) = &mut self.log {
-            log.bytes += bytes as u64;
+            log.bytes += bytes;
         }
     }
 
@@ -128,6 +128,27 @@ impl Drop for RequestGuard {
             }
         }
     }
+}
+
+/// A request head hyper refused itself, with its own answer (400, or 431 for one over
+/// the limit, no body), after which it closes the connection: counted and logged as the
+/// proxy's own answers are. Nothing of the request is known but its client.
+pub(super) fn refused_by_hyper(conn: &Arc<ClientConn>, error: &hyper::Error) {
+    // The errors hyper answers (`on_error` of its HTTP/1 server role); an HTTP/2
+    // preface where HTTP/1 was expected is not one, and never reaches it here.
+    if !error.is_parse() || error.is_parse_version_h2() || error.is_parse_status() {
+        return;
+    }
+    let failure = if error.is_parse_too_large() {
+        Failure::HeadTooLong
+    } else {
+        Failure::MalformedHead
+    };
+    let mut request = RequestGuard::new(Arc::clone(conn));
+    request.describe(b"", b"", b"", "");
+    conn.proxy.metrics.failed(&failure);
+    conn.proxy.metrics.count(failure.status());
+    request.answered(failure.status());
 }
 
 /// Answers one request: the backend's response, or the proxy's own.
@@ -176,6 +197,9 @@ async fn forward(
     request: &mut Option<RequestGuard>,
 ) -> Result<Response<ResponseBody>, Failure> {
     let proxy = &*conn.proxy;
+    if headers::head_too_long(&req) {
+        return Err(Failure::HeadTooLong);
+    }
     if req.method() == Method::CONNECT {
         return Err(Failure::ConnectMethod);
     }

@@ -214,8 +214,10 @@ pub(super) async fn serve<C: ClientStream>(
                             is_head: false,
                             close: true,
                         };
-                        // Counted, not logged: nothing of the request was read.
+                        // Logged with what its request line says, if it ended.
                         let mut request = RequestGuard::new(Arc::clone(conn));
+                        let (method, target) = head::request_line(&buffers.client);
+                        request.describe(method, b"", target, "HTTP/1.1");
                         answer
                             .send(&conn.proxy, client, &mut buffers.out, &mut request)
                             .await;
@@ -770,7 +772,7 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
     }
     r.out.extend_from_slice(&rest[..taken]);
     write(r.to_client, r.out, r.activity, r.idle).await?;
-    r.request.sent_bytes(taken);
+    r.request.sent_bytes(body.data());
     while !body.is_done() {
         r.buf.clear();
         r.buf.reserve(READ_SIZE);
@@ -784,10 +786,11 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
             // A backend stalled mid-body leaves the client connection idle.
             () = r.idle.expired(r.activity) => return Err(Broken::Cut),
         }
+        let data = body.data();
         let taken = body.advance(r.buf).map_err(|_| Broken::Cut)?;
         stray |= taken < r.buf.len();
         write(r.to_client, &r.buf[..taken], r.activity, r.idle).await?;
-        r.request.sent_bytes(taken);
+        r.request.sent_bytes(body.data() - data);
     }
     Ok(Ended {
         backend_reusable: head.keep_alive && !stray && body.is_done(),
@@ -869,7 +872,7 @@ impl Answer {
         out.extend_from_slice(b"\r\n\r\n");
         if !self.is_head {
             out.extend_from_slice(&body);
-            request.sent_bytes(body.len());
+            request.sent_bytes(body.len() as u64);
         }
         write_out(client, out).await.is_ok()
     }

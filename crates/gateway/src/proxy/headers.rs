@@ -36,6 +36,27 @@ pub(super) fn raw_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     first.cloned()
 }
 
+/// Whether an HTTP/1 request's head, written out plainly (`name: value` lines), is
+/// over [`MAX_HEAD`](super::MAX_HEAD) bytes. hyper's limit on that path is its read
+/// buffer's, which one read can overshoot: a head that arrives whole is taken up to
+/// about twice the size. HTTP/2's header list has a limit of its own.
+pub(super) fn head_too_long<B>(req: &Request<B>) -> bool {
+    if req.version() > Version::HTTP_11 {
+        return false;
+    }
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let authority = req.uri().authority().map_or(0, |a| a.as_str().len() + 7);
+    // "METHOD target HTTP/1.1\r\n", each "name: value\r\n", the empty line.
+    let mut len = req.method().as_str().len() + 1 + authority + target + 11 + 2;
+    for (name, value) in req.headers() {
+        len += name.as_str().len() + 2 + value.len() + 2;
+        if len > super::MAX_HEAD {
+            return true;
+        }
+    }
+    len > super::MAX_HEAD
+}
+
 /// Whether a message's `Transfer-Encoding`, if it has one, is `chunked` alone: the one
 /// transfer coding the proxy passes on. Any other would reach the far side undone (or
 /// could not reach an HTTP/2 peer at all), so a request with one is refused (501) and

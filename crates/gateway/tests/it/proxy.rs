@@ -230,6 +230,19 @@ impl Gateway {
         Gateway::serve(Arc::new(proxy), table).await
     }
 
+    /// As [`Gateway::start_logging`], with the proxy's metrics in `recorder`.
+    pub(crate) async fn start_observed(
+        routes: Vec<Route>,
+        log: Arc<AccessLog>,
+        recorder: &metrics_exporter_prometheus::PrometheusRecorder,
+    ) -> Gateway {
+        let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(1, routes)));
+        let proxy = metrics::with_local_recorder(recorder, || {
+            Proxy::new(Arc::clone(&table), ProxyConfig::default())
+        });
+        Gateway::serve(Arc::new(proxy.with_access_log(log)), table).await
+    }
+
     async fn start_with(
         routes: Vec<Route>,
         config: ProxyConfig,

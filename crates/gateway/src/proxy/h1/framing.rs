@@ -35,6 +35,8 @@ pub(super) struct BodyEnd {
     size: u64,
     /// Bytes of chunk extensions and trailers seen so far.
     meta: usize,
+    /// Bytes of the body's data taken so far (its framing not counted).
+    data: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +71,14 @@ impl BodyEnd {
             state,
             size: 0,
             meta: 0,
+            data: 0,
         }
+    }
+
+    /// Bytes of the body's data taken so far: a chunked body's chunks, not their
+    /// framing.
+    pub(super) fn data(&self) -> u64 {
+        self.data
     }
 
     /// Whether the body has ended.
@@ -89,10 +98,14 @@ impl BodyEnd {
         while at < bytes.len() {
             match self.state {
                 State::Done => break,
-                State::UntilClose => return Ok(bytes.len()),
+                State::UntilClose => {
+                    self.data += (bytes.len() - at) as u64;
+                    return Ok(bytes.len());
+                }
                 State::Remaining(n) => {
                     let take = n.min((bytes.len() - at) as u64);
                     at += take as usize;
+                    self.data += take;
                     self.state = match n - take {
                         0 => State::Done,
                         left => State::Remaining(left),
@@ -101,6 +114,7 @@ impl BodyEnd {
                 State::Data(n) => {
                     let take = n.min((bytes.len() - at) as u64);
                     at += take as usize;
+                    self.data += take;
                     self.state = match n - take {
                         0 => State::DataCr,
                         left => State::Data(left),
@@ -222,6 +236,36 @@ mod tests {
             }
         }
         assert_eq!(end_of(Framing::Chunked, b"5\r\nhel", 2), Ok(None));
+    }
+
+    #[test]
+    fn a_bodys_data_is_counted_without_its_framing() {
+        let cases: [(Framing, &[u8], u64); 6] = [
+            (Framing::Chunked, b"0\r\n\r\nGET", 0),
+            (Framing::Chunked, b"5\r\nhello\r\n0\r\n\r\n", 5),
+            (
+                Framing::Chunked,
+                b"5;name=value\r\nhello\r\nA\r\n0123456789\r\n0\r\nX: 1\r\n\r\nrest",
+                15,
+            ),
+            (Framing::Length(5), b"hello, next", 5),
+            (Framing::UntilClose, b"anything", 8),
+            (Framing::Empty, b"next", 0),
+        ];
+        for (framing, body, data) in cases {
+            for step in [1, 2, 3, 7, 1000] {
+                let mut end = BodyEnd::new(framing);
+                for piece in body.chunks(step) {
+                    end.advance(piece).unwrap();
+                }
+                assert_eq!(
+                    end.data(),
+                    data,
+                    "{:?} in pieces of {step}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
     }
 
     #[test]

@@ -51,6 +51,22 @@ pub(super) struct RequestHead {
     pub(super) expect_continue: bool,
 }
 
+/// The method and the target of the request line at the start of `buf`, for the
+/// access log of a request refused before it was parsed: the target is empty if the
+/// line has not ended, and both are if it has no space.
+pub(super) fn request_line(buf: &[u8]) -> (&[u8], &[u8]) {
+    let (line, ended) = match buf.iter().position(|byte| *byte == b'\n') {
+        Some(end) => (&buf[..end], true),
+        None => (buf, false),
+    };
+    let mut parts = line.split(|byte| *byte == b' ');
+    match (parts.next(), parts.next()) {
+        (Some(method), Some(target)) if ended => (method, target),
+        (Some(method), Some(_)) => (method, b""),
+        _ => (b"", b""),
+    }
+}
+
 /// Parses the request at the start of `buf`; when it is one to take, writes the head
 /// the backend gets to `out` (replacing what it held), with `X-Forwarded-Proto: proto`.
 pub(super) fn request(
@@ -698,6 +714,22 @@ mod tests {
         }
         // Enough heads were taken for the rules to have been checked.
         assert!(taken > 300, "{taken} of 3000 taken");
+    }
+
+    #[test]
+    fn a_refused_requests_line_gives_what_it_holds() {
+        type Case<'a> = (&'a [u8], (&'a [u8], &'a [u8]));
+        let cases: [Case; 5] = [
+            (b"GET /a?b HTTP/1.1\r\nX: y", (b"GET", b"/a?b")),
+            (b"GET /a HTTP/1.1\nX: y", (b"GET", b"/a")),
+            // The line has not ended: its target may be cut anywhere.
+            (b"GET /aaaaaaaa", (b"GET", b"")),
+            (b"GETTING", (b"", b"")),
+            (b"", (b"", b"")),
+        ];
+        for (buf, want) in cases {
+            assert_eq!(request_line(buf), want, "{}", String::from_utf8_lossy(buf));
+        }
     }
 
     #[test]
