@@ -53,7 +53,8 @@ use crate::RouteTable;
 /// 32 KiB of request headers, HAProxy's about 16 KiB; hyper's own, 400 KiB, would let
 /// every connection hold that much before a byte of it is routed. (A connection already
 /// handed to hyper, such as HTTP/1.0 with keep-alive, has its later heads bounded by
-/// hyper's buffer of this size, which a head that arrives in one read can overrun.)
+/// hyper's buffer of this size, which a head that arrives in one read can overrun: the
+/// proxy then measures the head it parsed, `headers::head_too_long`, and refuses it.)
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
 /// Timeouts and limits of the request path.
