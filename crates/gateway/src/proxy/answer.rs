@@ -34,6 +34,9 @@ pub(super) enum Failure {
     ConnectMethod,
     /// No connection to a backend could be made.
     Connect,
+    /// The gateway itself could not open a connection: out of file descriptors, local
+    /// ports or socket memory ([`ConnectError::is_local`](super::upstream::ConnectError::is_local)).
+    OutOfSockets,
     /// The backend's connection failed (reset, or closed before its answer).
     Backend,
     /// The backend answered with what the proxy cannot pass on: a head that does not
@@ -46,7 +49,7 @@ pub(super) enum Failure {
 impl Failure {
     /// Every reason, as [`Failure::reason`] names them: the label values of
     /// `switchyard_gateway_errors_total`.
-    pub(super) const REASONS: [&'static str; 12] = [
+    pub(super) const REASONS: [&'static str; 13] = [
         "bad_host",
         "head_too_long",
         "malformed_head",
@@ -56,6 +59,7 @@ impl Failure {
         "no_backend",
         "connect_method",
         "connect",
+        "out_of_sockets",
         "backend",
         "bad_response",
         "timeout",
@@ -73,9 +77,10 @@ impl Failure {
             Failure::NoBackend(_) => 6,
             Failure::ConnectMethod => 7,
             Failure::Connect => 8,
-            Failure::Backend => 9,
-            Failure::BadResponse => 10,
-            Failure::Timeout => 11,
+            Failure::OutOfSockets => 9,
+            Failure::Backend => 10,
+            Failure::BadResponse => 11,
+            Failure::Timeout => 12,
         }
     }
 
@@ -85,7 +90,7 @@ impl Failure {
             Failure::NoRoute(_) => StatusCode::NOT_FOUND,
             Failure::HeadTooLong => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Failure::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
-            Failure::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::NoBackend(_) | Failure::OutOfSockets => StatusCode::SERVICE_UNAVAILABLE,
             Failure::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             Failure::Connect | Failure::Backend | Failure::BadResponse => StatusCode::BAD_GATEWAY,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -105,6 +110,9 @@ impl Failure {
             Failure::NoBackend(host) => format!("no backend available for host {host}\n").into(),
             Failure::ConnectMethod => Bytes::from_static(b"CONNECT is not supported\n"),
             Failure::Connect => Bytes::from_static(b"could not connect to a backend\n"),
+            Failure::OutOfSockets => Bytes::from_static(
+                b"gateway overloaded: no connection to a backend can be opened\n",
+            ),
             Failure::Backend => Bytes::from_static(b"backend connection failed\n"),
             Failure::BadResponse => Bytes::from_static(b"backend sent an invalid response\n"),
             Failure::Timeout => Bytes::from_static(b"backend did not answer in time\n"),

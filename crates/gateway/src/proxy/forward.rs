@@ -325,6 +325,9 @@ async fn exchange(
             }
             Err(error) => {
                 tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
+                if error.is_local() {
+                    return Err(Failure::OutOfSockets);
+                }
                 if move_elsewhere(proxy, host, &mut lease, &mut retry_elsewhere) {
                     continue;
                 }

@@ -645,6 +645,9 @@ async fn send_head(
             }
             Err(error) => {
                 tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
+                if error.is_local() {
+                    break Err(Failure::OutOfSockets);
+                }
                 if move_elsewhere(proxy, &aside.host, &mut lease, &mut retry_elsewhere) {
                     continue;
                 }

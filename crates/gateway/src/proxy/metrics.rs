@@ -38,7 +38,7 @@ pub const ACCESS_LOG_DROPPED_TOTAL: &str = "switchyard_gateway_access_log_droppe
 /// The label of [`REQUESTS_TOTAL`].
 pub const CODE_LABEL: &str = "code";
 /// Requests the gateway answered itself (a 4xx or 5xx of its own), by [`REASON_LABEL`]:
-/// `no_route`, `no_backend`, `connect`, `backend`, `bad_response`, `timeout`,
+/// `no_route`, `no_backend`, `connect`, `out_of_sockets`, `backend`, `bad_response`, `timeout`,
 /// `bad_host`, `bad_body`, `head_too_long`, `malformed_head`, `unsupported_coding`,
 /// `connect_method`.
 pub const ERRORS_TOTAL: &str = "switchyard_gateway_errors_total";

@@ -547,7 +547,7 @@ async fn accept_failed(counted: &Metrics, error: io::Error) {
                 tracing::warn!(
                     %error,
                     "accepting connections fails; new ones wait until it works again \
-                     (logged at most every {ACCEPT_WARNING_EVERY_SECS} s; \
+                     (logged at most every {WARNING_EVERY_SECS} s; \
                      {} counts every failure)",
                     metrics::ACCEPT_ERRORS_TOTAL
                 );
@@ -557,24 +557,43 @@ async fn accept_failed(counted: &Metrics, error: io::Error) {
     }
 }
 
-/// See [`accept_warning_due`].
-const ACCEPT_WARNING_EVERY_SECS: u64 = 5;
+/// How often, at most, a warning for a failure that repeats while it lasts is logged.
+pub(super) const WARNING_EVERY_SECS: u64 = 5;
 
-/// Whether to log an accept failure now: one line per [`ACCEPT_WARNING_EVERY_SECS`] for
-/// the whole process at most, as a full file table fails every thread's accepts, every
-/// 50 ms, until connections close.
+/// Whether to log an accept failure now: see [`Warning`].
 fn accept_warning_due() -> bool {
-    static START: OnceLock<std::time::Instant> = OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let now = START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_secs();
-    let next = NEXT.load(Relaxed);
-    now >= next
-        && NEXT
-            .compare_exchange(next, now + ACCEPT_WARNING_EVERY_SECS, Relaxed, Relaxed)
-            .is_ok()
+    static ACCEPT: Warning = Warning::new();
+    ACCEPT.due()
+}
+
+/// A warning logged once per [`WARNING_EVERY_SECS`] for the whole process at most: a
+/// full file table fails every thread's accepts every 50 ms, and every new backend
+/// connection, until connections close.
+pub(super) struct Warning {
+    /// Seconds since the process's first warning when the next may be logged.
+    next: AtomicU64,
+}
+
+impl Warning {
+    pub(super) const fn new() -> Warning {
+        Warning {
+            next: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn due(&self) -> bool {
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        let now = START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs();
+        let next = self.next.load(Relaxed);
+        now >= next
+            && self
+                .next
+                .compare_exchange(next, now + WARNING_EVERY_SECS, Relaxed, Relaxed)
+                .is_ok()
+    }
 }
 
 /// Every idle period, drops closed pooled connections and forgets unused backends.

@@ -165,6 +165,22 @@ pub(super) enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
+impl ConnectError {
+    /// Whether the gateway itself, not the backend, lacks what a connection takes: a
+    /// file descriptor (its limit or the system's), a local port, socket memory. Such a
+    /// failure says nothing of the backend: it does not count towards its ejection, and
+    /// another backend would fail the same way.
+    pub(super) fn is_local(&self) -> bool {
+        let ConnectError::Io(error) = self else {
+            return false;
+        };
+        matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::EADDRNOTAVAIL | libc::ENOBUFS | libc::ENOMEM)
+        )
+    }
+}
+
 impl Upstreams {
     pub(super) fn new(config: &ProxyConfig, backends: &BackendConfig) -> Upstreams {
         Upstreams {
@@ -307,6 +323,20 @@ impl Upstreams {
     fn count_connect<T>(&self, upstream: &Upstream, result: &Result<T, ConnectError>) {
         match result {
             Ok(_) => upstream.connected(),
+            Err(error) if error.is_local() => {
+                static WARNING: super::Warning = super::Warning::new();
+                if WARNING.due() {
+                    tracing::warn!(
+                        %error,
+                        "opening a backend connection fails for want of file descriptors, \
+                         local ports or memory: such requests are answered 503 and no \
+                         backend is blamed (logged at most every {} s; \
+                         switchyard_gateway_errors_total{{reason=\"out_of_sockets\"}} \
+                         counts every one)",
+                        super::WARNING_EVERY_SECS
+                    );
+                }
+            }
             Err(_) => {
                 if upstream.connect_failed(self.eject_after_failures, self.eject_cooldown) {
                     self.ejections.increment(1);

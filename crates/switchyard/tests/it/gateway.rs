@@ -902,8 +902,12 @@ fn tls_certificates_are_served_by_name_and_reloaded_on_sighup() {
 fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_that_waited() {
     let dir = tempfile::tempdir().unwrap();
     let app = backend("app");
+    let other = backend("other");
     let orchestrator = Orchestrator::start();
-    let _live = orchestrator.stream(snapshot(1, &[route("app", app.addr)]));
+    let _live = orchestrator.stream(snapshot(
+        1,
+        &[route("app", app.addr), route("other", other.addr)],
+    ));
     let mut ours = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -960,10 +964,32 @@ fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_tha
         GatewayProcess::spawn_with_open_files(dir.path(), "full", &args, limit, limit);
     gateway.wait_ready();
     assert_eq!(gateway.get("app.test").unwrap(), (200, "app".to_string()));
-    let idle: Vec<TcpStream> = (0..30).map(|_| connect(gateway.proxy).unwrap()).collect();
+    let mut idle: Vec<TcpStream> = (0..30).map(|_| connect(gateway.proxy).unwrap()).collect();
     gateway.wait_for("accepts to fail", |gateway| {
         gateway.log().contains("accepting connections fails")
     });
+    // The file table is full: a request that needs a new backend connection gets a 503
+    // that says so, and the backend, which did nothing wrong, is not ejected. On one
+    // kept-alive connection (the first accepted), so that none closes meanwhile.
+    let first = &mut idle[0];
+    for _ in 0..4 {
+        write!(first, "GET / HTTP/1.1\r\nHost: other.test\r\n\r\n").unwrap();
+        let (status, body) = read_response(first).unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                503,
+                "gateway overloaded: no connection to a backend can be opened\n"
+            ),
+            "{}",
+            gateway.log()
+        );
+    }
+    assert!(
+        gateway.log().contains("opening a backend connection fails"),
+        "{}",
+        gateway.log()
+    );
     let proxy = gateway.proxy;
     let waiting = thread::spawn(move || http_get(proxy, "app.test", "/"));
     drop(idle);
@@ -976,6 +1002,45 @@ fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_tha
         "{}",
         gateway.log()
     );
+    assert_eq!(
+        gateway.metric("switchyard_gateway_errors_total{reason=\"out_of_sockets\"}"),
+        Some(4.0)
+    );
+    assert_eq!(
+        gateway.metric("switchyard_gateway_backend_ejections_total"),
+        Some(0.0)
+    );
+    let (status, body) = gateway.admin_get("/routes/other.test").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let state = &body["backend_state"][0];
+    assert_eq!(state["connect_failures_total"], 0, "{body}");
+    assert_eq!(state["ejected"], false, "{body}");
+    assert_eq!(
+        gateway.get("other.test").unwrap(),
+        (200, "other".to_string())
+    );
+}
+
+/// Reads one response with a `Content-Length` from `stream`, leaving it open: its
+/// status and body.
+fn read_response(stream: &mut TcpStream) -> io::Result<(u16, String)> {
+    let mut head = Vec::new();
+    let mut byte = [0];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = head[9..12].parse().map_err(io::Error::other)?;
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|length| length.trim().parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no length in {head:?}")))?;
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[test]
