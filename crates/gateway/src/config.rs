@@ -170,6 +170,12 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_GATEWAY_DRAIN_TIMEOUT", value_parser = parse_duration, default_value = DEFAULT_DRAIN_TIMEOUT)]
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
+
+    /// Client connections served at once; more wait in the listen queue until one
+    /// closes [default: half the open-files limit, less 64: room for each client's
+    /// connection and one to its backend].
+    #[arg(long, env = "SWITCHYARD_GATEWAY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Config {
@@ -204,6 +210,7 @@ impl Default for Config {
             first_byte_timeout: duration(DEFAULT_FIRST_BYTE_TIMEOUT),
             idle_timeout: duration(DEFAULT_IDLE_TIMEOUT),
             drain_timeout: duration(DEFAULT_DRAIN_TIMEOUT),
+            max_connections: None,
         }
     }
 }
@@ -302,6 +309,7 @@ impl Config {
             first_byte_timeout,
             idle_timeout,
             drain_timeout,
+            max_connections,
         );
         config.config = Some(path);
         Ok(config)
@@ -399,6 +407,9 @@ impl Config {
                 return Err(invalid(setting, "0s", "must be more than zero"));
             }
         }
+        if self.max_connections == Some(0) {
+            return Err(invalid("max-connections", "0", "must be at least 1"));
+        }
         if self.reconnect_max < self.reconnect_min {
             return Err(invalid(
                 "reconnect-max",
@@ -419,6 +430,9 @@ impl Config {
             first_byte_timeout: self.first_byte_timeout,
             idle_timeout: self.idle_timeout,
             drain_timeout: self.drain_timeout,
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(|| default_max_connections(open_files_limit())),
         }
     }
 
@@ -430,6 +444,29 @@ impl Config {
             min_removed: self.mass_delete_min_removed,
         }
     }
+}
+
+/// The default of `--max-connections` under a limit of `open_files`: half of it, less
+/// 64 for the gateway's own files (listeners, snapshots, log, the orchestrator's
+/// stream), so that each client connection has room for one to its backend; at least
+/// 16.
+pub(crate) fn default_max_connections(open_files: u64) -> usize {
+    let max = open_files.saturating_sub(64) / 2;
+    usize::try_from(max).unwrap_or(usize::MAX).max(16)
+}
+
+/// The soft limit on open files now (unlimited: `u64::MAX`).
+fn open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        // Unknown: no cap of the gateway's own; accepts fail at the limit instead.
+        return u64::MAX;
+    }
+    limit.rlim_cur
 }
 
 /// When an update is held (invariant 1): see [`Guard::verdict`].
@@ -542,4 +579,21 @@ pub(crate) fn format_duration(duration: Duration) -> String {
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_connection_limit_leaves_room_for_a_backend_connection_each() {
+        assert_eq!(default_max_connections(1024), 480);
+        assert_eq!(default_max_connections(65_536), 32_736);
+        // A limit so low it leaves nothing: a few connections all the same (accepts
+        // fail past the limit, and are waited out).
+        assert_eq!(default_max_connections(36), 16);
+        // RLIM_INFINITY: no cap of the gateway's own (the proxy holds it to what its
+        // semaphore can count).
+        assert!(default_max_connections(u64::MAX) > 1 << 40);
+    }
 }

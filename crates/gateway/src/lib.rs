@@ -192,6 +192,7 @@ impl Gateway {
             table.version = table.version(),
             routes = table.len(),
             from_disk,
+            max_connections = config.proxy_config().max_connections,
             took_ms = started.elapsed().as_millis() as u64,
             "gateway listening"
         );

@@ -21,9 +21,14 @@ use tokio::sync::mpsc;
 /// what an odd count leaves anyway.
 pub(super) const SLACK: usize = 1;
 
-/// A connection handed from the thread that accepted it to the one that serves it, and
-/// whether it came from the TLS listener.
-pub(super) type Handed = (std::net::TcpStream, SocketAddr, bool);
+/// A connection handed from the thread that accepted it to the one that serves it,
+/// whether it came from the TLS listener, and its room under the connection limit.
+pub(super) type Handed = (
+    std::net::TcpStream,
+    SocketAddr,
+    bool,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 /// The threads' open connections, and their inboxes.
 pub(super) struct Balance {

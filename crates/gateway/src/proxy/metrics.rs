@@ -27,6 +27,8 @@ pub const UPSTREAM_DURATION_SECONDS: &str = "switchyard_gateway_upstream_duratio
 pub const REQUESTS_IN_FLIGHT: &str = "switchyard_gateway_requests_in_flight";
 /// Client connections open, upgraded ones included.
 pub const CONNECTIONS_OPEN: &str = "switchyard_gateway_connections_open";
+/// The most client connections served at once (`--max-connections`).
+pub const CONNECTIONS_MAX: &str = "switchyard_gateway_connections_max";
 /// TLS handshakes that failed or timed out (a name no certificate covers, a client
 /// that gave up, a protocol error).
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_gateway_tls_handshake_failures_total";
@@ -67,6 +69,11 @@ pub fn describe() {
         Unit::Count,
         "Client connections open, upgraded ones included."
     );
+    metrics::describe_gauge!(
+        CONNECTIONS_MAX,
+        Unit::Count,
+        "The most client connections served at once; more wait in the listen queue."
+    );
     metrics::describe_counter!(
         ACCEPT_ERRORS_TOTAL,
         Unit::Count,
@@ -101,6 +108,7 @@ pub(super) struct Metrics {
     pub(super) upstream_duration: Latency,
     pub(super) in_flight: Gauge,
     pub(super) connections: Gauge,
+    pub(super) connections_max: Gauge,
     pub(super) tls_handshake_failures: Counter,
     pub(super) accept_errors: Counter,
 }
@@ -116,6 +124,7 @@ impl Metrics {
             upstream_duration: Latency::new(),
             in_flight: metrics::gauge!(REQUESTS_IN_FLIGHT),
             connections: metrics::gauge!(CONNECTIONS_OPEN),
+            connections_max: metrics::gauge!(CONNECTIONS_MAX),
             tls_handshake_failures: metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL),
             accept_errors: metrics::counter!(ACCEPT_ERRORS_TOTAL),
         }

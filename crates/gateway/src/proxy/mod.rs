@@ -37,7 +37,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 pub use self::access_log::AccessLog;
@@ -74,6 +74,10 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// How long a stopping gateway lets requests in flight finish.
     pub drain_timeout: Duration,
+    /// Client connections served at once (TLS ones and upgraded ones included); more
+    /// wait in the listen queue, not accepted, until one closes, as with HAProxy's
+    /// `maxconn`. At most [`Semaphore::MAX_PERMITS`], which the default is: no cap.
+    pub max_connections: usize,
 }
 
 impl Default for ProxyConfig {
@@ -83,6 +87,7 @@ impl Default for ProxyConfig {
             first_byte_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            max_connections: Semaphore::MAX_PERMITS,
         }
     }
 }
@@ -209,6 +214,8 @@ pub struct Proxy {
     upstreams: Upstreams,
     metrics: Metrics,
     connections_open: AtomicUsize,
+    /// A permit per client connection that may be open ([`ProxyConfig::max_connections`]).
+    slots: Arc<Semaphore>,
     /// Set while serving on threads of its own.
     balance: ArcSwapOption<Balance>,
     access_log: Option<Arc<AccessLog>>,
@@ -264,12 +271,16 @@ impl Proxy {
         config: ProxyConfig,
         backends: BackendConfig,
     ) -> Proxy {
+        let max_connections = config.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let metrics = Metrics::new();
+        metrics.connections_max.set(max_connections as f64);
         Proxy {
             upstreams: Upstreams::new(&config, &backends),
-            metrics: Metrics::new(),
+            metrics,
             table,
             config,
             connections_open: AtomicUsize::new(0),
+            slots: Arc::new(Semaphore::new(max_connections)),
             balance: ArcSwapOption::empty(),
             access_log: None,
         }
@@ -279,6 +290,26 @@ impl Proxy {
     pub fn with_access_log(mut self, log: Arc<AccessLog>) -> Proxy {
         self.access_log = Some(log);
         self
+    }
+
+    /// A slot for one more client connection: at once while there is one, else when a
+    /// connection closes (meanwhile new ones wait in the listen queue).
+    async fn slot(&self) -> Slot {
+        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+            return slot;
+        }
+        static FULL: Warning = Warning::new();
+        if FULL.due() {
+            tracing::warn!(
+                max_connections = self.config.max_connections,
+                "the connection limit is reached: new connections wait in the listen \
+                 queue until others close (logged at most every {WARNING_EVERY_SECS} s)"
+            );
+        }
+        Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// Counts of connections and backends.
@@ -344,44 +375,53 @@ impl Proxy {
         } = listeners;
         let acceptor = tls.as_ref().map(|(_, acceptor)| acceptor.clone());
         let mut tls_first = false;
-        let spawn = |stream: TcpStream, peer, secure: bool, counted: Option<Counted>| {
-            let tls = if secure { acceptor.clone() } else { None };
-            let conn = conn::serve(
-                Arc::clone(&self),
-                Arc::clone(&server),
-                stream,
-                peer,
-                tls,
-                drain_rx.clone(),
-            );
-            tokio::spawn(async move {
-                conn.await;
-                drop(counted);
-            });
-        };
+        let spawn =
+            |stream: TcpStream, peer, secure: bool, slot: Slot, counted: Option<Counted>| {
+                let tls = if secure { acceptor.clone() } else { None };
+                let conn = conn::serve(
+                    Arc::clone(&self),
+                    Arc::clone(&server),
+                    stream,
+                    peer,
+                    tls,
+                    drain_rx.clone(),
+                );
+                tokio::spawn(async move {
+                    conn.await;
+                    drop((counted, slot));
+                });
+            };
 
         let mut shutdown = std::pin::pin!(shutdown);
+        // Taken before accepting; goes with the connection accepted.
+        let mut room: Option<Slot> = None;
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.as_mut() => break,
-                Some((stream, peer, secure)) = handed(&mut share) => {
+                Some((stream, peer, secure, slot)) = handed(&mut share) => {
                     let share = share.as_ref().expect("only a share receives connections");
                     let counted = Counted(Arc::clone(&share.balance), share.index);
                     match TcpStream::from_std(stream) {
-                        Ok(stream) => spawn(stream, peer, secure, Some(counted)),
+                        Ok(stream) => spawn(stream, peer, secure, slot, Some(counted)),
                         Err(error) => {
                             tracing::warn!(%error, "taking a connection from another thread failed");
                         }
                     }
                 }
-                (accepted, secure) = accept_next(&listener, &tls, &mut tls_first) => match accepted {
-                    Ok((stream, peer)) => match &share {
-                        None => spawn(stream, peer, secure, None),
-                        Some(share) => place(share, stream, peer, secure, spawn),
-                    },
-                    Err(error) => accept_failed(&self.metrics, error).await,
-                },
+                slot = self.slot(), if room.is_none() => room = Some(slot),
+                (accepted, secure) = accept_next(&listener, &tls, &mut tls_first), if room.is_some() => {
+                    match accepted {
+                        Ok((stream, peer)) => {
+                            let slot = room.take().expect("accepting holds a slot");
+                            match &share {
+                                None => spawn(stream, peer, secure, slot, None),
+                                Some(share) => place(share, stream, peer, secure, slot, spawn),
+                            }
+                        }
+                        Err(error) => accept_failed(&self.metrics, error).await,
+                    }
+                }
             }
         }
 
@@ -389,10 +429,10 @@ impl Proxy {
         if let Some(share) = &mut share {
             // Connections handed over but not taken yet are served (and drained) too.
             share.inbox.close();
-            while let Ok((stream, peer, secure)) = share.inbox.try_recv() {
+            while let Ok((stream, peer, secure, slot)) = share.inbox.try_recv() {
                 let counted = Counted(Arc::clone(&share.balance), share.index);
                 if let Ok(stream) = TcpStream::from_std(stream) {
-                    spawn(stream, peer, secure, Some(counted));
+                    spawn(stream, peer, secure, slot, Some(counted));
                 }
             }
         }
@@ -479,6 +519,9 @@ impl Proxy {
     }
 }
 
+/// Room for one client connection, held while it is open (see [`Proxy::slot`]).
+type Slot = OwnedSemaphorePermit;
+
 /// One open connection of a proxy thread, counted in its [`Balance`] while it lives.
 struct Counted(Arc<Balance>, usize);
 
@@ -502,7 +545,8 @@ fn place(
     stream: TcpStream,
     peer: std::net::SocketAddr,
     secure: bool,
-    spawn: impl Fn(TcpStream, std::net::SocketAddr, bool, Option<Counted>),
+    slot: Slot,
+    spawn: impl Fn(TcpStream, std::net::SocketAddr, bool, Slot, Option<Counted>),
 ) {
     let balance = &share.balance;
     let here = share.index;
@@ -512,6 +556,7 @@ fn place(
             stream,
             peer,
             secure,
+            slot,
             Some(Counted(Arc::clone(balance), here)),
         );
     }
@@ -524,11 +569,11 @@ fn place(
         }
     };
     // Sent, or given back because that thread has stopped: then it is served here.
-    if let Err((stream, peer, secure)) = balance.hand(target, (stream, peer, secure)) {
+    if let Err((stream, peer, secure, slot)) = balance.hand(target, (stream, peer, secure, slot)) {
         balance.moved(target, here);
         let counted = Counted(Arc::clone(balance), here);
         match TcpStream::from_std(stream) {
-            Ok(stream) => spawn(stream, peer, secure, Some(counted)),
+            Ok(stream) => spawn(stream, peer, secure, slot, Some(counted)),
             Err(error) => tracing::warn!(%error, "taking back a connection failed"),
         }
     }

@@ -1226,6 +1226,7 @@ orchestrators = ["http://127.0.0.1:7070", "http://127.0.0.2:7070/"]
 state-dir = "/srv/gateway"
 confirm-window = "5m"
 mass-delete-share = 0.25
+max-connections = 5000
 "#,
     )
     .unwrap();
@@ -1260,6 +1261,8 @@ mass-delete-share = 0.25
     );
     assert_eq!(config.state_dir, Path::new("/srv/gateway"));
     assert_eq!(config.mass_delete_share, 0.25);
+    assert_eq!(config.max_connections, Some(5000));
+    assert_eq!(config.proxy_config().max_connections, 5000);
     assert_eq!(
         config.snapshot_interval,
         Duration::from_millis(500),
@@ -1418,6 +1421,7 @@ fn validate_refuses_what_cannot_work_and_names_the_setting() {
         "reconnect-max",
     );
     check(|c| c.drain_timeout = Duration::ZERO, "drain-timeout");
+    check(|c| c.max_connections = Some(0), "max-connections");
     let config = Config {
         orchestrators: vec!["https://orch:7070".into()],
         ..Config::default()

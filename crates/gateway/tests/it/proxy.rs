@@ -1188,6 +1188,38 @@ async fn a_shutdown_lets_an_http2_stream_finish_then_closes_its_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_wait_in_the_listen_queue_until_one_closes() {
+    let backend = TestBackend::named("app").await;
+    let config = ProxyConfig {
+        max_connections: 2,
+        ..ProxyConfig::default()
+    };
+    let gateway = Gateway::for_app(&backend, config).await;
+    let mut first = gateway.client().await;
+    let mut second = gateway.client().await;
+    assert_eq!(first.get("app.test", "/").await, ok("app"));
+    assert_eq!(second.get("app.test", "/").await, ok("app"));
+
+    // A third connects (the kernel's handshake) but is not accepted: its request waits.
+    let mut third = gateway.client().await;
+    let waiting = tokio::spawn(async move {
+        let answer = third.get("app.test", "/").await;
+        (answer, third)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "answered over the limit");
+    assert_eq!(gateway.proxy.stats().connections_open, 2);
+
+    // The first closes: its room goes to the third, which is answered.
+    drop(first);
+    let (answer, mut third) = within(waiting).await.unwrap();
+    assert_eq!(answer, ok("app"));
+    assert_eq!(second.get("app.test", "/").await, ok("app"));
+    assert_eq!(third.get("app.test", "/").await, ok("app"));
+    assert_eq!(gateway.proxy.stats().connections_open, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_requests_by_status_class() {
     let backend = TestBackend::named("app").await;
     let dead = dead_addr().await;

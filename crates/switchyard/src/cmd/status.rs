@@ -146,10 +146,13 @@ struct GatewayStatus {
     /// Files the gateway process has open, and the most it may.
     open_files: Option<u64>,
     open_files_limit: Option<u64>,
+    /// Client connections open, and the most it serves at once (`--max-connections`).
+    connections: Option<u64>,
+    connections_limit: Option<u64>,
 }
 
 /// A daemon with this share of its open-files limit in use is degraded: at the limit
-/// it accepts no connection.
+/// it accepts no connection. So is a gateway with this share of its connection limit.
 const OPEN_FILES_WARNING_SHARE: f64 = 0.8;
 
 /// What is wrong when a daemon has `open` of its `limit` files open, if anything.
@@ -493,6 +496,8 @@ async fn gateway_status(
         tls_days_left: None,
         open_files: None,
         open_files_limit: None,
+        connections: None,
+        connections_limit: None,
     };
     match &readyz {
         Ok(answer) if answer.status == 200 => {
@@ -524,6 +529,8 @@ async fn gateway_status(
         status.tls_certificates = whole(m::TLS_CERTIFICATES);
         status.open_files = whole(m::OPEN_FDS);
         status.open_files_limit = whole(m::MAX_FDS);
+        status.connections = whole(gateway::proxy::metrics::CONNECTIONS_OPEN);
+        status.connections_limit = whole(gateway::proxy::metrics::CONNECTIONS_MAX);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -560,6 +567,14 @@ fn gateway_problems(status: &GatewayStatus, max_staleness: Duration) -> Vec<Stri
         status.open_files,
         status.open_files_limit,
     ));
+    if let (Some(open), Some(limit)) = (status.connections, status.connections_limit) {
+        if open as f64 >= OPEN_FILES_WARNING_SHARE * limit as f64 {
+            problems.push(format!(
+                "{open} of its {limit} connections in use: at the limit new ones wait to be \
+                 accepted; raise --max-connections (and the open-files limit with it)"
+            ));
+        }
+    }
     if let Some(held) = status.held_updates.filter(|h| *h > 0) {
         problems.push(format!(
             "{held} route table update held (it would remove {} routes): see GET /admin/held, then POST /admin/confirm",
@@ -789,7 +804,7 @@ switchyard_gateway_routes_extra 99
     }
 
     #[test]
-    fn a_gateway_near_certificate_expiry_or_its_open_files_limit_is_degraded() {
+    fn a_gateway_near_certificate_expiry_or_its_open_files_or_connection_limit_is_degraded() {
         let status = |days: Option<f64>| GatewayStatus {
             name: "gateway-1".into(),
             admin: "http://127.0.0.1:9080".into(),
@@ -805,6 +820,8 @@ switchyard_gateway_routes_extra 99
             tls_days_left: days,
             open_files: Some(100),
             open_files_limit: Some(1024),
+            connections: Some(10),
+            connections_limit: Some(480),
         };
         let stale = Duration::from_secs(60);
         assert!(gateway_problems(&status(None), stale).is_empty());
@@ -825,6 +842,19 @@ switchyard_gateway_routes_extra 99
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
             problems[0].starts_with("820 of its 1024 open files in use"),
+            "{problems:?}"
+        );
+
+        // Near its connection limit.
+        let busy = |connections: u64| GatewayStatus {
+            connections: Some(connections),
+            ..status(None)
+        };
+        assert!(gateway_problems(&busy(383), stale).is_empty());
+        let problems = gateway_problems(&busy(384), stale);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("384 of its 480 connections in use"),
             "{problems:?}"
         );
     }

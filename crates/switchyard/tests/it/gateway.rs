@@ -1044,6 +1044,65 @@ fn read_response(stream: &mut TcpStream) -> io::Result<(u16, String)> {
 }
 
 #[test]
+fn a_gateway_at_its_connection_limit_lets_new_connections_wait_for_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = backend("app");
+    let orchestrator = Orchestrator::start();
+    let _live = orchestrator.stream(snapshot(1, &[route("app", app.addr)]));
+    let mut args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+    args.extend(["--max-connections".into(), "3".into()]);
+    let mut gateway = GatewayProcess::spawn(dir.path(), "capped", &args);
+    gateway.wait_ready();
+    assert_eq!(
+        gateway.metric("switchyard_gateway_connections_max"),
+        Some(3.0)
+    );
+    let request = "GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    // Three kept-alive connections, served on the gateway's two threads.
+    let mut open: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = connect(gateway.proxy).unwrap();
+            write!(stream, "{request}").unwrap();
+            assert_eq!(read_response(&mut stream).unwrap(), (200, "app".into()));
+            stream
+        })
+        .collect();
+
+    // A fourth is not accepted while they are open: its request waits.
+    let mut fourth = connect(gateway.proxy).unwrap();
+    write!(fourth, "{request}").unwrap();
+    gateway.wait_for("the limit to be reported", |gateway| {
+        gateway.log().contains("the connection limit is reached")
+    });
+    fourth
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let early = read_response(&mut fourth).map_err(|error| error.kind());
+    assert!(
+        matches!(
+            early,
+            Err(io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+        ),
+        "{early:?}"
+    );
+    assert_eq!(
+        gateway.metric("switchyard_gateway_connections_open"),
+        Some(3.0)
+    );
+
+    // One closes: the fourth is served.
+    drop(open.pop());
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(read_response(&mut fourth).unwrap(), (200, "app".into()));
+    for stream in &mut open {
+        write!(stream, "{request}").unwrap();
+        assert_eq!(read_response(stream).unwrap(), (200, "app".into()));
+    }
+}
+
+#[test]
 fn the_access_log_has_a_line_per_request_and_is_opened_again_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let app = backend("app");
