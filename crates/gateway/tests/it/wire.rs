@@ -627,6 +627,27 @@ async fn a_length_beside_chunked_framing_does_not_reach_the_client() {
     }
 }
 
+/// The lines of the access log at `path`, as JSON, once it has `count` (flushing it
+/// until then).
+async fn logged_lines(
+    log: &AccessLog,
+    path: &std::path::Path,
+    count: usize,
+) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    crate::proxy::eventually(|| {
+        log.flush().unwrap();
+        lines = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        lines.len() >= count
+    })
+    .await;
+    lines
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_one_line_of_the_access_log_on_either_path() {
     let backend = TestBackend::named("app").await;
@@ -639,24 +660,6 @@ async fn every_request_is_one_line_of_the_access_log_on_either_path() {
         route("gone", &["gone.test"], &[(dead, 1)]),
     ];
     let gateway = Gateway::start_logging(routes, Arc::clone(&log)).await;
-    // Flushes and reads the log until it has `count` lines.
-    let lines = |path: std::path::PathBuf, count: usize| {
-        let log = Arc::clone(&log);
-        async move {
-            let mut lines = Vec::new();
-            crate::proxy::eventually(|| {
-                log.flush().unwrap();
-                let text = std::fs::read_to_string(&path).unwrap();
-                lines = text
-                    .lines()
-                    .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-                    .collect();
-                lines.len() >= count
-            })
-            .await;
-            lines
-        }
-    };
 
     for way in WAYS {
         let (status, _, body) = get(gateway.addr, way, "/p?x=1&y=%22", ("x-a", "1")).await;
@@ -666,7 +669,7 @@ async fn every_request_is_one_line_of_the_access_log_on_either_path() {
     assert_eq!(client.get("nowhere.test", "/").await.0, 404);
     assert_eq!(client.get("gone.test", "/g").await.0, 502);
 
-    let logged = lines(path.clone(), 5).await;
+    let logged = logged_lines(&log, &path, 5).await;
     assert_eq!(logged.len(), 5, "{logged:?}");
     // A line is written as its request ends: in the order they ended.
     let with = |host: &str, field: &str, value: serde_json::Value| {
@@ -701,7 +704,7 @@ async fn every_request_is_one_line_of_the_access_log_on_either_path() {
     std::fs::rename(&path, &rotated).unwrap();
     log.reopen();
     assert_eq!(client.get("app.test", "/after").await.0, 200);
-    let after = lines(path.clone(), 1).await;
+    let after = logged_lines(&log, &path, 1).await;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0]["path"], "/after");
     assert_eq!(
@@ -728,17 +731,7 @@ async fn the_access_log_counts_a_chunked_answers_data_on_every_path() {
         let (status, _, body) = get(gateway.addr, way, "/", ("x-n", "1")).await;
         assert_eq!((status, &body[..]), (200, &b"hello world"[..]), "{way:?}");
     }
-    let mut logged = Vec::new();
-    crate::proxy::eventually(|| {
-        log.flush().unwrap();
-        logged = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-            .collect();
-        logged.len() >= 3
-    })
-    .await;
+    let logged = logged_lines(&log, &path, 3).await;
     let mut counted: Vec<_> = logged
         .iter()
         .map(|line| {
@@ -816,17 +809,7 @@ async fn heads_refused_before_they_are_read_are_counted_and_logged() {
         }
     }
 
-    let mut logged = Vec::new();
-    crate::proxy::eventually(|| {
-        log.flush().unwrap();
-        logged = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-            .collect();
-        logged.len() >= 6
-    })
-    .await;
+    let logged = logged_lines(&log, &path, 6).await;
     let fields = |line: &serde_json::Value| {
         ["method", "host", "path", "protocol"].map(|field| line[field].as_str().unwrap().to_owned())
     };
