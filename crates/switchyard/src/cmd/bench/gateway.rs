@@ -179,6 +179,16 @@ pub struct Args {
     /// connections alive. Closed-loop runs only.
     #[arg(long)]
     new_connections: bool,
+    /// Clients speak HTTP/2, driven by h2load (Debian `nghttp2-client`) instead of wrk:
+    /// with prior knowledge in clear text, or chosen by ALPN with --tls. nginx listens
+    /// with `http2`, HAProxy with `proto h2` (`alpn h2` over TLS); the gateway takes
+    /// either by itself. The backend stays HTTP/1.1. Closed-loop runs only; `direct`
+    /// is left out.
+    #[arg(long, conflicts_with_all = ["new_connections", "instructions"])]
+    http2: bool,
+    /// With --http2: requests in flight on each connection at once (h2load's -m).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    streams: u32,
     /// Instead of timing the proxies, count the user-space instructions each spends per
     /// request under wrk, with callgrind (valgrind), one worker each: a figure the
     /// machine's noise does not move. `gateway-large` and `direct` are left out.
@@ -299,6 +309,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "--tls runs nginx, haproxy and gateway; --peers names none of them"
         );
     }
+    anyhow::ensure!(
+        args.http2 || args.streams == 1,
+        "--streams is for --http2: an HTTP/1.1 connection has one request in flight"
+    );
+    if args.http2 {
+        // The backend speaks HTTP/1.1 only.
+        peer_list.retain(|p| *p != Peer::Direct);
+        anyhow::ensure!(
+            !peer_list.is_empty(),
+            "--http2 runs nginx, haproxy and the gateways; --peers names none of them"
+        );
+    }
     if args.instructions {
         // Counted on one route; the direct load runs no proxy to count.
         peer_list.retain(|p| !matches!(p, Peer::Direct | Peer::GatewayLarge));
@@ -332,7 +354,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None
     };
 
-    let tools = peers::tools(!args.no_install);
+    let tools = peers::tools(!args.no_install, args.http2);
     let nginx = match tools.nginx {
         Ok(tool) => tool,
         Err(reason) => bail!("nginx is needed for the backend: {reason}"),
@@ -369,7 +391,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("bench: haproxy {} ({})", tool.version, tool.path.display());
     }
     if let Some(tool) = &wrk {
-        eprintln!("bench: wrk     {} ({})", tool.version, tool.path.display());
+        let client = if args.http2 { "h2load " } else { "wrk    " };
+        eprintln!("bench: {client} {} ({})", tool.version, tool.path.display());
     }
 
     let layout = Layout::new(peers::allowed_cpus());
@@ -411,6 +434,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     peers::first_proxied(
         &mut backend,
         backend_addr,
+        None,
         None,
         started,
         Duration::from_secs(args.start_timeout_secs),
@@ -496,8 +520,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        if bench.tls.is_some() || args.new_connections {
-            // The fixed-rate generator speaks plain HTTP on kept-alive connections only.
+        if bench.tls.is_some() || args.new_connections || args.http2 {
+            // The fixed-rate generator speaks plain HTTP/1.1 on kept-alive connections
+            // only.
             continue;
         }
         if mode.capped() {
@@ -558,12 +583,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut all_targets: Vec<Target> = Vec::new();
     let _ = writeln!(
         text,
-        "\nGateway benchmark{}: medians of {} runs; {} connections; {} s measured after {} s of warm-up; ratios to nginx in the same run",
+        "\nGateway benchmark{}{}: medians of {} runs; {} connections; {} s measured after {} s of warm-up; ratios to nginx in the same run",
         match (args.tls, args.new_connections) {
             (false, false) => "",
             (true, false) => " over TLS (closed loop only)",
             (false, true) => " with a new connection per request (closed loop only)",
             (true, true) => " over TLS with a new connection (and handshake) per request (closed loop only)",
+        },
+        match (args.http2, args.tls) {
+            (false, _) => String::new(),
+            (true, false) => format!(
+                " over HTTP/2 with prior knowledge, {} streams in flight per connection (closed loop only)",
+                args.streams
+            ),
+            (true, true) => format!(
+                ", HTTP/2 by ALPN, {} streams in flight per connection",
+                args.streams
+            ),
         },
         args.runs,
         args.connections,
@@ -578,7 +614,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if bench.wrk.is_some() {
             let _ = writeln!(
                 text,
-                "Closed loop (wrk -t{} -c{} --latency; CPU% of the proxy, wrk and the backend, 100 = one core; CPU µs: the proxy's per request):",
+                "Closed loop ({} -t{} -c{}; CPU% of the proxy, the client and the backend, 100 = one core; CPU µs: the proxy's per request):",
+                match bench.streams() {
+                    Some(streams) => format!("h2load -m{streams}"),
+                    None => "wrk --latency".to_string(),
+                },
                 wrk_threads(mode, &bench.layout),
                 args.connections
             );
@@ -640,6 +680,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "rates": rates.iter().map(|(m, r)| (m.name(), *r)).collect::<std::collections::BTreeMap<_, _>>(),
                 "routes": args.routes,
                 "tls": args.tls,
+                "http2": args.http2,
+                "streams": args.streams,
                 "new_connections": args.new_connections,
                 "access_log": args.access_log,
                 "peers": peer_list.iter().map(|p| p.name()).collect::<Vec<_>>(),
@@ -779,8 +821,20 @@ fn about(bench: &Bench<'_>, snapshots: &[SnapshotInfo]) -> String {
         "- nginx: {} as a reverse proxy for {} (upstream keepalive {}, keepalive_requests 1000000, listen backlog 4096, X-Forwarded-*)",
         bench.nginx.version,
         peers::HOST,
-        peers::nginx_keepalive(bench.args.connections)
+        peers::nginx_keepalive(bench.args.connections * u64::from(bench.args.streams))
     );
+    if bench.args.http2 {
+        let _ = writeln!(
+            out,
+            "- HTTP/2 from the client: nginx `listen ... http2` (http2_max_requests 1000000), \
+             HAProxy `{}`, the gateway as always; to the backend, HTTP/1.1",
+            if bench.tls.is_some() {
+                "bind ... alpn h2,http/1.1"
+            } else {
+                "bind ... proto h2"
+            }
+        );
+    }
     if bench.args.access_log {
         out.push_str(ACCESS_LOG_NOTE);
     }
@@ -801,7 +855,8 @@ fn about(bench: &Bench<'_>, snapshots: &[SnapshotInfo]) -> String {
         );
     }
     if let Some(w) = &bench.wrk {
-        let _ = writeln!(out, "- wrk: {}", w.version);
+        let client = if bench.args.http2 { "h2load" } else { "wrk" };
+        let _ = writeln!(out, "- {client}: {}", w.version);
     }
     out.push_str(
         "- fixed rate: this benchmark's open-loop generator (hyper, one tokio thread, a pacing thread); \
@@ -831,6 +886,21 @@ struct Running {
 }
 
 impl Bench<'_> {
+    /// With --http2: the streams each connection of the closed loop keeps in flight
+    /// (the client is h2load).
+    fn streams(&self) -> Option<usize> {
+        self.args.http2.then_some(self.args.streams as usize)
+    }
+
+    /// With --http2: h2load, which also checks that a proxy is up (nginx's clear-text
+    /// HTTP/2 listener speaks nothing else).
+    fn h2load(&self) -> Option<&Path> {
+        if !self.args.http2 {
+            return None;
+        }
+        self.wrk.as_ref().map(|tool| tool.path.as_path())
+    }
+
     /// [`Bench::measure_once`] on a quiet machine: waits until other processes leave
     /// the CPUs alone, and measures again (up to --attempts) when they did not during
     /// the sample; the disturbed samples go to `discarded`.
@@ -1052,6 +1122,7 @@ impl Bench<'_> {
                     duration: warmup,
                     tls: self.tls.is_some(),
                     close: self.args.new_connections,
+                    streams: self.streams(),
                     cpus: load_cpus.as_deref(),
                 };
                 if !warmup.is_zero() {
@@ -1174,6 +1245,7 @@ impl Bench<'_> {
             &mut process,
             addr,
             self.tls.as_ref(),
+            self.h2load(),
             spawned,
             Duration::from_secs(self.args.start_timeout_secs),
         )?;
@@ -1197,7 +1269,11 @@ impl Bench<'_> {
         let port = addr.port();
         let one = mode.one_worker().then_some(1u16);
         let backend_port = self.backend_addr.port();
-        let pem = self.tls.as_ref().map(|cert| cert.pem.as_path());
+        let front = peers::Front {
+            tls: self.tls.as_ref().map(|cert| cert.pem.as_path()),
+            http2: self.args.http2,
+            streams: u64::from(self.args.streams),
+        };
         let command = match peer {
             Peer::Direct => bail!("the direct load runs no proxy"),
             Peer::Nginx => {
@@ -1208,7 +1284,7 @@ impl Bench<'_> {
                     port,
                     backend_port,
                     one,
-                    pem,
+                    front,
                     connections,
                     self.args.access_log,
                 );
@@ -1229,7 +1305,7 @@ impl Bench<'_> {
                     port,
                     backend_port,
                     one,
-                    pem,
+                    front,
                     self.args.connections,
                     self.args.access_log,
                 );

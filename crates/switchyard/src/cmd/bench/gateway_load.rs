@@ -1,6 +1,6 @@
 //! The load `bench gateway` puts on a proxy: `wrk` (closed loop: every connection sends
-//! its next request when the last one is answered) and a fixed-rate generator (open
-//! loop) written here on hyper and tokio.
+//! its next request when the last one is answered; `h2load` in its place for HTTP/2)
+//! and a fixed-rate generator (open loop) written here on hyper and tokio.
 //!
 //! Why our own fixed-rate generator: wrk2 is not packaged by Debian, and `oha` would
 //! have to be built from crates.io. A closed-loop tool measures latency only while the
@@ -30,8 +30,9 @@ use super::gateway_peers::{self, HOST};
 // ---------------------------------------------------------------------------------------
 // wrk.
 
-/// What `wrk` is asked to do.
+/// What `wrk` is asked to do (or `h2load`, with `streams`).
 pub struct WrkSettings<'a> {
+    /// wrk, or h2load with `streams`.
     pub wrk: &'a Path,
     pub addr: SocketAddr,
     pub threads: usize,
@@ -41,10 +42,15 @@ pub struct WrkSettings<'a> {
     pub tls: bool,
     /// Every request asks for `Connection: close`, so wrk connects anew for each.
     pub close: bool,
+    /// HTTP/2, with this many requests in flight on each connection: the program is
+    /// h2load (`-m`), which speaks it with prior knowledge in clear text, or by ALPN
+    /// over TLS.
+    pub streams: Option<usize>,
     pub cpus: Option<&'a [usize]>,
 }
 
-/// One `wrk --latency` run, as it reported it.
+/// One `wrk --latency` run, as it reported it (or an h2load run, as its log of every
+/// request gives it).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WrkResult {
     pub requests: u64,
@@ -71,19 +77,37 @@ impl WrkResult {
 
 /// Runs wrk against `http://addr/` (`https://` with `tls`) with `Host:
 /// bench.example.test` (and `Connection: close` with `close`); bounded by its duration
-/// plus 30 s, after which it is killed.
+/// plus 30 s, after which it is killed. With `streams`, h2load instead.
 pub fn wrk(settings: &WrkSettings<'_>) -> anyhow::Result<WrkResult> {
     let secs = settings.duration.as_secs().max(1);
     let mut command = Command::new(settings.wrk);
-    command
-        .arg(format!("-t{}", settings.threads))
-        .arg(format!("-c{}", settings.connections))
-        .arg(format!("-d{secs}s"))
-        .args(["--latency", "--timeout", "5s", "-H"])
-        .arg(format!("Host: {HOST}"));
-    if settings.close {
-        command.args(["-H", "Connection: close"]);
-    }
+    // h2load's log of every request: the latency distribution it does not print.
+    let log = match settings.streams {
+        Some(streams) => {
+            let log = tempfile::NamedTempFile::new().context("a file for h2load's log")?;
+            command
+                .arg(format!("-t{}", settings.threads))
+                .arg(format!("-c{}", settings.connections))
+                .arg(format!("-m{streams}"))
+                .arg(format!("-D{secs}"))
+                .arg(format!("--log-file={}", log.path().display()))
+                .arg("-H")
+                .arg(format!(":authority: {HOST}"));
+            Some(log)
+        }
+        None => {
+            command
+                .arg(format!("-t{}", settings.threads))
+                .arg(format!("-c{}", settings.connections))
+                .arg(format!("-d{secs}s"))
+                .args(["--latency", "--timeout", "5s", "-H"])
+                .arg(format!("Host: {HOST}"));
+            if settings.close {
+                command.args(["-H", "Connection: close"]);
+            }
+            None
+        }
+    };
     command
         .arg(format!(
             "{}://{}/",
@@ -140,8 +164,14 @@ pub fn wrk(settings: &WrkSettings<'_>) -> anyhow::Result<WrkResult> {
             stdout.trim()
         );
     }
-    let mut result =
-        parse_wrk(&stdout).with_context(|| format!("reading wrk's output:\n{stdout}"))?;
+    let mut result = match &log {
+        None => parse_wrk(&stdout).with_context(|| format!("reading wrk's output:\n{stdout}"))?,
+        Some(log) => {
+            let requests = std::fs::read_to_string(log.path()).context("reading h2load's log")?;
+            parse_h2load(&stdout, &requests)
+                .with_context(|| format!("reading h2load's output:\n{stdout}"))?
+        }
+    };
     let cpu = timeval_secs(rusage.ru_utime) + timeval_secs(rusage.ru_stime);
     result.wrk_cpu_percent = 100.0 * cpu / wall;
     Ok(result)
@@ -201,6 +231,65 @@ pub fn parse_wrk(text: &str) -> anyhow::Result<WrkResult> {
     if !(rate && requests && p50 && p99) {
         bail!("no Requests/sec, request count or latency distribution");
     }
+    Ok(result)
+}
+
+/// Reads h2load's report and its log of every request (`--log-file`: the start in µs
+/// since the epoch, the status, the µs until the end of the response, tab-separated).
+pub fn parse_h2load(report: &str, log: &str) -> anyhow::Result<WrkResult> {
+    let mut result = WrkResult::default();
+    let (mut rate, mut counts) = (false, false);
+    let number = |token: &str, what: &str| -> anyhow::Result<u64> {
+        token
+            .trim_end_matches(',')
+            .parse()
+            .with_context(|| format!("{what}: {token:?}"))
+    };
+    for line in report.lines() {
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        match tokens.as_slice() {
+            ["finished", "in", _, per_sec, "req/s," | "req/s", ..] => {
+                result.requests_per_sec = per_sec
+                    .parse()
+                    .with_context(|| format!("requests/s: {per_sec:?}"))?;
+                rate = true;
+            }
+            ["requests:", total, "total,", _, "started,", _, "done,", _, "succeeded,", failed, "failed,", errored, "errored,", timeout, "timeout"] =>
+            {
+                result.requests = number(total, "the request count")?;
+                // A failed request is one answered with a 4xx or 5xx, counted below.
+                let _ = number(failed, "failed requests")?;
+                result.socket_errors =
+                    number(errored, "errored requests")? + number(timeout, "timed out requests")?;
+                counts = true;
+            }
+            ["status", "codes:", _, "2xx,", _, "3xx,", c4, "4xx,", c5, "5xx"] => {
+                result.non_2xx = number(c4, "4xx")? + number(c5, "5xx")?;
+            }
+            _ => {}
+        }
+    }
+    if !(rate && counts) {
+        bail!("no req/s or request counts");
+    }
+    let mut micros: Vec<u64> = Vec::new();
+    for line in log.lines() {
+        let duration = line
+            .split('\t')
+            .nth(2)
+            .and_then(|field| field.trim().parse().ok())
+            .with_context(|| format!("a line of h2load's log: {line:?}"))?;
+        micros.push(duration);
+    }
+    anyhow::ensure!(!micros.is_empty(), "h2load's log has no request");
+    micros.sort_unstable();
+    let ms = |p: f64| percentile(&micros, p) as f64 / 1000.0;
+    result.p50_ms = ms(50.0);
+    result.p75_ms = ms(75.0);
+    result.p90_ms = ms(90.0);
+    result.p99_ms = ms(99.0);
+    result.latency_max_ms = micros[micros.len() - 1] as f64 / 1000.0;
+    result.latency_mean_ms = micros.iter().sum::<u64>() as f64 / micros.len() as f64 / 1000.0;
     Ok(result)
 }
 
@@ -544,6 +633,41 @@ Transfer/sec:     10.00MB
         assert!((r.p50_ms - 0.32).abs() < 1e-9);
         assert_eq!(r.p99_ms, 1.25);
         assert_eq!((r.socket_errors, r.non_2xx, r.errors()), (3, 10, 13));
+    }
+
+    /// h2load 1.52's report, as it prints it.
+    const H2LOAD_OUTPUT: &str = "starting benchmark...
+spawning thread #0: 32 total client(s). Timing-based test with 0s of warm-up time and 4s of main duration for measurements.
+Warm-up phase is over for thread #0.
+Main benchmark duration is started for thread #0.
+progress: 10% of clients started
+finished in 4.00s, 41920.00 req/s, 2.03MB/s
+requests: 167680 total, 167712 started, 167680 done, 167670 succeeded, 10 failed, 4 errored, 1 timeout
+status codes: 167670 2xx, 0 3xx, 7 4xx, 3 5xx
+traffic: 8.15MB (8548139) total, 1.47MB (1541120) headers (space savings 90.90%), 3.84MB (4024320) data
+                     min         max         mean         sd        +/- sd
+time for request:       91us      3.69ms       223us        84us    92.10%
+";
+
+    #[test]
+    fn an_h2load_report_and_log_are_read() {
+        let log: String = (1..=100)
+            .map(|i| format!("1795720641334913\t200\t{}\n", i * 10))
+            .collect();
+        let r = parse_h2load(H2LOAD_OUTPUT, &log).unwrap();
+        assert_eq!(r.requests, 167_680);
+        assert_eq!(r.requests_per_sec, 41_920.0);
+        assert_eq!((r.socket_errors, r.non_2xx, r.errors()), (5, 10, 15));
+        // From the log: 10 µs to 1 ms, nearest rank.
+        assert_eq!((r.p50_ms, r.p99_ms, r.latency_max_ms), (0.5, 0.99, 1.0));
+        assert!((r.latency_mean_ms - 0.505).abs() < 1e-9);
+
+        assert!(parse_h2load(H2LOAD_OUTPUT, "").is_err(), "an empty log");
+        assert!(
+            parse_h2load(H2LOAD_OUTPUT, "1\t200\n").is_err(),
+            "a short line"
+        );
+        assert!(parse_h2load("status codes: 1 2xx, 0 3xx, 0 4xx, 0 5xx\n", &log).is_err());
     }
 
     #[test]

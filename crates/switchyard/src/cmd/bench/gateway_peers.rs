@@ -76,6 +76,7 @@ pub struct Tool {
 pub struct Tools {
     pub nginx: Result<Tool, String>,
     pub haproxy: Result<Tool, String>,
+    /// The closed-loop client: wrk, or h2load for HTTP/2.
     pub wrk: Result<Tool, String>,
 }
 
@@ -86,11 +87,18 @@ const PROGRAMS: [(&str, &str, &str); 3] = [
     ("wrk", "wrk", "-v"),
 ];
 
-/// Finds nginx, HAProxy and wrk; installs the missing ones with apt-get first when
-/// `install` (as root, or through sudo). What is still missing afterwards is reported
-/// with the reason, never silently dropped.
-pub fn tools(install: bool) -> Tools {
-    let missing: Vec<&str> = PROGRAMS
+/// The closed-loop client for HTTP/2, in wrk's place.
+const H2LOAD: (&str, &str, &str) = ("h2load", "nghttp2-client", "--version");
+
+/// Finds nginx, HAProxy and wrk (h2load instead with `http2`); installs the missing
+/// ones with apt-get first when `install` (as root, or through sudo). What is still
+/// missing afterwards is reported with the reason, never silently dropped.
+pub fn tools(install: bool, http2: bool) -> Tools {
+    let mut programs = PROGRAMS;
+    if http2 {
+        programs[2] = H2LOAD;
+    }
+    let missing: Vec<&str> = programs
         .iter()
         .filter(|(program, _, _)| find_program(program).is_none())
         .map(|(_, package, _)| *package)
@@ -132,9 +140,9 @@ pub fn tools(install: bool) -> Tools {
         })
     };
     Tools {
-        nginx: find(PROGRAMS[0]),
-        haproxy: find(PROGRAMS[1]),
-        wrk: find(PROGRAMS[2]),
+        nginx: find(programs[0]),
+        haproxy: find(programs[1]),
+        wrk: find(programs[2]),
     }
 }
 
@@ -546,6 +554,33 @@ pub fn https_get(addr: SocketAddr, host: &str, cert: &BenchCert) -> io::Result<(
     exchange(rustls::StreamOwned::new(tls, connect(addr)?), host)
 }
 
+/// `GET /` for [`HOST`] over HTTP/2 (`https` with ALPN, else with prior knowledge),
+/// with one run of `h2load -n1`: the status class it counted (200 for a 2xx), and no
+/// body (h2load does not show it).
+fn h2_get(h2load: &Path, addr: SocketAddr, tls: bool) -> io::Result<(u16, Vec<u8>)> {
+    let scheme = if tls { "https" } else { "http" };
+    let output = Command::new(h2load)
+        .args(["-n1", "-c1", "-m1", "-H"])
+        .arg(format!(":authority: {HOST}"))
+        .arg(format!("{scheme}://{addr}/"))
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let report = String::from_utf8_lossy(&output.stdout);
+    let counted = report
+        .lines()
+        .find_map(|line| line.strip_prefix("status codes: "))
+        .ok_or_else(|| io::Error::other(format!("h2load: {}", report.trim())))?;
+    let class = counted
+        .split(", ")
+        .find(|count| count.starts_with("1 "))
+        .and_then(|count| count.strip_prefix("1 "))
+        .ok_or_else(|| io::Error::other(format!("no answer: {}", report.trim())))?;
+    match class {
+        "2xx" => Ok((200, Vec::new())),
+        other => Ok((other[..1].parse::<u16>().unwrap_or(0) * 100, Vec::new())),
+    }
+}
+
 /// `GET /` for `host` with `Connection: close`: the status and (de-chunked) body.
 fn exchange(mut stream: impl Read + Write, host: &str) -> io::Result<(u16, Vec<u8>)> {
     write!(
@@ -664,20 +699,23 @@ pub fn first_proxied(
     process: &mut Process,
     addr: SocketAddr,
     tls: Option<&BenchCert>,
+    h2load: Option<&Path>,
     since: Instant,
     limit: Duration,
 ) -> anyhow::Result<Duration> {
     let deadline = since + limit;
     let mut last: String;
     loop {
-        let answer = match tls {
-            Some(cert) => https_get(addr, HOST, cert),
-            None => http_get(addr, HOST),
+        let answer = match (h2load, tls) {
+            (Some(h2load), _) => h2_get(h2load, addr, tls.is_some()),
+            (None, Some(cert)) => https_get(addr, HOST, cert),
+            (None, None) => http_get(addr, HOST),
         };
         match answer {
             Ok((200, body)) => {
                 let took = since.elapsed();
-                if body != BACKEND_BODY.as_bytes() {
+                // h2load does not show the body it got.
+                if h2load.is_none() && body != BACKEND_BODY.as_bytes() {
                     bail!(
                         "{} answered 200 with {:?}, not the backend's body {BACKEND_BODY:?}",
                         process.name,
@@ -763,7 +801,8 @@ http {{
 /// Room for `connections` clients, and as many idle backend connections kept per worker
 /// as there are clients, up to 1024 (the gateway keeps 1024 per thread), at least 64.
 /// The listen queue is the gateway's (4096; nginx's default holds 511).
-/// With `tls` (a PEM file with the certificate and its key), clients speak TLS to it.
+/// With `front.tls` (a PEM file with the certificate and its key), clients speak TLS
+/// to it; with `front.http2`, HTTP/2.
 /// With `access_log`, every request is logged as the gateway logs it (the same JSON
 /// fields), to [`ACCESS_LOG`] in `dir`, buffered and flushed as the gateway's writer does.
 pub fn nginx_conf(
@@ -771,7 +810,7 @@ pub fn nginx_conf(
     port: u16,
     backend: u16,
     workers: Option<u16>,
-    tls: Option<&Path>,
+    front: Front<'_>,
     connections: u64,
     access_log: bool,
 ) -> String {
@@ -788,9 +827,10 @@ pub fn nginx_conf(
     } else {
         "access_log off;".to_string()
     };
-    let room = connection_room(connections);
-    let keepalive = nginx_keepalive(connections);
-    let (ssl, certificate) = match tls {
+    let room = connection_room(connections * front.streams);
+    let keepalive = nginx_keepalive(connections * front.streams);
+    let http2 = if front.http2 { " http2" } else { "" };
+    let (ssl, certificate) = match front.tls {
         Some(pem) => (
             " ssl",
             format!(
@@ -801,6 +841,12 @@ pub fn nginx_conf(
             ),
         ),
         None => ("", String::new()),
+    };
+    // A client's requests over one HTTP/2 connection, as over HTTP/1.1 keep-alive.
+    let http2_requests = if front.http2 {
+        "http2_max_requests 1000000;\n    "
+    } else {
+        ""
     };
     format!(
         "# nginx as a reverse proxy, as `switchyard bench gateway` runs it.
@@ -816,7 +862,7 @@ http {{
     {access_log}
     keepalive_requests 1000000;
     keepalive_timeout 75s;
-    client_body_temp_path {dir}/client_body;
+    {http2_requests}client_body_temp_path {dir}/client_body;
     proxy_temp_path {dir}/proxy;
     {certificate}upstream backend {{
         server 127.0.0.1:{backend};
@@ -824,11 +870,11 @@ http {{
         keepalive_requests 1000000;
     }}
     server {{
-        listen 127.0.0.1:{port}{ssl} default_server backlog=4096;
+        listen 127.0.0.1:{port}{ssl}{http2} default_server backlog=4096;
         return 404;
     }}
     server {{
-        listen 127.0.0.1:{port}{ssl};
+        listen 127.0.0.1:{port}{ssl}{http2};
         server_name {HOST};
         location / {{
             proxy_pass http://backend;
@@ -846,16 +892,38 @@ http {{
     )
 }
 
+/// What clients speak to a proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct Front<'a> {
+    /// TLS, with the certificate and its key in this PEM file.
+    pub tls: Option<&'a Path>,
+    pub http2: bool,
+    /// Requests in flight on each client connection (HTTP/2 streams; 1 otherwise): the
+    /// backend connections a proxy may need are the connections times this.
+    pub streams: u64,
+}
+
+#[cfg(test)]
+impl Front<'_> {
+    /// Plain HTTP/1.1.
+    pub const PLAIN: Front<'static> = Front {
+        tls: None,
+        http2: false,
+        streams: 1,
+    };
+}
+
 /// HAProxy as a reverse proxy for [`HOST`] (anything else: 404), with `threads` threads
-/// (`None`: its default, one per CPU it may run on). With `tls` (a PEM file with the
-/// certificate and its key), clients speak TLS to it. With `access_log`, every request
+/// (`None`: its default, one per CPU it may run on). With `front.tls` (a PEM file with
+/// the certificate and its key), clients speak TLS to it; with `front.http2`, HTTP/2
+/// (chosen by ALPN over TLS, with prior knowledge without). With `access_log`, every request
 /// is logged in its standard HTTP format to its standard output: HAProxy writes logs to
 /// syslog or to a stream, a line at a time, not to a file of its own.
 pub fn haproxy_conf(
     port: u16,
     backend: u16,
     threads: Option<u16>,
-    tls: Option<&Path>,
+    front: Front<'_>,
     connections: u64,
     access_log: bool,
 ) -> String {
@@ -868,10 +936,15 @@ pub fn haproxy_conf(
     } else {
         ("", "")
     };
-    let room = connection_room(connections);
-    let (ssl, proto) = match tls {
-        Some(pem) => (format!(" ssl crt {}", pem.display()), "https"),
-        None => (String::new(), "http"),
+    let room = connection_room(connections * front.streams);
+    let (ssl, proto) = match (front.tls, front.http2) {
+        (Some(pem), false) => (format!(" ssl crt {}", pem.display()), "https"),
+        (Some(pem), true) => (
+            format!(" ssl crt {} alpn h2,http/1.1", pem.display()),
+            "https",
+        ),
+        (None, false) => (String::new(), "http"),
+        (None, true) => (" proto h2".to_string(), "http"),
     };
     format!(
         "# HAProxy as a reverse proxy, as `switchyard bench gateway` runs it.
@@ -997,11 +1070,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn with_http2_nginx_and_haproxy_take_it_with_room_for_every_stream() {
+        let dir = Path::new("/tmp/x");
+        let pem = Path::new("/tmp/x/cert.pem");
+        let h2c = Front {
+            tls: None,
+            http2: true,
+            streams: 10,
+        };
+        let nginx = nginx_conf(dir, 1, 2, Some(1), h2c, 32, false);
+        assert!(nginx.contains("listen 127.0.0.1:1 http2;"), "{nginx}");
+        assert!(nginx.contains("http2_max_requests 1000000;"), "{nginx}");
+        // 320 requests in flight may each want a backend connection.
+        assert!(nginx.contains("keepalive 320;"), "{nginx}");
+        let haproxy = haproxy_conf(1, 2, Some(1), h2c, 32, false);
+        assert!(haproxy.contains("bind 127.0.0.1:1 proto h2\n"), "{haproxy}");
+
+        let h2 = Front {
+            tls: Some(pem),
+            ..h2c
+        };
+        let nginx = nginx_conf(dir, 1, 2, Some(1), h2, 32, false);
+        assert!(nginx.contains("listen 127.0.0.1:1 ssl http2;"), "{nginx}");
+        let haproxy = haproxy_conf(1, 2, Some(1), h2, 32, false);
+        assert!(
+            haproxy.contains("bind 127.0.0.1:1 ssl crt /tmp/x/cert.pem alpn h2,http/1.1\n"),
+            "{haproxy}"
+        );
+
+        let plain = nginx_conf(dir, 1, 2, Some(1), Front::PLAIN, 32, false);
+        assert!(!plain.contains("http2"), "{plain}");
+        assert!(plain.contains("keepalive 64;"), "{plain}");
+    }
+
+    #[test]
     fn with_access_logs_nginx_logs_the_gateways_fields_and_haproxy_its_http_line() {
         let dir = Path::new("/tmp/peer");
-        let off = nginx_conf(dir, 1, 2, Some(1), None, 32, false);
+        let off = nginx_conf(dir, 1, 2, Some(1), Front::PLAIN, 32, false);
         assert!(off.contains("access_log off;") && !off.contains("log_format"));
-        let on = nginx_conf(dir, 1, 2, Some(1), None, 32, true);
+        let on = nginx_conf(dir, 1, 2, Some(1), Front::PLAIN, 32, true);
         assert!(
             on.contains("access_log /tmp/peer/access.log switchyard buffer=64k flush=100ms;"),
             "{on}"
@@ -1021,9 +1128,9 @@ mod tests {
         ] {
             assert!(on.contains(&format!("\"{field}\":")), "{field} in {on}");
         }
-        let off = haproxy_conf(1, 2, Some(1), None, 32, false);
+        let off = haproxy_conf(1, 2, Some(1), Front::PLAIN, 32, false);
         assert!(!off.contains("log"), "{off}");
-        let on = haproxy_conf(1, 2, Some(1), None, 32, true);
+        let on = haproxy_conf(1, 2, Some(1), Front::PLAIN, 32, true);
         assert!(on.contains("log stdout format raw local0") && on.contains("option httplog"));
     }
 

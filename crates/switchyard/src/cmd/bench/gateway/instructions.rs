@@ -116,7 +116,7 @@ fn count(
     let mut process = Process::start(peer.name(), command, None, dir.join("output.log"))?;
     // Everything runs some fifty times slower under callgrind.
     let start_timeout = Duration::from_secs(bench.args.start_timeout_secs.max(120));
-    peers::first_proxied(&mut process, addr, None, spawned, start_timeout)?;
+    peers::first_proxied(&mut process, addr, None, None, spawned, start_timeout)?;
     let load = |secs: u64| {
         gateway_load::wrk(&WrkSettings {
             wrk,
@@ -126,6 +126,7 @@ fn count(
             duration: Duration::from_secs(secs),
             tls: false,
             close: false,
+            streams: None,
             cpus: None,
         })
     };

@@ -179,6 +179,7 @@ impl Bench<'_> {
             duration: Duration::from_secs(secs),
             tls: self.tls.is_some(),
             close: self.args.new_connections,
+            streams: self.streams(),
             cpus: mode.one_worker().then_some(self.layout.load.as_slice()),
         })
     }
