@@ -590,16 +590,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (false, true) => " with a new connection per request (closed loop only)",
             (true, true) => " over TLS with a new connection (and handshake) per request (closed loop only)",
         },
-        match (args.http2, args.tls) {
-            (false, _) => String::new(),
-            (true, false) => format!(
-                " over HTTP/2 with prior knowledge, {} streams in flight per connection (closed loop only)",
-                args.streams
-            ),
-            (true, true) => format!(
-                ", HTTP/2 by ALPN, {} streams in flight per connection",
-                args.streams
-            ),
+        {
+            let streams = match args.streams {
+                1 => "1 stream".to_string(),
+                n => format!("{n} streams"),
+            };
+            match (args.http2, args.tls) {
+                (false, _) => String::new(),
+                (true, false) => format!(
+                    " over HTTP/2 with prior knowledge, {streams} in flight per connection (closed loop only)"
+                ),
+                (true, true) => format!(", HTTP/2 by ALPN, {streams} in flight per connection"),
+            }
         },
         args.runs,
         args.connections,
