@@ -733,6 +733,14 @@ fn render(report: &Report, args: &Args) -> String {
                     held => counted(held, "held update"),
                 },
             );
+            if let (Some(open), Some(limit)) = (g.connections, g.connections_limit) {
+                let _ = writeln!(
+                    out,
+                    "    connections: {open} of {limit}; open files: {} of {}",
+                    optional(g.open_files),
+                    optional(g.open_files_limit),
+                );
+            }
             if let Some(files) = g.tls_certificates {
                 let _ = writeln!(
                     out,

@@ -744,11 +744,15 @@ fn status_reports_zookeeper_orchestrators_and_gateways() {
     assert!(gw["table_version"].as_u64().unwrap() > 0, "{out}");
     assert!(gw["staleness_seconds"].is_f64(), "{out}");
     assert_eq!(gw["held_updates"], 0);
+    // Its connection limit, from the open-files limit it runs under.
+    assert!(gw["connections_limit"].as_u64().unwrap() >= 16, "{out}");
+    assert!(gw["connections"].as_u64().is_some(), "{out}");
     assert_eq!(report["size_alerts"], json!([]));
 
     let out = run(cwd, &flags);
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stdout.contains("standalone"), "{out}");
+    assert!(out.stdout.contains("    connections: "), "{out}");
     assert!(out.stdout.ends_with("Region: ok\n"), "{out}");
 
     // From region.json, with a gateway that is gone: 3, and it is named.
