@@ -856,6 +856,8 @@ fn bench_gateway_refuses_settings_out_of_range_before_starting_anything() {
         (&["--wrk-rounds", "many"], "--wrk-rounds"),
         (&["--rounds", "1001"], "--rounds"),
         (&["--slice-ms", "99"], "--slice-ms"),
+        (&["--http2", "--streams", "0"], "--streams"),
+        (&["--http2", "--streams", "257"], "--streams"),
     ] {
         let mut all = vec!["bench", "gateway", "--no-install"];
         all.extend_from_slice(args);
@@ -864,7 +866,7 @@ fn bench_gateway_refuses_settings_out_of_range_before_starting_anything() {
         all.extend(["--rate-share", "0"]);
         let out = run(cwd, &all);
         assert_ne!(out.code, Some(0), "{args:?}: {out}");
-        let refused = format!("invalid value '{}' for '{name} ", args[1]);
+        let refused = format!("invalid value '{}' for '{name} ", args[args.len() - 1]);
         assert!(out.stderr.contains(&refused), "{args:?}: {out}");
         assert!(out.stdout.is_empty(), "{args:?}: {out}");
     }
@@ -883,4 +885,23 @@ fn bench_gateway_refuses_settings_out_of_range_before_starting_anything() {
     );
     assert_eq!(out.code, Some(0), "{out}");
     assert!(out.stdout.contains("--wrk-rounds"), "{out}");
+
+    // Streams are HTTP/2's; the HTTP/2 client measures no new connections.
+    let out = run(cwd, &["bench", "gateway", "--no-install", "--streams", "4"]);
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("--streams is for --http2"), "{out}");
+    let out = run(
+        cwd,
+        &[
+            "bench",
+            "gateway",
+            "--no-install",
+            "--http2",
+            "--new-connections",
+            "--rate-share",
+            "0",
+        ],
+    );
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(out.stderr.contains("cannot be used with"), "{out}");
 }
