@@ -18,7 +18,11 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::forward::RequestGuard;
+use super::h1::bridge::RawBody;
 use super::upstream::{BackendConn, Lease};
+
+/// What a response body fails with: hyper's error, or a plain socket's.
+pub(super) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body for the client.
 pub(super) struct ResponseBody {
@@ -32,6 +36,8 @@ pub(super) struct ResponseBody {
 enum Inner {
     Full(Option<Bytes>),
     Backend(Incoming),
+    /// Read from a plain backend socket (`h1::bridge`).
+    Raw(RawBody),
 }
 
 /// What a backend's response body holds on to until it ends.
@@ -85,6 +91,16 @@ impl ResponseBody {
         }
     }
 
+    /// A body read from a plain backend socket, which goes back to its pool (and lets
+    /// go of its lease) when the body ends.
+    pub(super) fn raw(body: RawBody) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Raw(body),
+            pooled: None,
+            request: None,
+        }
+    }
+
     /// Keeps the request open until this body is dropped.
     pub(super) fn attach(&mut self, request: RequestGuard) {
         self.request = Some(request);
@@ -93,12 +109,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         match &mut this.inner {
             Inner::Full(data) => {
@@ -129,7 +145,14 @@ impl Body for ResponseBody {
                         pooled.release();
                     }
                 }
-                Poll::Ready(frame)
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
+            Inner::Raw(body) => {
+                let data = ready!(body.poll_data(cx));
+                if let (Some(request), Some(Ok(data))) = (&mut this.request, &data) {
+                    request.sent_bytes(data.len() as u64);
+                }
+                Poll::Ready(data.map(|data| data.map(Frame::data).map_err(Into::into)))
             }
         }
     }
@@ -138,6 +161,7 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Full(data) => data.is_none(),
             Inner::Backend(body) => body.is_end_stream(),
+            Inner::Raw(body) => body.is_end_stream(),
         }
     }
 
@@ -145,6 +169,8 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Inner::Backend(body) => body.size_hint(),
+            Inner::Raw(body) if body.is_end_stream() => SizeHint::with_exact(0),
+            Inner::Raw(_) => SizeHint::default(),
         }
     }
 }

@@ -26,6 +26,7 @@ use super::access_log::Entry;
 use super::answer::Failure;
 use super::body::{Pooled, Progress, RequestBody, ResponseBody};
 use super::conn::ClientConn;
+use super::h1::bridge;
 use super::upstream::{BackendConn, Lease, Upstream};
 use super::{headers, tunnel, Proxy};
 
@@ -219,6 +220,9 @@ async fn forward(
         upgrade,
     );
     let retry_elsewhere = is_idempotent(req.method()) && req.body().is_end_stream();
+    if !upgrade && req.body().is_end_stream() {
+        return bridged(conn, upstream, req, retry_elsewhere, &host, request).await;
+    }
     let progress = (!req.body().is_end_stream()).then(|| Arc::new(Progress::new()));
     let req = req.map(|body| RequestBody::new(body, progress.clone()));
 
@@ -278,6 +282,40 @@ async fn forward(
         };
         ResponseBody::backend(body, pooled)
     }))
+}
+
+/// [`forward`] for a request with no body that asks for no upgrade (prepared for its
+/// backend): sent on the own path's plain backend sockets (`h1::bridge`), not hyper's
+/// client.
+async fn bridged(
+    conn: &Arc<ClientConn>,
+    upstream: Arc<Upstream>,
+    req: Request<Incoming>,
+    retry_elsewhere: bool,
+    host: &str,
+    request: &mut Option<RequestGuard>,
+) -> Result<Response<ResponseBody>, Failure> {
+    let proxy = &*conn.proxy;
+    let (parts, _) = req.into_parts();
+    let mut head = Vec::with_capacity(512);
+    bridge::write_request(&parts, &mut head);
+    let to_head = parts.method == Method::HEAD;
+    drop(parts);
+
+    let started = Instant::now();
+    if let Some(request) = request.as_mut() {
+        request.sent_to(&upstream);
+    }
+    // Waiting for a head is bounded by the first-byte timeout, not the idle one.
+    let waiting = conn.activity.hold();
+    let (parts, body, answered_by) =
+        bridge::exchange(proxy, upstream, &head, host, to_head, retry_elsewhere).await?;
+    drop(waiting);
+    proxy.metrics.upstream_duration(started.elapsed());
+    if let Some(request) = request.as_mut() {
+        request.sent_to(&answered_by);
+    }
+    Ok(Response::from_parts(parts, ResponseBody::raw(body)))
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -26,6 +26,7 @@
 //! **Invariant:** a backend socket goes back to its pool only after a response that
 //! ended where its framing said, with nothing after it, to a request sent whole.
 
+pub(super) mod bridge;
 mod framing;
 mod head;
 #[cfg(test)]

@@ -243,7 +243,7 @@ impl Gateway {
         Gateway::serve(Arc::new(proxy.with_access_log(log)), table).await
     }
 
-    async fn start_with(
+    pub(crate) async fn start_with(
         routes: Vec<Route>,
         config: ProxyConfig,
         backends: BackendConfig,
@@ -1313,7 +1313,7 @@ impl Threaded {
         Threaded::start_with(threads, BackendConfig::default()).await
     }
 
-    async fn start_with(threads: usize, backends: BackendConfig) -> Threaded {
+    pub(crate) async fn start_with(threads: usize, backends: BackendConfig) -> Threaded {
         let backend = TestBackend::named("app").await;
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
             1,

@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use gateway::proxy::AccessLog;
+use gateway::proxy::{AccessLog, BackendConfig, ProxyConfig};
 
 use crate::proxy::{dead_addr, ok, read_head, route, values, within, Gateway, TestBackend};
 
@@ -607,6 +607,150 @@ async fn a_request_head_over_64_kib_is_refused_with_431_on_either_path() {
         if !matches!(way, Way::Http2) {
             // HTTP/2's limit is its own, and so is its answer.
             assert_eq!(body, b"request head over 64 KiB\n", "{way:?}");
+        }
+    }
+}
+
+/// The answers of [`hyper_paths_answers_arrive_whole_and_kept_alive_sockets_are_reused`]:
+/// what the backend sends, whether it keeps the connection, and what the client reads.
+const PLAIN_SOCKET_ANSWERS: [(&[u8], bool, u16, &[u8]); 6] = [
+    (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        true,
+        200,
+        b"hello",
+    ),
+    (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 1\r\n\r\n",
+        true,
+        200,
+        b"hello world",
+    ),
+    // Interim answers are not passed on; the final one is.
+    (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+          HTTP/1.1 100 Continue\r\n\r\n\
+          HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        true,
+        201,
+        b"ok",
+    ),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", true, 204, b""),
+    // The body ends when the backend closes.
+    (
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+        false,
+        200,
+        b"until the end",
+    ),
+    // Bytes after the answer: the socket is not used again.
+    (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokSTRAY",
+        true,
+        200,
+        b"ok",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_paths_answers_arrive_whole_and_kept_alive_sockets_are_reused() {
+    for (answer, keeps, status, body) in PLAIN_SOCKET_ANSWERS {
+        let backend = RawBackend::start(answer, !keeps).await;
+        let gateway = gateway_for(backend.addr).await;
+        let reused = keeps && !answer.ends_with(b"STRAY");
+        for (i, way) in [Way::Http2, Way::Http10, Way::Http2]
+            .into_iter()
+            .enumerate()
+        {
+            let what = String::from_utf8_lossy(answer);
+            let (got, head, got_body) = get(gateway.addr, way, "/", ("x-n", "1")).await;
+            assert_eq!(
+                (got, &got_body[..]),
+                (status, body),
+                "{way:?} {what}: {head}"
+            );
+            assert!(
+                !head.contains("transfer-encoding"),
+                "{way:?} {what}: {head}"
+            );
+            assert!(!head.contains("x-sum"), "trailers stay behind: {head}");
+            let connections = if reused { 1 } else { i + 1 };
+            assert_eq!(backend.connections(), connections, "{way:?} {what}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyper_paths_failures_on_plain_sockets_are_answered_as_the_own_paths() {
+    let live = TestBackend::named("app").await;
+    let config = ProxyConfig {
+        first_byte_timeout: Duration::from_millis(300),
+        ..ProxyConfig::default()
+    };
+    let gateway = Gateway::start_with(
+        vec![route("app", &["app.test"], &[(live.addr, 1)])],
+        config,
+        BackendConfig::default(),
+    )
+    .await;
+    let down = gateway_for(dead_addr().await).await;
+    for way in WAYS {
+        let cases = [
+            (
+                gateway.addr,
+                "/stall",
+                504,
+                "backend did not answer in time\n",
+            ),
+            (gateway.addr, "/close", 502, "backend connection failed\n"),
+            (down.addr, "/", 502, "could not connect to a backend\n"),
+        ];
+        for (addr, path, status, body) in cases {
+            let (got, head, got_body) = get(addr, way, path, ("x-n", "1")).await;
+            assert_eq!(
+                (got, String::from_utf8_lossy(&got_body).as_ref()),
+                (status, body),
+                "{way:?} {path}: {head}"
+            );
+        }
+        // And the live route is served after them.
+        let (got, _, got_body) = get(gateway.addr, way, "/", ("x-n", "1")).await;
+        assert_eq!((got, &got_body[..]), (200, &b"app"[..]), "{way:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_off_on_hyper_paths_plain_sockets_breaks_the_clients_stream() {
+    for answer in [
+        // A length the backend does not keep to, then the close.
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this"[..],
+        // Broken chunked framing after the first chunk.
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n",
+    ] {
+        let backend = RawBackend::start(answer, true).await;
+        let gateway = gateway_for(backend.addr).await;
+        let stream = TcpStream::connect(gateway.addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("http://app.test/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        // The stream is reset: before its head reaches the client, or in its body.
+        let what = String::from_utf8_lossy(answer);
+        match within(sender.send_request(req)).await {
+            Err(error) => assert!(format!("{error:?}").contains("Reset"), "{what}: {error:?}"),
+            Ok(response) => {
+                let status = response.status();
+                let body = within(response.into_body().collect()).await;
+                assert!(
+                    status == 502 || body.is_err(),
+                    "{what}: {status} and a whole body"
+                );
+            }
         }
     }
 }

@@ -94,16 +94,28 @@ impl BodyEnd {
     /// Takes `bytes`, which follow what was taken before: how many of them belong to
     /// the body (the rest, if any, come after it).
     pub(super) fn advance(&mut self, bytes: &[u8]) -> Result<usize, Malformed> {
+        self.advance_data(bytes, |_| {})
+    }
+
+    /// [`BodyEnd::advance`], telling `data` where the body's data is among `bytes`,
+    /// run by run, in order: what is left once a chunked body's framing is taken out.
+    pub(crate) fn advance_data(
+        &mut self,
+        bytes: &[u8],
+        mut data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<usize, Malformed> {
         let mut at = 0;
         while at < bytes.len() {
             match self.state {
                 State::Done => break,
                 State::UntilClose => {
                     self.data += (bytes.len() - at) as u64;
+                    data(at..bytes.len());
                     return Ok(bytes.len());
                 }
                 State::Remaining(n) => {
                     let take = n.min((bytes.len() - at) as u64);
+                    data(at..at + take as usize);
                     at += take as usize;
                     self.data += take;
                     self.state = match n - take {
@@ -113,6 +125,7 @@ impl BodyEnd {
                 }
                 State::Data(n) => {
                     let take = n.min((bytes.len() - at) as u64);
+                    data(at..at + take as usize);
                     at += take as usize;
                     self.data += take;
                     self.state = match n - take {

@@ -225,6 +225,83 @@ pub(super) fn response(
     close: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, BadResponse> {
+    checked_response(buf, to_head, |res, len, checked| {
+        let status = checked.head.status;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(&[
+            b'0' + (status / 100 % 10) as u8,
+            b'0' + (status / 10 % 10) as u8,
+            b'0' + (status % 10) as u8,
+            b' ',
+        ]);
+        out.extend_from_slice(res.reason.unwrap_or_default().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        kept_lines(buf, len, res.headers, out, |i, header| {
+            checked.keeps(i, header)
+        });
+        if checked.head.framing == Framing::Chunked {
+            line(out, b"transfer-encoding", b"chunked");
+        }
+        if close || checked.head.framing == Framing::UntilClose {
+            line(out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        Ok(checked.head)
+    })
+}
+
+/// [`response`] for a client that hyper serves (HTTP/2, HTTP/1.0): the head's status
+/// and the headers the client may see, as hyper takes them, beside what the proxy
+/// reads of it. hyper frames the body for its client itself.
+pub(super) fn response_parts(
+    buf: &[u8],
+    to_head: bool,
+) -> Result<Option<(ResponseHead, http::response::Parts)>, BadResponse> {
+    checked_response(buf, to_head, |res, _, checked| {
+        let mut parts = http::Response::new(()).into_parts().0;
+        parts.status =
+            http::StatusCode::from_u16(checked.head.status).map_err(|_| BadResponse::Framing)?;
+        parts.headers.reserve(res.headers.len());
+        for (i, header) in res.headers.iter().enumerate() {
+            if !checked.keeps(i, header) {
+                continue;
+            }
+            let name = http::HeaderName::from_bytes(header.name.as_bytes())
+                .map_err(|_| BadResponse::Framing)?;
+            let value =
+                http::HeaderValue::from_bytes(header.value).map_err(|_| BadResponse::Framing)?;
+            parts.headers.append(name, value);
+        }
+        Ok((checked.head, parts))
+    })
+}
+
+/// What the checks of a response head found: its framing, and which of its headers
+/// go on.
+struct Checked<'b> {
+    head: ResponseHead,
+    kinds: [Name; MAX_HEADERS],
+    connection: Connection<'b>,
+    chunked: bool,
+}
+
+impl Checked<'_> {
+    /// Whether header `i` goes on to the client: not hop-by-hop, not named by
+    /// `Connection`, not a length beside chunked framing.
+    fn keeps(&self, i: usize, header: &httparse::Header<'_>) -> bool {
+        !(self.kinds[i].is_hop_by_hop()
+            || self.connection.names(header.name)
+            || (self.kinds[i] == Name::ContentLength && self.chunked))
+    }
+}
+
+/// Parses and checks the response at the start of `buf`; when it is complete and may
+/// be passed on, `write` makes of it what the caller needs.
+fn checked_response<T>(
+    buf: &[u8],
+    to_head: bool,
+    write: impl FnOnce(&httparse::Response<'_, '_>, usize, Checked<'_>) -> Result<T, BadResponse>,
+) -> Result<Option<T>, BadResponse> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -282,35 +359,19 @@ pub(super) fn response(
         (false, None, Some(n)) => Framing::Length(n),
         (false, None, None) => Framing::UntilClose,
     };
-
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(&[
-        b'0' + (status / 100 % 10) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-        b' ',
-    ]);
-    out.extend_from_slice(res.reason.unwrap_or_default().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    kept_lines(buf, len, res.headers, out, |i, header| {
-        !(kinds[i].is_hop_by_hop()
-            || connection.names(header.name)
-            || (kinds[i] == Name::ContentLength && coding.is_some()))
-    });
-    if framing == Framing::Chunked {
-        line(out, b"transfer-encoding", b"chunked");
-    }
-    if close || framing == Framing::UntilClose {
-        line(out, b"connection", b"close");
-    }
-    out.extend_from_slice(b"\r\n");
-
-    Ok(Some(ResponseHead {
-        len,
-        status,
-        framing,
-        keep_alive: version == 1 && !connection.has(b"close"),
-    }))
+    let keep_alive = version == 1 && !connection.has(b"close");
+    let checked = Checked {
+        head: ResponseHead {
+            len,
+            status,
+            framing,
+            keep_alive,
+        },
+        kinds,
+        connection,
+        chunked: coding.is_some(),
+    };
+    write(&res, len, checked).map(Some)
 }
 
 /// The tokens of a message's `Connection` headers.

@@ -1,0 +1,298 @@
+//! Requests of hyper's path (HTTP/2, HTTP/1.0) that have no body and ask for no
+//! upgrade, sent to their backend on the own path's plain pooled sockets instead of
+//! hyper's client: the head written here, the answer's head parsed with httparse
+//! ([`head::response_parts`]) and its body read, de-chunked, by the client's stream
+//! itself ([`RawBody`]).
+//!
+//! With hyper's client a request crossed the stream's task, the backend connection's
+//! driver task and the body channel between them; on all cores over HTTP/2 that made
+//! the gateway 0.81x nginx's requests/s at 1.31x its CPU per request
+//! (docs/BENCHMARKS.md). Requests with a body, and upgrades, still go through hyper's
+//! client.
+//!
+//! **Invariant:** as on the own path, a socket goes back to its pool only after an
+//! answer that ended where its framing said, with nothing after it; and a request is
+//! sent again (on another socket) only when its first write failed, before any byte of
+//! it left.
+
+use std::io;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+use super::framing::BodyEnd;
+use super::head;
+use super::{read_now, READ_SIZE};
+use crate::proxy::answer::Failure;
+use crate::proxy::forward::move_elsewhere;
+use crate::proxy::upstream::{Lease, RawConn, Upstream};
+use crate::proxy::Proxy;
+
+/// Writes the head of `parts` (a request as `headers::prepare_request` left it: HTTP/1.1
+/// in origin form, with its `Host`) for a backend, to `out`.
+pub(in crate::proxy) fn write_request(parts: &http::request::Parts, out: &mut Vec<u8>) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Sends `request` (a head, see [`write_request`]) to `upstream`, on a pooled socket
+/// (another if it turns out closed) or a new one; after a failed connect, once to
+/// another backend of the route of `host` if `retry_elsewhere`. Returns the answer's
+/// head and its body, once the head is in (within the first-byte timeout), and the
+/// backend that gave them.
+pub(in crate::proxy) async fn exchange(
+    proxy: &Proxy,
+    upstream: Arc<Upstream>,
+    request: &[u8],
+    host: &str,
+    to_head: bool,
+    mut retry_elsewhere: bool,
+) -> Result<(http::response::Parts, RawBody, Arc<Upstream>), Failure> {
+    let mut lease = Lease::new(upstream);
+    let conn = 'sent: loop {
+        while let Some(mut conn) = lease.upstream().checkout_raw() {
+            // A first write that fails wrote nothing: the socket was closed under us,
+            // and the request can go on another. Once any byte is written, it cannot.
+            let first = match conn.stream.try_write(request) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    conn.stream.write(request).await
+                }
+                first => first,
+            };
+            match first {
+                Ok(0) | Err(_) => continue,
+                Ok(written) => match conn.stream.write_all(&request[written..]).await {
+                    Ok(()) => break 'sent conn,
+                    Err(error) => {
+                        tracing::debug!(%error, "backend request failed");
+                        return Err(Failure::Backend);
+                    }
+                },
+            }
+        }
+        match proxy.upstreams.connect_raw(lease.upstream()).await {
+            Ok(mut conn) => match conn.stream.write_all(request).await {
+                Ok(()) => break 'sent conn,
+                Err(error) => {
+                    tracing::debug!(%error, "backend request failed");
+                    return Err(Failure::Backend);
+                }
+            },
+            Err(error) => {
+                tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
+                if error.is_local() {
+                    return Err(Failure::OutOfSockets);
+                }
+                if move_elsewhere(proxy, host, &mut lease, &mut retry_elsewhere) {
+                    continue;
+                }
+                return Err(Failure::Connect);
+            }
+        }
+    };
+
+    let deadline = Instant::now() + proxy.config.first_byte_timeout;
+    let mut buf = Vec::new();
+    let (answer, parts) = loop {
+        match head::response_parts(&buf, to_head) {
+            Ok(Some((answer, parts))) if answer.status >= 200 => break (answer, parts),
+            // An interim answer (100 Continue, 103 Early Hints) is not passed on.
+            Ok(Some((interim, _))) => {
+                buf.drain(..interim.len);
+                continue;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::debug!(%error, "backend answer refused");
+                return Err(Failure::BadResponse);
+            }
+        }
+        let readable = std::future::poll_fn(|cx| conn.stream.poll_read_ready(cx));
+        match tokio::time::timeout_at(deadline, readable).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Err(_)) => return Err(Failure::Backend),
+            Ok(Ok(())) => {}
+        }
+        buf.reserve(READ_SIZE);
+        match read_now(&conn.stream, &mut buf) {
+            Ok(0) => return Err(Failure::Backend),
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(Failure::Backend),
+        }
+    };
+
+    let answered_by = Arc::clone(lease.upstream());
+    let mut body = RawBody {
+        conn: Some(conn),
+        lease: Some(lease),
+        end: BodyEnd::new(answer.framing),
+        keep_alive: answer.keep_alive,
+        pending: BytesMut::new(),
+        read: BytesMut::new(),
+    };
+    // What came with the head; broken framing there is the backend's fault, and
+    // nothing of the answer has gone out yet.
+    body.take(&buf[answer.len..])
+        .map_err(|_| Failure::BadResponse)?;
+    body.release_if_done();
+    Ok((parts, body, answered_by))
+}
+
+/// A backend's response body, read from its socket by whoever polls it (hyper's
+/// stream for the client), the socket going back to its pool when the body ends.
+pub(in crate::proxy) struct RawBody {
+    /// Until the body ends (or breaks).
+    conn: Option<RawConn>,
+    /// The request's hold on its backend (in flight), until the body ends.
+    lease: Option<Lease>,
+    end: BodyEnd,
+    keep_alive: bool,
+    /// Data read and not yet handed on.
+    pending: BytesMut,
+    /// What the last read brought, framing included.
+    read: BytesMut,
+}
+
+/// Why a backend's body could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub(in crate::proxy) enum BodyError {
+    #[error("the backend closed the connection before the end of the body")]
+    Cut,
+    #[error("reading the backend's body: {0}")]
+    Io(#[from] io::Error),
+    #[error("the backend's chunked framing is broken")]
+    Framing,
+}
+
+impl RawBody {
+    /// Whether the body has ended and all of it was handed on.
+    pub(in crate::proxy) fn is_end_stream(&self) -> bool {
+        self.end.is_done() && self.pending.is_empty()
+    }
+
+    /// Takes `bytes` read from the backend: the body's data goes to `pending`. Bytes
+    /// after the body's end make the socket unfit for another request.
+    fn take(&mut self, bytes: &[u8]) -> Result<(), BodyError> {
+        let pending = &mut self.pending;
+        let taken = self
+            .end
+            .advance_data(bytes, |data| pending.extend_from_slice(&bytes[data]))
+            .map_err(|_| BodyError::Framing)?;
+        if taken < bytes.len() {
+            self.keep_alive = false;
+        }
+        Ok(())
+    }
+
+    /// Once the body has ended: the socket back to its pool if it may serve another
+    /// request, and the lease let go.
+    fn release_if_done(&mut self) {
+        if !self.end.is_done() {
+            return;
+        }
+        if let (Some(conn), Some(lease)) = (self.conn.take(), self.lease.take()) {
+            if self.keep_alive {
+                lease.upstream().checkin_raw(conn);
+            }
+        }
+    }
+
+    /// The next run of the body's data; `None` at its end.
+    pub(in crate::proxy) fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, BodyError>>> {
+        loop {
+            if !self.pending.is_empty() {
+                return Poll::Ready(Some(Ok(self.pending.split().freeze())));
+            }
+            if self.end.is_done() {
+                self.release_if_done();
+                return Poll::Ready(None);
+            }
+            let Some(conn) = &self.conn else {
+                return Poll::Ready(None);
+            };
+            if let Err(error) = ready!(conn.stream.poll_read_ready(cx)) {
+                self.conn = None;
+                return Poll::Ready(Some(Err(error.into())));
+            }
+            self.read.clear();
+            self.read.reserve(READ_SIZE);
+            let read = match conn.stream.try_read_buf(&mut self.read) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                Ok(read) => read,
+            };
+            if read == 0 {
+                self.conn = None;
+                if self.end.until_close() {
+                    // The close ends it: done, and the socket with it.
+                    self.lease = None;
+                    return Poll::Ready(None);
+                }
+                return Poll::Ready(Some(Err(BodyError::Cut)));
+            }
+            let bytes = std::mem::take(&mut self.read);
+            let taken = self.take(&bytes);
+            self.read = bytes;
+            if let Err(error) = taken {
+                self.conn = None;
+                return Poll::Ready(Some(Err(error)));
+            }
+        }
+    }
+}
+
+impl Drop for RawBody {
+    fn drop(&mut self) {
+        // A body dropped before its end takes its socket with it (the rest of the
+        // answer would be read as the next one's).
+        if !self.end.is_done() {
+            self.conn = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prepared_request_is_written_as_an_http_1_1_head() {
+        let req = http::Request::builder()
+            .method("DELETE")
+            .uri("/a/b?c=1")
+            .header("host", "app.test")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("x-many", "1")
+            .header("x-many", "2")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        write_request(&parts, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "DELETE /a/b?c=1 HTTP/1.1\r\nhost: app.test\r\nx-forwarded-for: 10.0.0.1\r\n\
+             x-many: 1\r\nx-many: 2\r\n\r\n"
+        );
+    }
+}
