@@ -1,10 +1,13 @@
 //! One request through the proxy: find its route by host, pick a backend, rewrite the
 //! request, send it on a pooled (or new) connection, and stream the answer back.
 //!
+//! A request without a body that asks for no upgrade goes on a plain pooled socket
+//! (`h1::bridge`, as on the own HTTP/1.1 path); the others on hyper's client.
+//!
 //! Retries. A request is re-sent only when no backend can have seen it:
 //! - a pooled connection that turns out closed hands the request back unsent (hyper's
-//!   `try_send_request`), and it goes on another connection to the same backend,
-//!   whatever its method;
+//!   `try_send_request`; on a plain socket, a first write that fails), and it goes on
+//!   another connection to the same backend, whatever its method;
 //! - a failed connect is retried once on another backend of the route, for an
 //!   idempotent method (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) without a body.
 //!

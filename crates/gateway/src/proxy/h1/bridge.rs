@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::time::Instant;
 
 use super::framing::BodyEnd;
@@ -233,6 +233,7 @@ impl RawBody {
             }
             self.read.clear();
             self.read.reserve(READ_SIZE);
+            let room = self.read.capacity();
             let read = match conn.stream.try_read_buf(&mut self.read) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(error) => {
@@ -241,6 +242,13 @@ impl RawBody {
                 }
                 Ok(read) => read,
             };
+            if read > 0 && read < room {
+                // Drained: forget the readiness, as `read_now` does, so that the next
+                // poll waits for the next bytes instead of reading to find none.
+                let _ = conn.stream.try_io(Interest::READABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+            }
             if read == 0 {
                 self.conn = None;
                 if self.end.until_close() {
