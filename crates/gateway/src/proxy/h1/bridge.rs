@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::framing::BodyEnd;
 use super::head;
-use super::{read_now, READ_SIZE};
+use super::{read_drained, read_now, READ_SIZE};
 use crate::proxy::answer::Failure;
 use crate::proxy::forward::move_elsewhere;
 use crate::proxy::upstream::{Lease, RawConn, Upstream};
@@ -234,7 +234,10 @@ impl RawBody {
             self.read.clear();
             self.read.reserve(READ_SIZE);
             let room = self.read.capacity();
-            let read = match conn.stream.try_read_buf(&mut self.read) {
+            // Drained, the socket's readiness is forgotten (as `read_now` does), so
+            // that the next poll waits for the next bytes instead of reading to find
+            // none.
+            let read = match read_drained(&conn.stream, &mut self.read, room) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(error) => {
                     self.conn = None;
@@ -242,13 +245,6 @@ impl RawBody {
                 }
                 Ok(read) => read,
             };
-            if read > 0 && read < room {
-                // Drained: forget the readiness, as `read_now` does, so that the next
-                // poll waits for the next bytes instead of reading to find none.
-                let _ = conn.stream.try_io(Interest::READABLE, || {
-                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                });
-            }
             if read == 0 {
                 self.conn = None;
                 if self.end.until_close() {
