@@ -260,8 +260,8 @@ pub(super) async fn serve<C: ClientStream>(
 /// (`WouldBlock`: nothing there, and no system call made if the runtime has not seen
 /// the socket readable since it was last drained).
 ///
-/// `try_read_buf`, and after a short read the socket's readiness forgotten, as
-/// `poll_read` does: the socket is drained. Left set, every next request on a kept-alive
+/// One recv(2) inside `try_io`, and after a short read the socket's readiness
+/// forgotten, as `poll_read` does: the socket is drained. Left set, every next request on a kept-alive
 /// connection began with a `recv` that failed with EAGAIN, one system call in five of
 /// the whole request.
 ///
@@ -271,20 +271,22 @@ pub(super) async fn serve<C: ClientStream>(
 /// and the socket never read again (edge-triggered epoll fires once). That happened
 /// when another thread drove the runtime's I/O meanwhile (a multi-threaded runtime):
 /// an answer's last bytes sat unread a few times in a hundred in a test.
-fn read_now(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let room = buf.capacity() - buf.len();
-    read_drained(stream, buf, room)
-}
-
-/// [`read_now`] into any buffer, `room` being the bytes it takes without growing.
-fn read_drained<B: bytes::BufMut>(
-    stream: &TcpStream,
-    buf: &mut B,
-    room: usize,
-) -> io::Result<usize> {
+pub(super) fn read_now(stream: &TcpStream, buf: &mut impl bytes::BufMut) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
     let mut read = 0;
     let outcome = stream.try_io(Interest::READABLE, || {
-        read = stream.try_read_buf(buf)?;
+        // The spare capacity (some is made if there is none).
+        let spare = buf.chunk_mut();
+        let room = spare.len();
+        // SAFETY: `spare` is `room` writable bytes of `buf`; recv(2) writes at most
+        // that many, and says how many.
+        let got = unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), room, 0) };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        read = got as usize;
+        // SAFETY: recv initialised the first `read` bytes of the spare capacity.
+        unsafe { buf.advance_mut(read) };
         if read > 0 && read < room {
             // Drained: WouldBlock makes tokio clear the readiness this call began with.
             return Err(io::ErrorKind::WouldBlock.into());

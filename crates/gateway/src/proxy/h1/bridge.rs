@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::framing::BodyEnd;
 use super::head;
-use super::{read_drained, read_now, READ_SIZE};
+use super::{read_now, READ_SIZE};
 use crate::proxy::answer::Failure;
 use crate::proxy::forward::move_elsewhere;
 use crate::proxy::upstream::{Lease, RawConn, Upstream};
@@ -233,11 +233,10 @@ impl RawBody {
             }
             self.read.clear();
             self.read.reserve(READ_SIZE);
-            let room = self.read.capacity();
             // Drained, the socket's readiness is forgotten (as `read_now` does), so
             // that the next poll waits for the next bytes instead of reading to find
             // none.
-            let read = match read_drained(&conn.stream, &mut self.read, room) {
+            let read = match read_now(&conn.stream, &mut self.read) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(error) => {
                     self.conn = None;
