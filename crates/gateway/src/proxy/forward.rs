@@ -30,7 +30,7 @@ use super::answer::Failure;
 use super::body::{Pooled, Progress, RequestBody, ResponseBody};
 use super::conn::ClientConn;
 use super::h1::bridge;
-use super::upstream::{BackendConn, Lease, Upstream};
+use super::upstream::{BackendConn, ConnectError, Lease, Upstream};
 use super::{headers, tunnel, Proxy};
 
 /// A request in flight, from its head to the end of its response (or its tunnel),
@@ -365,14 +365,10 @@ async fn exchange(
                 };
             }
             Err(error) => {
-                tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
-                if error.is_local() {
-                    return Err(Failure::OutOfSockets);
+                match connect_failed(proxy, host, &mut lease, &mut retry_elsewhere, &error) {
+                    None => continue,
+                    Some(failure) => return Err(failure),
                 }
-                if move_elsewhere(proxy, host, &mut lease, &mut retry_elsewhere) {
-                    continue;
-                }
-                return Err(Failure::Connect);
             }
         }
     }
@@ -400,14 +396,30 @@ pub(super) fn route<'h>(
     Ok((host, upstream))
 }
 
-/// After a failed connect: moves `lease` to another backend of the route of `host`, if
-/// the request may still go elsewhere (`allowed`, used up here). Whether it did.
-pub(super) fn move_elsewhere(
+/// After a connect to `lease`'s backend failed with `error`: `None` when the request
+/// goes on to another backend of the route of `host` (the lease moved there; only
+/// once, while `allowed`), else what to answer. A connect the gateway itself could not
+/// make (out of sockets) would fail anywhere: it goes nowhere else.
+pub(super) fn connect_failed(
     proxy: &Proxy,
     host: &str,
     lease: &mut Lease,
     allowed: &mut bool,
-) -> bool {
+    error: &ConnectError,
+) -> Option<Failure> {
+    tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
+    if error.is_local() {
+        return Some(Failure::OutOfSockets);
+    }
+    if move_elsewhere(proxy, host, lease, allowed) {
+        return None;
+    }
+    Some(Failure::Connect)
+}
+
+/// After a failed connect: moves `lease` to another backend of the route of `host`, if
+/// the request may still go elsewhere (`allowed`, used up here). Whether it did.
+fn move_elsewhere(proxy: &Proxy, host: &str, lease: &mut Lease, allowed: &mut bool) -> bool {
     if !std::mem::take(allowed) {
         return false;
     }

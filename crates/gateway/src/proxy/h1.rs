@@ -51,7 +51,7 @@ use self::head::{Parse, RequestHead};
 use super::answer::Failure;
 use super::body::Progress;
 use super::conn::{ClientConn, Phase};
-use super::forward::{move_elsewhere, route, RequestGuard};
+use super::forward::{connect_failed, route, RequestGuard};
 use super::gate::Gated;
 use super::idle::{Activity, IdleTimer};
 use super::upstream::{Lease, RawConn, Upstream};
@@ -668,14 +668,10 @@ async fn send_head(
                 };
             }
             Err(error) => {
-                tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
-                if error.is_local() {
-                    break Err(Failure::OutOfSockets);
+                match connect_failed(proxy, &aside.host, &mut lease, &mut retry_elsewhere, &error) {
+                    None => continue,
+                    Some(failure) => break Err(failure),
                 }
-                if move_elsewhere(proxy, &aside.host, &mut lease, &mut retry_elsewhere) {
-                    continue;
-                }
-                break Err(Failure::Connect);
             }
         }
     };

@@ -27,7 +27,7 @@ use super::framing::BodyEnd;
 use super::head;
 use super::{read_now, READ_SIZE};
 use crate::proxy::answer::Failure;
-use crate::proxy::forward::move_elsewhere;
+use crate::proxy::forward::connect_failed;
 use crate::proxy::upstream::{Lease, RawConn, Upstream};
 use crate::proxy::Proxy;
 
@@ -92,14 +92,10 @@ pub(in crate::proxy) async fn exchange(
                 }
             },
             Err(error) => {
-                tracing::debug!(%error, backend = lease.upstream().addr(), "connect failed");
-                if error.is_local() {
-                    return Err(Failure::OutOfSockets);
+                match connect_failed(proxy, host, &mut lease, &mut retry_elsewhere, &error) {
+                    None => continue,
+                    Some(failure) => return Err(failure),
                 }
-                if move_elsewhere(proxy, host, &mut lease, &mut retry_elsewhere) {
-                    continue;
-                }
-                return Err(Failure::Connect);
             }
         }
     };
