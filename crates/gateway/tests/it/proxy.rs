@@ -197,10 +197,16 @@ pub(crate) fn route(app: &str, domains: &[&str], backends: &[(SocketAddr, u16)])
     }
 }
 
-/// An address nothing listens on.
+/// An address nothing listens on, and nothing will: its port stays bound, not
+/// listening, until the tests end (a connect to it is refused). Freed at once, the port
+/// could be taken by another test's listener, running meanwhile, and answer.
 pub(crate) async fn dead_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    // Held for the rest of the process: one file each, a few dozen in all.
+    std::mem::forget(socket);
+    addr
 }
 
 /// A proxy serving on a loopback port.

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
@@ -89,16 +89,24 @@ fn app_ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A loopback address nothing listens on (it was free a moment ago).
+/// A loopback address nothing listens on, and nothing will: its port stays bound, not
+/// listening, until the tests end (a connect to it is refused). Freed at once, the port
+/// could be taken by another test's server, running meanwhile, and answer.
 fn closed_addr() -> SocketAddr {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    // Held for the rest of the process: one file each, a few in all.
+    std::mem::forget(socket);
+    addr
+}
+
+/// A loopback address free a moment ago, for a server of the test to listen on.
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()
         .unwrap()
-}
-
-fn free_addr() -> SocketAddr {
-    closed_addr()
 }
 
 /// A process whose stderr goes to a log file, printed if the test fails; killed on drop.
