@@ -102,7 +102,14 @@ pub struct BackendConfig {
     pub eject_cooldown: Duration,
     /// Idle connections kept per backend address (on the HTTP/1.1 path, per proxy
     /// thread, as nginx's `keepalive` is per worker); more are closed after use.
-    pub max_idle_per_backend: usize,
+    ///
+    /// `None` (the default): up to [`ProxyConfig::max_connections`], that is as many as
+    /// the load left; the sweep closes those idle for the idle timeout, so the pool
+    /// shrinks back once a peak is over. A fixed cap below the requests in flight closes
+    /// connections the next requests need: at 4,000 client connections, a cap of 1,024
+    /// per thread made the gateway connect again for one request in 20 to 45, each
+    /// connect waiting in the backend's accept queue, and its p99 three times nginx's.
+    pub max_idle_per_backend: Option<usize>,
 }
 
 impl Default for BackendConfig {
@@ -110,7 +117,7 @@ impl Default for BackendConfig {
         BackendConfig {
             eject_after_failures: 3,
             eject_cooldown: Duration::from_secs(10),
-            max_idle_per_backend: 1024,
+            max_idle_per_backend: None,
         }
     }
 }

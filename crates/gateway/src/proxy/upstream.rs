@@ -189,7 +189,9 @@ impl Upstreams {
             idle_timeout: config.idle_timeout,
             eject_after_failures: backends.eject_after_failures.max(1),
             eject_cooldown: backends.eject_cooldown,
-            max_idle: backends.max_idle_per_backend,
+            max_idle: backends
+                .max_idle_per_backend
+                .unwrap_or(config.max_connections),
             client: {
                 let mut client = http1::Builder::new();
                 client.max_header_size(super::MAX_HEAD);

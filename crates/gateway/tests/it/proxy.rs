@@ -848,6 +848,33 @@ async fn reuses_backend_connections() {
     assert_eq!(stats().connects_total, 1, "{:?}", stats());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peak_of_requests_keeps_its_backend_connections_for_the_next_one() {
+    const PEAK: usize = 40;
+    let backend = TestBackend::named("app").await;
+    let gateway = Gateway::start(vec![route("app", &["app.test"], &[(backend.addr, 1)])]).await;
+    let stats = || gateway.proxy.backend(&backend.addr.to_string()).unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..PEAK {
+        clients.push(gateway.client().await);
+    }
+    for round in 1..=2 {
+        // All at once, each answered after a second: one backend connection apiece.
+        let mut requests = tokio::task::JoinSet::new();
+        for mut client in clients.drain(..) {
+            requests.spawn(async move { (client.get("app.test", "/late").await, client) });
+        }
+        while let Some(done) = requests.join_next().await {
+            let (answer, client) = done.unwrap();
+            assert_eq!(answer, ok("late"));
+            clients.push(client);
+        }
+        // Every one of them is kept: the next peak finds them, and connects no more.
+        eventually(|| stats().idle_connections == PEAK && stats().in_flight == 0).await;
+        assert_eq!(stats().connects_total, PEAK as u64, "round {round}");
+    }
+}
+
 /// Waits until `check` holds, looking every few milliseconds.
 pub(crate) async fn eventually(mut check: impl FnMut() -> bool) {
     within(async {
@@ -1392,7 +1419,7 @@ async fn each_proxy_thread_keeps_its_own_idle_backend_connections() {
     } = Threaded::start_with(
         2,
         BackendConfig {
-            max_idle_per_backend: 1,
+            max_idle_per_backend: Some(1),
             ..BackendConfig::default()
         },
     )

@@ -753,10 +753,12 @@ pub fn connection_room(connections: u64) -> u64 {
 }
 
 /// nginx's upstream `keepalive` (idle backend connections kept per worker) for a load on
-/// `connections` connections: as many, at least 64, at most 1024 (the gateway keeps up
-/// to 1024 per proxy thread).
+/// `connections` connections: as many, at least 64, so that a worker keeps what the load
+/// uses, as the gateway and HAProxy do by default. Fewer, and a worker closes connections
+/// its next requests need and connects again (at 4,000 connections with `keepalive 1024`,
+/// once for every 70 requests).
 pub fn nginx_keepalive(connections: u64) -> u64 {
-    connections.clamp(64, 1024)
+    connections.max(64)
 }
 
 /// The backend: one nginx worker answering every request with a fixed 200 and
@@ -1101,6 +1103,9 @@ mod tests {
         let plain = nginx_conf(dir, 1, 2, Some(1), Front::PLAIN, 32, false);
         assert!(!plain.contains("http2"), "{plain}");
         assert!(plain.contains("keepalive 64;"), "{plain}");
+        // Every connection of a large load keeps its backend connection between requests.
+        let large = nginx_conf(dir, 1, 2, None, Front::PLAIN, 4000, false);
+        assert!(large.contains("keepalive 4000;"), "{large}");
     }
 
     #[test]
