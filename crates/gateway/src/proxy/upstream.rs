@@ -181,6 +181,11 @@ impl ConnectError {
     }
 }
 
+/// Whether `error` is the process's or the system's file table being full.
+fn is_out_of_files(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 impl Upstreams {
     pub(super) fn new(config: &ProxyConfig, backends: &BackendConfig) -> Upstreams {
         Upstreams {
@@ -347,7 +352,50 @@ impl Upstreams {
         }
     }
 
+    /// A new connection to `upstream`. Out of file descriptors, it closes every idle
+    /// backend connection and tries once more: idle connections are a cache, which the
+    /// load refills, and the file table they hold is better spent on the request that
+    /// needs one now (with the pools kept as large as the load left, a peak on some
+    /// backends could otherwise leave the others unreachable until the idle timeout).
     async fn connect_stream(&self, upstream: &Upstream) -> Result<TcpStream, ConnectError> {
+        match self.try_connect(upstream).await {
+            Err(ConnectError::Io(error)) if is_out_of_files(&error) => {
+                let shed = self.close_idle();
+                if shed == 0 {
+                    return Err(ConnectError::Io(error));
+                }
+                static WARNING: super::Warning = super::Warning::new();
+                if WARNING.due() {
+                    tracing::warn!(
+                        %error,
+                        shed,
+                        "out of file descriptors: closed every idle backend connection to \
+                         open a new one (logged at most every {} s)",
+                        super::WARNING_EVERY_SECS
+                    );
+                }
+                self.try_connect(upstream).await
+            }
+            result => result,
+        }
+    }
+
+    /// Closes every idle connection, of every upstream and proxy thread; how many.
+    pub(super) fn close_idle(&self) -> usize {
+        let mut shed = 0;
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for upstream in shard.values() {
+                let idle = std::mem::take(&mut *upstream.idle());
+                let idle_raw = std::mem::take(&mut *upstream.idle_raw());
+                shed += idle.len() + idle_raw.iter().map(Vec::len).sum::<usize>();
+                drop((idle, idle_raw));
+            }
+        }
+        shed
+    }
+
+    async fn try_connect(&self, upstream: &Upstream) -> Result<TcpStream, ConnectError> {
         upstream.connects.fetch_add(1, Relaxed);
         let connect = TcpStream::connect(&*upstream.addr);
         let stream = tokio::time::timeout(self.connect_timeout, connect)
@@ -397,18 +445,6 @@ impl Upstreams {
                 {
                     shard.remove(&addr);
                 }
-            }
-        }
-    }
-
-    /// Closes every idle connection.
-    pub(super) fn close_idle(&self) {
-        for shard in self.shards.iter() {
-            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
-            for upstream in shard.values() {
-                let idle = std::mem::take(&mut *upstream.idle());
-                let idle_raw = std::mem::take(&mut *upstream.idle_raw());
-                drop((idle, idle_raw));
             }
         }
     }

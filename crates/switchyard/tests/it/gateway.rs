@@ -903,10 +903,15 @@ fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_tha
     let dir = tempfile::tempdir().unwrap();
     let app = backend("app");
     let other = backend("other");
+    let third = backend("third");
     let orchestrator = Orchestrator::start();
     let _live = orchestrator.stream(snapshot(
         1,
-        &[route("app", app.addr), route("other", other.addr)],
+        &[
+            route("app", app.addr),
+            route("other", other.addr),
+            route("third", third.addr),
+        ],
     ));
     let mut ours = libc::rlimit {
         rlim_cur: 0,
@@ -963,14 +968,14 @@ fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_tha
     let mut gateway =
         GatewayProcess::spawn_with_open_files(dir.path(), "full", &args, limit, limit);
     gateway.wait_ready();
-    assert_eq!(gateway.get("app.test").unwrap(), (200, "app".to_string()));
     let mut idle: Vec<TcpStream> = (0..30).map(|_| connect(gateway.proxy).unwrap()).collect();
     gateway.wait_for("accepts to fail", |gateway| {
         gateway.log().contains("accepting connections fails")
     });
-    // The file table is full: a request that needs a new backend connection gets a 503
-    // that says so, and the backend, which did nothing wrong, is not ejected. On one
-    // kept-alive connection (the first accepted), so that none closes meanwhile.
+    // The file table is full, and no idle backend connection holds a file that could be
+    // given up: a request that needs a new backend connection gets a 503 that says so,
+    // and the backend, which did nothing wrong, is not ejected. On one kept-alive
+    // connection (the first accepted), so that none closes meanwhile.
     let first = &mut idle[0];
     for _ in 0..4 {
         write!(first, "GET / HTTP/1.1\r\nHost: other.test\r\n\r\n").unwrap();
@@ -1019,6 +1024,37 @@ fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_tha
     assert_eq!(
         gateway.get("other.test").unwrap(),
         (200, "other".to_string())
+    );
+
+    // Full again, now with idle connections to `app` and `other` pooled: they are
+    // closed to make room for one to `third`, and the request is served.
+    let failures =
+        |gateway: &GatewayProcess| gateway.log().matches("accepting connections fails").count();
+    let before = failures(&gateway);
+    let mut idle: Vec<TcpStream> = (0..30).map(|_| connect(gateway.proxy).unwrap()).collect();
+    // The warning is logged at most every 5 s.
+    gateway.wait_for("accepts to fail again", |gateway| {
+        failures(gateway) > before
+    });
+    let first = &mut idle[0];
+    write!(first, "GET / HTTP/1.1\r\nHost: third.test\r\n\r\n").unwrap();
+    assert_eq!(
+        read_response(first).unwrap(),
+        (200, "third".to_string()),
+        "{}",
+        gateway.log()
+    );
+    assert!(
+        gateway
+            .log()
+            .contains("closed every idle backend connection to open a new one"),
+        "{}",
+        gateway.log()
+    );
+    drop(idle);
+    assert_eq!(
+        gateway.metric("switchyard_gateway_errors_total{reason=\"out_of_sockets\"}"),
+        Some(4.0)
     );
 }
 
