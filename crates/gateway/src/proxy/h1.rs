@@ -68,6 +68,36 @@ pub(super) enum Outcome {
 /// Bytes asked of the kernel per read.
 const READ_SIZE: usize = 16 * 1024;
 
+/// A pooled backend connection that idled this long may have been closed by its
+/// backend's keep-alive timeout just as a request went out on it (the close and the
+/// request cross on the wire): if it is closed before any byte of an answer, an
+/// idempotent request without a body is sent again, once, on a new connection, as
+/// nginx does. Backends' timeouts are seconds (Node.js 5 s, gunicorn 2 s); below this,
+/// no copy of the head is kept and a close before the answer is the backend's 502.
+const RESEND_AFTER_IDLE_MS: u64 = 1000;
+
+/// Sends `head` (a request without a body) again, on a new connection to `lease`'s
+/// backend: the pooled one it went out on was closed before any byte of an answer.
+async fn resend(proxy: &Proxy, lease: &mut Lease, head: &[u8]) -> Result<RawConn, Failure> {
+    tracing::debug!(
+        backend = lease.upstream().addr(),
+        "a pooled connection closed without an answer; sending the request again on a new one"
+    );
+    match proxy.upstreams.connect_raw(lease.upstream()).await {
+        Ok(mut conn) => match conn.stream.write_all(head).await {
+            Ok(()) => Ok(conn),
+            Err(error) => {
+                tracing::debug!(%error, "backend request failed");
+                Err(Failure::Backend)
+            }
+        },
+        // The same backend: it answered a moment ago.
+        Err(error) => {
+            Err(connect_failed(proxy, "", lease, &mut false, &error).unwrap_or(Failure::Connect))
+        }
+    }
+}
+
 /// A client connection this path serves.
 pub(super) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
     /// The reading side, while the writing side is used at the same time.
@@ -405,6 +435,10 @@ struct Exchange<'a> {
 enum Broken {
     /// Before its head reached the client: the proxy answers instead.
     Answer(Failure),
+    /// The backend closed (or reset) the connection before any byte of an answer: a
+    /// [`Broken::Answer`] of [`Failure::Backend`], unless the request can go again
+    /// (see [`RESEND_AFTER_IDLE_MS`]).
+    Unanswered,
     /// After: the client connection is closed mid-answer.
     Cut,
 }
@@ -421,7 +455,7 @@ impl Exchange<'_> {
             conn,
             req,
             close,
-            first_byte,
+            mut first_byte,
         } = self;
         let proxy = &*conn.proxy;
         let mut request = RequestGuard::new(Arc::clone(conn));
@@ -482,7 +516,7 @@ impl Exchange<'_> {
             host: req.host.clone(),
         };
         let sent = send_head(proxy, upstream, outgoing, retry_elsewhere).await;
-        let (mut backend, lease) = match sent {
+        let (mut backend, mut lease) = match sent {
             Ok(sent) => sent,
             Err(failure) => {
                 drop(waiting);
@@ -495,6 +529,9 @@ impl Exchange<'_> {
             }
         };
         request.sent_to(lease.upstream());
+        // The head is kept (it is in `out`, not copied) where it may have to go again.
+        let mut resend_head = (retry_elsewhere && backend.idled_at_least(RESEND_AFTER_IDLE_MS))
+            .then(|| std::mem::take(&mut buffers.out));
         buffers.release_while_waiting(body.is_done());
 
         if req.expect_continue
@@ -527,7 +564,7 @@ impl Exchange<'_> {
                 close,
                 started,
                 progress: &progress,
-                first_byte,
+                first_byte: first_byte.as_mut(),
                 waiting: Some(waiting),
                 request: &mut request,
                 from_backend: &mut from_backend,
@@ -551,6 +588,35 @@ impl Exchange<'_> {
             }
         };
         let uploaded = uploaded && body.is_done();
+        let answered = match (answered, resend_head.take()) {
+            (Err(Broken::Unanswered), Some(head)) => match resend(proxy, &mut lease, &head).await {
+                Ok(fresh) => {
+                    backend = fresh;
+                    let progress = Progress::new();
+                    let (_, mut to_client) = client.halves();
+                    let (mut from_backend, _) = backend.stream.split();
+                    respond(Respond {
+                        proxy,
+                        activity: &conn.activity,
+                        is_head: req.is_head,
+                        close,
+                        started,
+                        progress: &progress,
+                        first_byte: first_byte.as_mut(),
+                        waiting: Some(conn.activity.hold()),
+                        request: &mut request,
+                        from_backend: &mut from_backend,
+                        to_client: &mut to_client,
+                        buf: &mut buffers.backend,
+                        out: &mut buffers.out,
+                        idle,
+                    })
+                    .await
+                }
+                Err(failure) => Err(Broken::Answer(failure)),
+            },
+            (answered, _) => answered,
+        };
 
         match answered {
             Ok(ended) => {
@@ -560,7 +626,11 @@ impl Exchange<'_> {
                 drop((lease, request));
                 uploaded && !ended.client_close
             }
-            Err(Broken::Answer(failure)) => {
+            Err(broken @ (Broken::Answer(_) | Broken::Unanswered)) => {
+                let failure = match broken {
+                    Broken::Answer(failure) => failure,
+                    _ => Failure::Backend,
+                };
                 drop((backend, lease));
                 let close = close || !uploaded;
                 let answer = Answer::new(failure, &req, close);
@@ -740,11 +810,14 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
     let timeout = r.proxy.config.first_byte_timeout;
     r.buf.clear();
     let backend = r.from_backend.as_ref();
+    // Whether any byte of an answer came: a close before one is `Unanswered`.
+    let mut answering = false;
     let head = loop {
         r.out.clear();
         match head::response(r.buf, r.is_head, r.close, r.out) {
             Ok(Some(head)) if head.status >= 200 => break head,
             Ok(Some(interim)) => {
+                answering = true;
                 write(r.to_client, r.out, r.activity, r.idle).await?;
                 r.buf.drain(..interim.len);
                 continue;
@@ -765,11 +838,18 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
                 }
                 spare::take_into(&mut [&mut *r.buf, &mut *r.out]);
                 r.buf.reserve(READ_SIZE);
+                let unanswered = || {
+                    if answering {
+                        Broken::Answer(Failure::Backend)
+                    } else {
+                        Broken::Unanswered
+                    }
+                };
                 match read_now(backend, r.buf) {
-                    Ok(0) => return Err(Broken::Answer(Failure::Backend)),
-                    Ok(_) => {}
+                    Ok(0) => return Err(unanswered()),
+                    Ok(_) => answering = true,
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Err(Broken::Answer(Failure::Backend)),
+                    Err(_) => return Err(unanswered()),
                 }
             }
             () = r.first_byte.as_mut() => {

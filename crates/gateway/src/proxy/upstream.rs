@@ -88,8 +88,8 @@ pub(super) struct RawConn {
     /// The proxy thread whose runtime drives the socket (see [`set_thread`]): it is
     /// lent to requests on that thread only.
     thread: usize,
-    /// [`now_ms`] when it last went back to the pool.
-    idle_since_ms: u64,
+    /// [`now_ms`] when it last went back to the pool (`None`: it never did).
+    idle_since_ms: Option<u64>,
     /// It was found closed, or sent bytes nobody asked for.
     broken: Cell<bool>,
 }
@@ -99,9 +99,16 @@ impl RawConn {
         RawConn {
             stream,
             thread: this_thread(),
-            idle_since_ms: 0,
+            idle_since_ms: None,
             broken: Cell::new(false),
         }
+    }
+
+    /// Whether it came from the pool after idling for at least `ms`: long enough that
+    /// its backend's keep-alive timeout may have closed it just as it was taken.
+    pub(super) fn idled_at_least(&self, ms: u64) -> bool {
+        self.idle_since_ms
+            .is_some_and(|since| now_ms().saturating_sub(since) >= ms)
     }
 
     /// Whether the backend closed it or wrote to it while it was idle. Reads only when
@@ -493,7 +500,7 @@ impl Upstream {
     /// Puts a plain connection whose exchange is complete back in its thread's pool
     /// (which keeps at most `max_idle`).
     pub(super) fn checkin_raw(&self, mut conn: RawConn) {
-        conn.idle_since_ms = now_ms();
+        conn.idle_since_ms = Some(now_ms());
         let mut idle = self.idle_raw();
         if idle.len() <= conn.thread {
             idle.resize_with(conn.thread + 1, Vec::new);
@@ -532,7 +539,7 @@ impl Upstream {
         self.idle()
             .retain(|conn| !conn.sender.is_closed() && conn.idle_since_ms >= idle_since);
         for idle in self.idle_raw().iter_mut() {
-            idle.retain(|conn| !conn.is_closed() && conn.idle_since_ms >= idle_since);
+            idle.retain(|conn| !conn.is_closed() && conn.idle_since_ms >= Some(idle_since));
         }
     }
 

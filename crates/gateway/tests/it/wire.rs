@@ -1072,3 +1072,93 @@ async fn bytes_that_arrive_while_the_proxy_reads_are_not_lost() {
         );
     }
 }
+
+/// A backend that answers `ok`, but closes a kept-alive connection without answering a
+/// request that comes after a second or more of quiet on it: what a backend whose
+/// keep-alive timeout ran out does to a request that crossed its close on the wire.
+/// It counts its connections.
+async fn stale_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            counter.fetch_add(1, SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut answered: Option<std::time::Instant> = None;
+                loop {
+                    let end = loop {
+                        if let Some(at) = find(&buf, b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        let mut chunk = [0; 1024];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    buf.drain(..end);
+                    if answered.is_some_and(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    answered = Some(std::time::Instant::now());
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_pooled_connection_closed_unanswered_goes_again_if_it_may() {
+    let (backend, connections) = stale_backend().await;
+    let gateway = gateway_for(backend).await;
+    for way in WAYS {
+        let (status, head, body) = get(gateway.addr, way, "/", ("x-try", "1")).await;
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"ok"[..]),
+            "{way:?}: {head}"
+        );
+        let before = connections.load(SeqCst);
+        // Quiet for a second: the pooled connection is closed under the next request.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (status, head, body) = get(gateway.addr, way, "/", ("x-try", "2")).await;
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"ok"[..]),
+            "{way:?}: {head}"
+        );
+        assert_eq!(connections.load(SeqCst), before + 1, "{way:?}");
+    }
+
+    // A request that is not idempotent is not sent twice: the backend's close is a 502.
+    let mut client = TcpStream::connect(gateway.addr).await.unwrap();
+    let post = b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 0\r\n\r\n";
+    let (head, body) = ask(&mut client, post).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(body, b"ok");
+    let before = connections.load(SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (head, body) = ask(&mut client, post).await;
+    assert_eq!(status_of(&head), 502, "{head}");
+    assert_eq!(body, b"backend connection failed\n");
+    assert_eq!(connections.load(SeqCst), before);
+    // Nor is one that went out on a connection that was not quiet: the close is the
+    // backend's failure, and the request is not sent twice (the backend may be
+    // closing after every request for a reason).
+    let quick = RawBackend::start(b"", true).await;
+    let gateway = gateway_for(quick.addr).await;
+    let (status, head, _) = get(gateway.addr, Way::Http11, "/", ("x-try", "3")).await;
+    assert_eq!(status, 502, "{head}");
+    assert_eq!(quick.connections(), 1);
+}

@@ -13,7 +13,8 @@
 //! **Invariant:** as on the own path, a socket goes back to its pool only after an
 //! answer that ended where its framing said, with nothing after it; and a request is
 //! sent again (on another socket) only when its first write failed, before any byte of
-//! it left.
+//! it left, or when, idempotent, it went out on a socket pooled for a second or more
+//! that closed before any byte of an answer (`RESEND_AFTER_IDLE_MS`).
 
 use std::io;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use tokio::time::Instant;
 
 use super::framing::BodyEnd;
 use super::head;
-use super::{read_now, READ_SIZE};
+use super::{read_now, resend, READ_SIZE, RESEND_AFTER_IDLE_MS};
 use crate::proxy::answer::Failure;
 use crate::proxy::forward::connect_failed;
 use crate::proxy::upstream::{Lease, RawConn, Upstream};
@@ -61,8 +62,9 @@ pub(in crate::proxy) async fn exchange(
     to_head: bool,
     mut retry_elsewhere: bool,
 ) -> Result<(http::response::Parts, RawBody, Arc<Upstream>), Failure> {
+    let idempotent = retry_elsewhere;
     let mut lease = Lease::new(upstream);
-    let conn = 'sent: loop {
+    let mut conn = 'sent: loop {
         while let Some(mut conn) = lease.upstream().checkout_raw() {
             // A first write that fails wrote nothing: the socket was closed under us,
             // and the request can go on another. Once any byte is written, it cannot.
@@ -100,8 +102,12 @@ pub(in crate::proxy) async fn exchange(
         }
     };
 
-    let deadline = Instant::now() + proxy.config.first_byte_timeout;
+    let mut deadline = Instant::now() + proxy.config.first_byte_timeout;
     let mut buf = Vec::new();
+    // A pooled connection closed before any byte of an answer: the request goes again,
+    // once, on a new one (see `RESEND_AFTER_IDLE_MS`).
+    let mut may_resend = idempotent && conn.idled_at_least(RESEND_AFTER_IDLE_MS);
+    let mut answering = false;
     let (answer, parts) = loop {
         match head::response_parts(&buf, to_head) {
             Ok(Some((answer, parts))) if answer.status >= 200 => break (answer, parts),
@@ -123,11 +129,21 @@ pub(in crate::proxy) async fn exchange(
             Ok(Ok(())) => {}
         }
         buf.reserve(READ_SIZE);
-        match read_now(&conn.stream, &mut buf) {
-            Ok(0) => return Err(Failure::Backend),
-            Ok(_) => {}
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return Err(Failure::Backend),
+        let closed = match read_now(&conn.stream, &mut buf) {
+            Ok(0) => true,
+            Ok(_) => {
+                answering = true;
+                false
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
+            Err(_) => true,
+        };
+        if closed {
+            if answering || !std::mem::take(&mut may_resend) {
+                return Err(Failure::Backend);
+            }
+            conn = resend(proxy, &mut lease, request).await?;
+            deadline = Instant::now() + proxy.config.first_byte_timeout;
         }
     };
 
