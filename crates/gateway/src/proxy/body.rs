@@ -233,6 +233,12 @@ impl Progress {
         }
     }
 
+    /// When a frame last went through (at first, when it was made), on the clock of
+    /// [`now_ms`].
+    pub(super) fn last_ms(&self) -> u64 {
+        self.last_ms.load(Relaxed)
+    }
+
     pub(super) fn touch(&self) {
         self.last_ms.store(now_ms(), Relaxed);
     }
@@ -254,8 +260,16 @@ impl Progress {
     }
 }
 
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
 /// Milliseconds since the first call: a clock cheap to store in an atomic.
 pub(super) fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// `instant` on the clock of [`now_ms`], without reading the time.
+pub(super) fn ms_of(instant: Instant) -> u64 {
+    instant
+        .saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_millis() as u64
 }

@@ -529,9 +529,12 @@ impl Exchange<'_> {
             }
         };
         request.sent_to(lease.upstream());
+        // From the head's going out (and read from the clock once, here).
+        let progress = Progress::new();
         // The head is kept (it is in `out`, not copied) where it may have to go again.
-        let mut resend_head = (retry_elsewhere && backend.idled_at_least(RESEND_AFTER_IDLE_MS))
-            .then(|| std::mem::take(&mut buffers.out));
+        let mut resend_head = (retry_elsewhere
+            && backend.idled_at_least(RESEND_AFTER_IDLE_MS, progress.last_ms()))
+        .then(|| std::mem::take(&mut buffers.out));
         buffers.release_while_waiting(body.is_done());
 
         if req.expect_continue
@@ -545,7 +548,6 @@ impl Exchange<'_> {
 
         // The rest of the request body goes on while the answer is awaited and
         // streamed back: a backend may answer before it has read it all.
-        let progress = Progress::new();
         let mut uploaded = body.is_done();
         let answered = {
             let (mut from_client, mut to_client) = client.halves();

@@ -104,11 +104,12 @@ impl RawConn {
         }
     }
 
-    /// Whether it came from the pool after idling for at least `ms`: long enough that
-    /// its backend's keep-alive timeout may have closed it just as it was taken.
-    pub(super) fn idled_at_least(&self, ms: u64) -> bool {
+    /// Whether it came from the pool after idling for at least `ms` until `at_ms` (on
+    /// the clock of [`now_ms`]): long enough that its backend's keep-alive timeout may
+    /// have closed it just as it was taken.
+    pub(super) fn idled_at_least(&self, ms: u64, at_ms: u64) -> bool {
         self.idle_since_ms
-            .is_some_and(|since| now_ms().saturating_sub(since) >= ms)
+            .is_some_and(|since| at_ms.saturating_sub(since) >= ms)
     }
 
     /// Whether the backend closed it or wrote to it while it was idle. Reads only when

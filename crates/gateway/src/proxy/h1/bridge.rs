@@ -28,6 +28,7 @@ use super::framing::BodyEnd;
 use super::head;
 use super::{read_now, resend, READ_SIZE, RESEND_AFTER_IDLE_MS};
 use crate::proxy::answer::Failure;
+use crate::proxy::body::ms_of;
 use crate::proxy::forward::connect_failed;
 use crate::proxy::upstream::{Lease, RawConn, Upstream};
 use crate::proxy::Proxy;
@@ -102,11 +103,13 @@ pub(in crate::proxy) async fn exchange(
         }
     };
 
-    let mut deadline = Instant::now() + proxy.config.first_byte_timeout;
+    let sent = Instant::now();
+    let mut deadline = sent + proxy.config.first_byte_timeout;
     let mut buf = Vec::new();
     // A pooled connection closed before any byte of an answer: the request goes again,
     // once, on a new one (see `RESEND_AFTER_IDLE_MS`).
-    let mut may_resend = idempotent && conn.idled_at_least(RESEND_AFTER_IDLE_MS);
+    let mut may_resend =
+        idempotent && conn.idled_at_least(RESEND_AFTER_IDLE_MS, ms_of(sent.into_std()));
     let mut answering = false;
     let (answer, parts) = loop {
         match head::response_parts(&buf, to_head) {
