@@ -83,6 +83,7 @@ async fn resend(proxy: &Proxy, lease: &mut Lease, head: &[u8]) -> Result<RawConn
         backend = lease.upstream().addr(),
         "a pooled connection closed without an answer; sending the request again on a new one"
     );
+    proxy.upstreams.resent();
     match proxy.upstreams.connect_raw(lease.upstream()).await {
         Ok(mut conn) => match conn.stream.write_all(head).await {
             Ok(()) => Ok(conn),

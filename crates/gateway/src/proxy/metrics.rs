@@ -48,6 +48,13 @@ pub const ERRORS_TOTAL: &str = "switchyard_gateway_errors_total";
 pub const REASON_LABEL: &str = "reason";
 /// Times a backend was ejected after consecutive connect failures.
 pub const BACKEND_EJECTIONS_TOTAL: &str = "switchyard_gateway_backend_ejections_total";
+/// Requests sent again on a new connection because the pooled one they went out on,
+/// quiet for a second or more, was closed by its backend before any byte of an answer:
+/// a backend keep-alive timeout that runs out as requests arrive.
+pub const BACKEND_RESENDS_TOTAL: &str = "switchyard_gateway_backend_resends_total";
+/// Idle backend connections closed because a new one could not be opened for want of
+/// file descriptors.
+pub const BACKEND_IDLE_SHED_TOTAL: &str = "switchyard_gateway_backend_idle_shed_total";
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -88,6 +95,17 @@ pub fn describe() {
         BACKEND_EJECTIONS_TOTAL,
         Unit::Count,
         "Times a backend was ejected after consecutive connect failures."
+    );
+    metrics::describe_counter!(
+        BACKEND_RESENDS_TOTAL,
+        Unit::Count,
+        "Requests sent again because a pooled connection, quiet for a second or more, \
+         was closed by its backend before answering."
+    );
+    metrics::describe_counter!(
+        BACKEND_IDLE_SHED_TOTAL,
+        Unit::Count,
+        "Idle backend connections closed to open a new one when file descriptors ran out."
     );
     metrics::describe_counter!(
         ACCESS_LOG_DROPPED_TOTAL,

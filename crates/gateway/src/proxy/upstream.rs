@@ -44,6 +44,10 @@ pub(super) struct Upstreams {
     client: http1::Builder,
     /// `switchyard_gateway_backend_ejections_total`.
     ejections: metrics::Counter,
+    /// `switchyard_gateway_backend_resends_total`.
+    resends: metrics::Counter,
+    /// `switchyard_gateway_backend_idle_shed_total`.
+    shed: metrics::Counter,
 }
 
 /// One backend address.
@@ -211,6 +215,8 @@ impl Upstreams {
                 client
             },
             ejections: metrics::counter!(super::metrics::BACKEND_EJECTIONS_TOTAL),
+            resends: metrics::counter!(super::metrics::BACKEND_RESENDS_TOTAL),
+            shed: metrics::counter!(super::metrics::BACKEND_IDLE_SHED_TOTAL),
         }
     }
 
@@ -327,6 +333,11 @@ impl Upstreams {
         result
     }
 
+    /// Counts a request sent again after a pooled connection closed unanswered.
+    pub(super) fn resent(&self) {
+        self.resends.increment(1);
+    }
+
     /// Opens a new plain connection to `upstream` for the HTTP/1.1 path, counting a
     /// failure towards ejection.
     pub(super) async fn connect_raw(&self, upstream: &Upstream) -> Result<RawConn, ConnectError> {
@@ -372,6 +383,7 @@ impl Upstreams {
                 if shed == 0 {
                     return Err(ConnectError::Io(error));
                 }
+                self.shed.increment(shed as u64);
                 static WARNING: super::Warning = super::Warning::new();
                 if WARNING.due() {
                     tracing::warn!(

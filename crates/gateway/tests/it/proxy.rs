@@ -259,7 +259,7 @@ impl Gateway {
         Gateway::serve(Arc::new(proxy), table).await
     }
 
-    async fn serve(proxy: Arc<Proxy>, table: Arc<ArcSwap<RouteTable>>) -> Gateway {
+    pub(crate) async fn serve(proxy: Arc<Proxy>, table: Arc<ArcSwap<RouteTable>>) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -19,7 +19,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use gateway::proxy::{AccessLog, BackendConfig, ProxyConfig};
+use arc_swap::ArcSwap;
+use gateway::proxy::{AccessLog, BackendConfig, Proxy, ProxyConfig};
+use gateway::RouteTable;
 
 use crate::proxy::{dead_addr, ok, read_head, route, values, within, Gateway, TestBackend};
 
@@ -1121,7 +1123,16 @@ async fn stale_backend() -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_on_a_pooled_connection_closed_unanswered_goes_again_if_it_may() {
     let (backend, connections) = stale_backend().await;
-    let gateway = gateway_for(backend).await;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
+        1,
+        [route("app", &["app.test"], &[(backend, 1)])],
+    )));
+    let proxy = metrics::with_local_recorder(&recorder, || {
+        Proxy::new(Arc::clone(&table), ProxyConfig::default())
+    });
+    let gateway = Gateway::serve(Arc::new(proxy), table).await;
     for way in WAYS {
         let (status, head, body) = get(gateway.addr, way, "/", ("x-try", "1")).await;
         assert_eq!(
@@ -1153,6 +1164,14 @@ async fn a_request_on_a_pooled_connection_closed_unanswered_goes_again_if_it_may
     assert_eq!(status_of(&head), 502, "{head}");
     assert_eq!(body, b"backend connection failed\n");
     assert_eq!(connections.load(SeqCst), before);
+    // Each request sent again is counted, for an operator to see.
+    assert!(
+        metrics
+            .render()
+            .contains("switchyard_gateway_backend_resends_total 3\n"),
+        "{}",
+        metrics.render()
+    );
     // Nor is one that went out on a connection that was not quiet: the close is the
     // backend's failure, and the request is not sent twice (the backend may be
     // closing after every request for a reason).

@@ -1056,6 +1056,13 @@ fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_tha
         gateway.metric("switchyard_gateway_errors_total{reason=\"out_of_sockets\"}"),
         Some(4.0)
     );
+    assert!(
+        gateway
+            .metric("switchyard_gateway_backend_idle_shed_total")
+            .is_some_and(|shed| shed >= 2.0),
+        "{}",
+        gateway.log()
+    );
 }
 
 /// Reads one response with a `Content-Length` from `stream`, leaving it open: its
