@@ -26,7 +26,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, FromArgMatches};
 use serde::{Deserialize, Deserializer};
 
-use crate::proxy::ProxyConfig;
+use crate::proxy::{BackendConfig, ProxyConfig};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9080";
@@ -44,6 +44,8 @@ const DEFAULT_CONNECT_TIMEOUT: &str = "3s";
 const DEFAULT_FIRST_BYTE_TIMEOUT: &str = "30s";
 const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
+const DEFAULT_EJECT_AFTER: &str = "3";
+const DEFAULT_EJECT_COOLDOWN: &str = "10s";
 
 /// How a gateway runs. Build it from the command line with [`Config::from_matches`]
 /// (which also reads `--config`), or directly (tests, embedding) from
@@ -176,6 +178,23 @@ pub struct Config {
     /// connection and one to its backend].
     #[arg(long, env = "SWITCHYARD_GATEWAY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+
+    /// Consecutive failed connects after which a backend is skipped (unless all of an
+    /// app's backends are), for --eject-cooldown.
+    #[arg(long, env = "SWITCHYARD_GATEWAY_EJECT_AFTER", value_name = "N", default_value = DEFAULT_EJECT_AFTER)]
+    pub eject_after: u32,
+
+    /// How long an ejected backend is skipped; after it, one more failed connect ejects
+    /// it again and a good one clears it.
+    #[arg(long, env = "SWITCHYARD_GATEWAY_EJECT_COOLDOWN", value_parser = parse_duration, default_value = DEFAULT_EJECT_COOLDOWN)]
+    #[serde(deserialize_with = "duration")]
+    pub eject_cooldown: Duration,
+
+    /// Idle connections kept per backend and proxy thread; more are closed after their
+    /// request [default: as many as the load left, up to --max-connections; the
+    /// surplus is closed after --idle-timeout].
+    #[arg(long, env = "SWITCHYARD_GATEWAY_BACKEND_MAX_IDLE", value_name = "N")]
+    pub backend_max_idle: Option<usize>,
 }
 
 impl Default for Config {
@@ -211,6 +230,9 @@ impl Default for Config {
             idle_timeout: duration(DEFAULT_IDLE_TIMEOUT),
             drain_timeout: duration(DEFAULT_DRAIN_TIMEOUT),
             max_connections: None,
+            eject_after: DEFAULT_EJECT_AFTER.parse().expect("the defaults parse"),
+            eject_cooldown: duration(DEFAULT_EJECT_COOLDOWN),
+            backend_max_idle: None,
         }
     }
 }
@@ -310,6 +332,9 @@ impl Config {
             idle_timeout,
             drain_timeout,
             max_connections,
+            eject_after,
+            eject_cooldown,
+            backend_max_idle,
         );
         config.config = Some(path);
         Ok(config)
@@ -391,7 +416,7 @@ impl Config {
                 "must be more than 0 and at most 1 (0.10 holds an update that removes more than 10 % of the routes)",
             ));
         }
-        let positive: [(&'static str, Duration); 9] = [
+        let positive: [(&'static str, Duration); 10] = [
             ("mass-delete-window", self.mass_delete_window),
             ("confirm-window", self.confirm_window),
             ("ping-timeout", self.ping_timeout),
@@ -401,6 +426,7 @@ impl Config {
             ("first-byte-timeout", self.first_byte_timeout),
             ("idle-timeout", self.idle_timeout),
             ("drain-timeout", self.drain_timeout),
+            ("eject-cooldown", self.eject_cooldown),
         ];
         for (setting, value) in positive {
             if value.is_zero() {
@@ -409,6 +435,20 @@ impl Config {
         }
         if self.max_connections == Some(0) {
             return Err(invalid("max-connections", "0", "must be at least 1"));
+        }
+        if self.eject_after == 0 {
+            return Err(invalid(
+                "eject-after",
+                "0",
+                "must be at least 1 (the failed connects that eject a backend)",
+            ));
+        }
+        if self.backend_max_idle == Some(0) {
+            return Err(invalid(
+                "backend-max-idle",
+                "0",
+                "must be at least 1: every request would connect anew",
+            ));
         }
         if self.reconnect_max < self.reconnect_min {
             return Err(invalid(
@@ -433,6 +473,15 @@ impl Config {
             max_connections: self
                 .max_connections
                 .unwrap_or_else(|| default_max_connections(open_files_limit())),
+        }
+    }
+
+    /// How the proxy treats backends: ejection and pooling.
+    pub fn backend_config(&self) -> BackendConfig {
+        BackendConfig {
+            eject_after_failures: self.eject_after,
+            eject_cooldown: self.eject_cooldown,
+            max_idle_per_backend: self.backend_max_idle,
         }
     }
 

@@ -297,7 +297,11 @@ impl Gateway {
     /// written to disk before this returns.
     pub async fn serve(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let listener = self.listener.take().expect("serve runs once");
-        let mut proxy = Proxy::new(Arc::clone(self.control.table()), self.config.proxy_config());
+        let mut proxy = Proxy::with_backend_config(
+            Arc::clone(self.control.table()),
+            self.config.proxy_config(),
+            self.config.backend_config(),
+        );
         if let Some(log) = &self.access_log {
             proxy = proxy.with_access_log(Arc::clone(log));
         }

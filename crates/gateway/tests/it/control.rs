@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use bytes::Bytes;
+use gateway::proxy::BackendConfig;
 use gateway::snapshot::{self, Meta, SnapshotStore};
 use gateway::{persist, Config, Gateway, RouteTable};
 use http::{Method, Request, StatusCode};
@@ -1227,6 +1228,8 @@ state-dir = "/srv/gateway"
 confirm-window = "5m"
 mass-delete-share = 0.25
 max-connections = 5000
+eject-after = 5
+backend-max-idle = 64
 "#,
     )
     .unwrap();
@@ -1238,6 +1241,8 @@ max-connections = 5000
         "127.0.0.1:28080",
         "--confirm-window",
         "10m",
+        "--eject-cooldown",
+        "30s",
     ])
     .unwrap();
     assert_eq!(
@@ -1263,6 +1268,10 @@ max-connections = 5000
     assert_eq!(config.mass_delete_share, 0.25);
     assert_eq!(config.max_connections, Some(5000));
     assert_eq!(config.proxy_config().max_connections, 5000);
+    let backends = config.backend_config();
+    assert_eq!(backends.eject_after_failures, 5);
+    assert_eq!(backends.eject_cooldown, Duration::from_secs(30));
+    assert_eq!(backends.max_idle_per_backend, Some(64));
     assert_eq!(
         config.snapshot_interval,
         Duration::from_millis(500),
@@ -1282,6 +1291,11 @@ max-connections = 5000
     assert!(defaults.admin.ip().is_loopback());
     assert_eq!(defaults.mass_delete_share, 0.10);
     assert_eq!(defaults.confirm_window, Duration::from_secs(600));
+    // The backend settings' defaults are the proxy's own.
+    let (ours, proxys) = (defaults.backend_config(), BackendConfig::default());
+    assert_eq!(ours.eject_after_failures, proxys.eject_after_failures);
+    assert_eq!(ours.eject_cooldown, proxys.eject_cooldown);
+    assert_eq!(ours.max_idle_per_backend, proxys.max_idle_per_backend);
 
     let config = parse(&[
         "--orchestrator",
@@ -1422,6 +1436,9 @@ fn validate_refuses_what_cannot_work_and_names_the_setting() {
     );
     check(|c| c.drain_timeout = Duration::ZERO, "drain-timeout");
     check(|c| c.max_connections = Some(0), "max-connections");
+    check(|c| c.eject_after = 0, "eject-after");
+    check(|c| c.eject_cooldown = Duration::ZERO, "eject-cooldown");
+    check(|c| c.backend_max_idle = Some(0), "backend-max-idle");
     let config = Config {
         orchestrators: vec!["https://orch:7070".into()],
         ..Config::default()

@@ -92,7 +92,7 @@ fn app_ids(list: &Value) -> Vec<String> {
 /// A loopback address nothing listens on, and nothing will: its port stays bound, not
 /// listening, until the tests end (a connect to it is refused). Freed at once, the port
 /// could be taken by another test's server, running meanwhile, and answer.
-fn closed_addr() -> SocketAddr {
+pub(crate) fn closed_addr() -> SocketAddr {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
     let addr = socket.local_addr().unwrap();

@@ -899,6 +899,34 @@ fn tls_certificates_are_served_by_name_and_reloaded_on_sighup() {
 }
 
 #[test]
+fn the_ejection_settings_on_the_command_line_reach_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let orchestrator = Orchestrator::start();
+    let _live = orchestrator.stream(snapshot(1, &[route("dead", crate::cli::closed_addr())]));
+    let mut args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+    args.extend(["--eject-after", "1", "--eject-cooldown", "1h"].map(String::from));
+    let mut gateway = GatewayProcess::spawn(dir.path(), "eject", &args);
+    gateway.wait_ready();
+    gateway.wait_for("the route", |gateway| {
+        matches!(gateway.get("dead.test"), Ok((502, _)))
+    });
+    // One failed connect ejects it (the default takes three), for the hour given.
+    let (status, body) = gateway.admin_get("/routes/dead.test").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["backend_state"][0]["ejected"], true, "{body}");
+    assert_eq!(
+        gateway.metric("switchyard_gateway_backend_ejections_total"),
+        Some(1.0)
+    );
+    assert!(
+        gateway.log().contains("cooldown_secs=3600"),
+        "{}",
+        gateway.log()
+    );
+}
+
+#[test]
 fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_that_waited() {
     let dir = tempfile::tempdir().unwrap();
     let app = backend("app");
