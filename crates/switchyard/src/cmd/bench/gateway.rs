@@ -184,14 +184,15 @@ pub struct Args {
     /// with `http2`, HAProxy with `proto h2` (`alpn h2` over TLS); the gateway takes
     /// either by itself. The backend stays HTTP/1.1. Closed-loop runs only; `direct`
     /// is left out.
-    #[arg(long, conflicts_with_all = ["new_connections", "instructions"])]
+    #[arg(long, conflicts_with_all = ["new_connections"])]
     http2: bool,
     /// With --http2: requests in flight on each connection at once (h2load's -m).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     streams: u32,
     /// Instead of timing the proxies, count the user-space instructions each spends per
-    /// request under wrk, with callgrind (valgrind), one worker each: a figure the
-    /// machine's noise does not move. `gateway-large` and `direct` are left out.
+    /// request under wrk (h2load with --http2), with callgrind (valgrind), one worker
+    /// each: a figure the machine's noise does not move. `gateway-large` and `direct`
+    /// are left out.
     #[arg(long, conflicts_with_all = ["tls", "new_connections"])]
     instructions: bool,
     /// Every proxy logs every request: the gateway (`--access-log`) and nginx the same

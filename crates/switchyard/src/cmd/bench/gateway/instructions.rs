@@ -7,7 +7,8 @@
 //! Each proxy (one worker; nginx without its master process, so that one process does
 //! all the work) runs under `valgrind --tool=callgrind`. wrk warms it up, its counters
 //! are zeroed (`callgrind_control -z`), wrk runs the measured load, and the counters are
-//! dumped (`callgrind_control -d`): the dump's total over wrk's request count.
+//! dumped (`callgrind_control -d`): the dump's total over wrk's request count. With
+//! `--http2`, h2load takes wrk's place, with `--streams` in flight per connection.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -50,7 +51,7 @@ pub(super) fn run(
         "--instructions needs callgrind_control, which comes with valgrind: apt-get install valgrind",
     )?;
     let Some(wrk) = bench.wrk.clone() else {
-        bail!("--instructions needs wrk, which is missing (see above)");
+        bail!("--instructions needs wrk (h2load with --http2), which is missing (see above)");
     };
     let mut counted = Vec::new();
     for &peer in peers {
@@ -65,7 +66,11 @@ pub(super) fn run(
         );
         counted.push(count);
     }
-    let mut table = table(&counted, bench.args.connections, bench.args.duration_secs);
+    let client = match bench.streams() {
+        Some(streams) => format!("h2load -t1 -c{} -m{streams}", bench.args.connections),
+        None => format!("wrk -t1 -c{}", bench.args.connections),
+    };
+    let mut table = table(&counted, &client, bench.args.duration_secs);
     if bench.args.access_log {
         table.push_str(ACCESS_LOG_NOTE);
     }
@@ -116,7 +121,15 @@ fn count(
     let mut process = Process::start(peer.name(), command, None, dir.join("output.log"))?;
     // Everything runs some fifty times slower under callgrind.
     let start_timeout = Duration::from_secs(bench.args.start_timeout_secs.max(120));
-    peers::first_proxied(&mut process, addr, None, None, spawned, start_timeout)?;
+    peers::first_proxied(
+        &mut process,
+        addr,
+        None,
+        bench.h2load(),
+        spawned,
+        start_timeout,
+    )?;
+    let streams = bench.streams();
     let load = |secs: u64| {
         gateway_load::wrk(&WrkSettings {
             wrk,
@@ -126,7 +139,7 @@ fn count(
             duration: Duration::from_secs(secs),
             tls: false,
             close: false,
-            streams: None,
+            streams,
             cpus: None,
         })
     };
@@ -202,7 +215,8 @@ fn total_instructions(text: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("`summary: {}` is not a count", summary.trim()))
 }
 
-fn table(counted: &[Counted], connections: u64, secs: u64) -> String {
+/// The table of counts; `client` is the load's command (`wrk -t1 -c32`).
+fn table(counted: &[Counted], client: &str, secs: u64) -> String {
     let base = counted
         .iter()
         .find(|c| c.peer == Peer::Nginx.name())
@@ -210,8 +224,8 @@ fn table(counted: &[Counted], connections: u64, secs: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nUser-space instructions per request (callgrind; wrk -t1 -c{connections}, {secs} s \
-         measured; one worker each, nginx without its master process; ratios to nginx)"
+        "\nUser-space instructions per request (callgrind; {client}, {secs} s measured; one \
+         worker each, nginx without its master process; ratios to nginx)"
     );
     let _ = writeln!(
         out,
@@ -278,7 +292,11 @@ mod tests {
                 errors: 0,
             },
         ];
-        let text = table(&counted, 32, 10);
+        let text = table(&counted, "h2load -t1 -c32 -m10", 10);
+        assert!(
+            text.contains("(callgrind; h2load -t1 -c32 -m10, 10 s measured;"),
+            "{text}"
+        );
         let gateway = text.lines().find(|l| l.starts_with("gateway")).unwrap();
         assert!(gateway.contains(" 12000 "), "{gateway}");
         assert!(gateway.contains("0.60x"), "{gateway}");
