@@ -191,7 +191,10 @@ async fn serve_hyper<IO>(
         let conn = Arc::clone(conn);
         service_fn(move |req| {
             let conn = Arc::clone(&conn);
-            async move { Ok::<_, Infallible>(forward::handle(conn, req).await) }
+            // Boxed: over HTTP/2, hyper moves each request's future into a stream and
+            // that into a task of its own, and the future is a few KiB; a box moves as
+            // a pointer.
+            Box::pin(async move { Ok::<_, Infallible>(forward::handle(conn, req).await) })
         })
     };
     let mut http = pin!(server.serve_connection_with_upgrades(io, service));

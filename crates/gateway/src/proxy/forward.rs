@@ -235,14 +235,17 @@ async fn forward(
     }
     // Waiting for a head is bounded by the first-byte timeout, not the idle one.
     let waiting = conn.activity.hold();
-    let (mut response, backend_conn, lease) = exchange(
+    // Boxed: the requests that take hyper's client (with a body, or an upgrade) pay
+    // for an allocation, so that every request's future is not as large as this one's
+    // (over HTTP/2 each is moved into a task of its own).
+    let (mut response, backend_conn, lease) = Box::pin(exchange(
         proxy,
         upstream,
         req,
         retry_elsewhere,
         &host,
         progress.as_deref(),
-    )
+    ))
     .await?;
     drop(waiting);
     proxy.metrics.upstream_duration(started.elapsed());

@@ -325,8 +325,9 @@ impl Upstreams {
     /// Opens a new connection to `upstream` for the hyper path, counting a failure
     /// towards ejection.
     pub(super) async fn connect(&self, upstream: &Upstream) -> Result<BackendConn, ConnectError> {
-        let result = match self.connect_stream(upstream).await {
-            Ok(stream) => self.handshake(stream).await,
+        // Boxed, as in `connect_raw`.
+        let result = match Box::pin(self.connect_stream(upstream)).await {
+            Ok(stream) => Box::pin(self.handshake(stream)).await,
             Err(error) => Err(error),
         };
         self.count_connect(upstream, &result);
@@ -341,7 +342,12 @@ impl Upstreams {
     /// Opens a new plain connection to `upstream` for the HTTP/1.1 path, counting a
     /// failure towards ejection.
     pub(super) async fn connect_raw(&self, upstream: &Upstream) -> Result<RawConn, ConnectError> {
-        let result = self.connect_stream(upstream).await.map(RawConn::new);
+        // Boxed: a connect's state (resolving, the socket's, the timeout's) is large and
+        // seldom needed, and every request's future would otherwise carry room for it.
+        // Over HTTP/2 that future is moved into a task of its own per request.
+        let result = Box::pin(self.connect_stream(upstream))
+            .await
+            .map(RawConn::new);
         self.count_connect(upstream, &result);
         result
     }
