@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::framing::BodyEnd;
 use super::head;
-use super::{read_now, resend, READ_SIZE, RESEND_AFTER_IDLE_MS};
+use super::{read_now, resend, spare, READ_SIZE, RESEND_AFTER_IDLE_MS};
 use crate::proxy::answer::Failure;
 use crate::proxy::body::ms_of;
 use crate::proxy::forward::connect_failed;
@@ -105,7 +105,9 @@ pub(in crate::proxy) async fn exchange(
 
     let sent = Instant::now();
     let mut deadline = sent + proxy.config.first_byte_timeout;
-    let mut buf = Vec::new();
+    // One of the thread's spare read buffers (16 KiB): a buffer of that size made
+    // afresh for every answer cost more in malloc than the rest of its reading.
+    let mut buf = Spare(spare::take());
     // A pooled connection closed before any byte of an answer: the request goes again,
     // once, on a new one (see `RESEND_AFTER_IDLE_MS`).
     let mut may_resend =
@@ -132,7 +134,7 @@ pub(in crate::proxy) async fn exchange(
             Ok(Ok(())) => {}
         }
         buf.reserve(READ_SIZE);
-        let closed = match read_now(&conn.stream, &mut buf) {
+        let closed = match read_now(&conn.stream, &mut *buf) {
             Ok(0) => true,
             Ok(_) => {
                 answering = true;
@@ -165,6 +167,29 @@ pub(in crate::proxy) async fn exchange(
         .map_err(|_| Failure::BadResponse)?;
     body.release_if_done();
     Ok((parts, body, answered_by))
+}
+
+/// A spare buffer of the thread's, given back when dropped.
+struct Spare(Vec<u8>);
+
+impl std::ops::Deref for Spare {
+    type Target = Vec<u8>;
+
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spare {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        spare::give_all(&mut [&mut self.0]);
+    }
 }
 
 /// A backend's response body, read from its socket by whoever polls it (hyper's
