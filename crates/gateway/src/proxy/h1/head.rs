@@ -257,19 +257,25 @@ pub(super) fn response_parts(
     buf: &[u8],
     to_head: bool,
 ) -> Result<Option<(ResponseHead, http::response::Parts)>, BadResponse> {
-    checked_response(buf, to_head, |res, _, checked| {
+    checked_response(buf, to_head, |res, len, checked| {
         let mut parts = http::Response::new(()).into_parts().0;
         parts.status =
             http::StatusCode::from_u16(checked.head.status).map_err(|_| BadResponse::Framing)?;
         parts.headers.reserve(res.headers.len());
+        // One copy of the head, whose values the kept headers share, rather than an
+        // allocation for each value.
+        let head = bytes::Bytes::copy_from_slice(&buf[..len]);
         for (i, header) in res.headers.iter().enumerate() {
             if !checked.keeps(i, header) {
                 continue;
             }
             let name = http::HeaderName::from_bytes(header.name.as_bytes())
                 .map_err(|_| BadResponse::Framing)?;
+            // `httparse` gives slices of `buf`.
+            let start = header.value.as_ptr() as usize - buf.as_ptr() as usize;
+            let value = head.slice(start..start + header.value.len());
             let value =
-                http::HeaderValue::from_bytes(header.value).map_err(|_| BadResponse::Framing)?;
+                http::HeaderValue::from_maybe_shared(value).map_err(|_| BadResponse::Framing)?;
             parts.headers.append(name, value);
         }
         Ok((checked.head, parts))
