@@ -489,6 +489,29 @@ impl GatewayProcess {
         http_get(self.proxy, host, "/")
     }
 
+    /// The files the process has open now, as /proc counts them.
+    fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the process has `limit` files open, and has had for ten looks in a
+    /// row. A connection the test is done with may hold a file for a moment longer
+    /// (hyper closes after its shutdown): given back after the table filled, it is
+    /// taken by the next accept, connections waiting in the listen queue.
+    fn wait_full(&mut self, limit: usize) {
+        let mut looks = 0;
+        self.wait_for("a full file table", |gateway| {
+            looks = if gateway.open_files() >= limit {
+                looks + 1
+            } else {
+                0
+            };
+            looks >= 10
+        });
+    }
+
     fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
@@ -987,12 +1010,15 @@ fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_tha
             .is_some_and(|open| open >= before + 20.0)
     });
     drop(idle);
+    gateway.wait_written(1);
     drop(gateway);
 
     // Room for ten connections more than the gateway needs to start: the rest wait in
-    // the listen queue, and are served once others close.
+    // the listen queue, and are served once others close. The routes come from the
+    // disk: a route stream's retries would take and give back a file, which a backend
+    // connection could get when none is to be had.
     let limit = before as u64 + 10;
-    let args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+    let args = gateway_args(dir.path(), free_port(), free_port(), &[]);
     let mut gateway =
         GatewayProcess::spawn_with_open_files(dir.path(), "full", &args, limit, limit);
     gateway.wait_ready();
@@ -1000,6 +1026,8 @@ fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_tha
     gateway.wait_for("accepts to fail", |gateway| {
         gateway.log().contains("accepting connections fails")
     });
+    let full = usize::try_from(limit).unwrap();
+    gateway.wait_full(full);
     // The file table is full, and no idle backend connection holds a file that could be
     // given up: a request that needs a new backend connection gets a 503 that says so,
     // and the backend, which did nothing wrong, is not ejected. On one kept-alive
@@ -1064,6 +1092,7 @@ fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_tha
     gateway.wait_for("accepts to fail again", |gateway| {
         failures(gateway) > before
     });
+    gateway.wait_full(full);
     let first = &mut idle[0];
     write!(first, "GET / HTTP/1.1\r\nHost: third.test\r\n\r\n").unwrap();
     assert_eq!(
