@@ -34,6 +34,18 @@ struct RawBackend {
 
 impl RawBackend {
     async fn start(answer: &'static [u8], close: bool) -> RawBackend {
+        RawBackend::start_with(answer, close, None).await
+    }
+
+    /// [`RawBackend::start`]; with `close_after_quiet`, a request that comes on a
+    /// kept-alive connection that long or more after its last answer is not answered:
+    /// the connection is closed, as by a backend whose keep-alive timeout ran out as
+    /// the request crossed its close on the wire.
+    async fn start_with(
+        answer: &'static [u8],
+        close: bool,
+        close_after_quiet: Option<Duration>,
+    ) -> RawBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -46,6 +58,7 @@ impl RawBackend {
                 counter.fetch_add(1, SeqCst);
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
+                    let mut answered: Option<std::time::Instant> = None;
                     loop {
                         let end = loop {
                             if let Some(at) = find(&buf, b"\r\n\r\n") {
@@ -58,9 +71,17 @@ impl RawBackend {
                             }
                         };
                         buf.drain(..end);
+                        let quiet = answered.map(|at| at.elapsed());
+                        if quiet
+                            .zip(close_after_quiet)
+                            .is_some_and(|(q, limit)| q >= limit)
+                        {
+                            return;
+                        }
                         if stream.write_all(answer).await.is_err() || close {
                             return;
                         }
+                        answered = Some(std::time::Instant::now());
                     }
                 });
             }
@@ -1075,54 +1096,15 @@ async fn bytes_that_arrive_while_the_proxy_reads_are_not_lost() {
     }
 }
 
-/// A backend that answers `ok`, but closes a kept-alive connection without answering a
-/// request that comes after a second or more of quiet on it: what a backend whose
-/// keep-alive timeout ran out does to a request that crossed its close on the wire.
-/// It counts its connections.
-async fn stale_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            counter.fetch_add(1, SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut answered: Option<std::time::Instant> = None;
-                loop {
-                    let end = loop {
-                        if let Some(at) = find(&buf, b"\r\n\r\n") {
-                            break at + 4;
-                        }
-                        let mut chunk = [0; 1024];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    buf.drain(..end);
-                    if answered.is_some_and(|at| at.elapsed() >= Duration::from_secs(1)) {
-                        return;
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                    answered = Some(std::time::Instant::now());
-                }
-            });
-        }
-    });
-    (addr, accepted)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_on_a_pooled_connection_closed_unanswered_goes_again_if_it_may() {
-    let (backend, connections) = stale_backend().await;
+    let stale = RawBackend::start_with(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        false,
+        Some(Duration::from_secs(1)),
+    )
+    .await;
+    let (backend, connections) = (stale.addr, || stale.connections());
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let metrics = recorder.handle();
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
@@ -1140,7 +1122,7 @@ async fn a_request_on_a_pooled_connection_closed_unanswered_goes_again_if_it_may
             (200, &b"ok"[..]),
             "{way:?}: {head}"
         );
-        let before = connections.load(SeqCst);
+        let before = connections();
         // Quiet for a second: the pooled connection is closed under the next request.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let (status, head, body) = get(gateway.addr, way, "/", ("x-try", "2")).await;
@@ -1149,7 +1131,7 @@ async fn a_request_on_a_pooled_connection_closed_unanswered_goes_again_if_it_may
             (200, &b"ok"[..]),
             "{way:?}: {head}"
         );
-        assert_eq!(connections.load(SeqCst), before + 1, "{way:?}");
+        assert_eq!(connections(), before + 1, "{way:?}");
     }
 
     // A request that is not idempotent is not sent twice: the backend's close is a 502.
@@ -1158,12 +1140,12 @@ async fn a_request_on_a_pooled_connection_closed_unanswered_goes_again_if_it_may
     let (head, body) = ask(&mut client, post).await;
     assert_eq!(status_of(&head), 200, "{head}");
     assert_eq!(body, b"ok");
-    let before = connections.load(SeqCst);
+    let before = connections();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (head, body) = ask(&mut client, post).await;
     assert_eq!(status_of(&head), 502, "{head}");
     assert_eq!(body, b"backend connection failed\n");
-    assert_eq!(connections.load(SeqCst), before);
+    assert_eq!(connections(), before);
     // Each request sent again is counted, for an operator to see.
     assert!(
         metrics
