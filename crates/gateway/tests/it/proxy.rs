@@ -242,11 +242,31 @@ impl Gateway {
         log: Arc<AccessLog>,
         recorder: &metrics_exporter_prometheus::PrometheusRecorder,
     ) -> Gateway {
+        Gateway::start_metered_with(routes, Some(log), recorder).await
+    }
+
+    /// A gateway whose proxy records its metrics in `recorder`.
+    pub(crate) async fn start_metered(
+        routes: Vec<Route>,
+        recorder: &metrics_exporter_prometheus::PrometheusRecorder,
+    ) -> Gateway {
+        Gateway::start_metered_with(routes, None, recorder).await
+    }
+
+    async fn start_metered_with(
+        routes: Vec<Route>,
+        log: Option<Arc<AccessLog>>,
+        recorder: &metrics_exporter_prometheus::PrometheusRecorder,
+    ) -> Gateway {
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(1, routes)));
-        let proxy = metrics::with_local_recorder(recorder, || {
+        // The proxy registers its metrics when it is made.
+        let mut proxy = metrics::with_local_recorder(recorder, || {
             Proxy::new(Arc::clone(&table), ProxyConfig::default())
         });
-        Gateway::serve(Arc::new(proxy.with_access_log(log)), table).await
+        if let Some(log) = log {
+            proxy = proxy.with_access_log(log);
+        }
+        Gateway::serve(Arc::new(proxy), table).await
     }
 
     pub(crate) async fn start_with(
@@ -259,7 +279,7 @@ impl Gateway {
         Gateway::serve(Arc::new(proxy), table).await
     }
 
-    pub(crate) async fn serve(proxy: Arc<Proxy>, table: Arc<ArcSwap<RouteTable>>) -> Gateway {
+    async fn serve(proxy: Arc<Proxy>, table: Arc<ArcSwap<RouteTable>>) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -1258,18 +1278,11 @@ async fn counts_requests_by_status_class() {
     let dead = dead_addr().await;
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let metrics = recorder.handle();
-    let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
-        1,
-        [
-            route("app", &["app.test"], &[(backend.addr, 1)]),
-            route("dead", &["dead.test"], &[(dead, 1)]),
-        ],
-    )));
-    // The proxy registers its metrics when it is made.
-    let proxy = metrics::with_local_recorder(&recorder, || {
-        Proxy::new(Arc::clone(&table), ProxyConfig::default())
-    });
-    let gateway = Gateway::serve(Arc::new(proxy), table).await;
+    let routes = vec![
+        route("app", &["app.test"], &[(backend.addr, 1)]),
+        route("dead", &["dead.test"], &[(dead, 1)]),
+    ];
+    let gateway = Gateway::start_metered(routes, &recorder).await;
     let mut client = gateway.client().await;
 
     for _ in 0..3 {

@@ -19,9 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use arc_swap::ArcSwap;
-use gateway::proxy::{AccessLog, BackendConfig, Proxy, ProxyConfig};
-use gateway::RouteTable;
+use gateway::proxy::{AccessLog, BackendConfig, ProxyConfig};
 
 use crate::proxy::{dead_addr, ok, read_head, route, values, within, Gateway, TestBackend};
 
@@ -1107,14 +1105,8 @@ async fn a_request_on_a_pooled_connection_closed_unanswered_goes_again_if_it_may
     let (backend, connections) = (stale.addr, || stale.connections());
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let metrics = recorder.handle();
-    let table = Arc::new(ArcSwap::from_pointee(RouteTable::from_routes(
-        1,
-        [route("app", &["app.test"], &[(backend, 1)])],
-    )));
-    let proxy = metrics::with_local_recorder(&recorder, || {
-        Proxy::new(Arc::clone(&table), ProxyConfig::default())
-    });
-    let gateway = Gateway::serve(Arc::new(proxy), table).await;
+    let routes = vec![route("app", &["app.test"], &[(backend, 1)])];
+    let gateway = Gateway::start_metered(routes, &recorder).await;
     for way in WAYS {
         let (status, head, body) = get(gateway.addr, way, "/", ("x-try", "1")).await;
         assert_eq!(
