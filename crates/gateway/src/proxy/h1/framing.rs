@@ -2,9 +2,13 @@
 //! proxy unchanged: a byte count, or the chunked coding read chunk by chunk.
 //!
 //! **Invariant:** the chunked scanner is strict (hex sizes of at most 15 digits, CRLF
-//! line ends, bounded extensions and trailers): the proxy and the peer after it must
-//! never disagree on where a message ends, or one client could slip a request past
-//! the proxy inside another's body.
+//! line ends, no control bytes, trailers that are field lines, bounded extensions and
+//! trailers): the proxy and the peer after it must never disagree on where a message
+//! ends, or one client could slip a request past the proxy inside another's body. The
+//! bytes pass on unchanged, so what the scanner lets through is what the next reader
+//! gets: a trailer line that is not a field (`GET /other HTTP/1.1`), or a control byte
+//! that ends a string in C, could be read as the end of the body by a reader that
+//! skips trailers less carefully.
 
 /// How a message's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +49,8 @@ enum State {
     UntilClose,
     /// Chunk size digits read so far.
     Size(u8),
+    /// Whitespace after the size (before `;` or the line's end).
+    SizeSpace,
     /// After the size: an extension, up to CR.
     Extension,
     SizeLf,
@@ -53,6 +59,9 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or of the final CRLF).
     TrailerStart,
+    /// A trailer field's name, up to its colon.
+    TrailerName,
+    /// A trailer field's value, up to CR.
     TrailerLine,
     TrailerLf,
     FinalLf,
@@ -151,14 +160,27 @@ impl BodyEnd {
                     State::Size(digits + 1)
                 }
                 None if digits > 0 && byte == b'\r' => State::SizeLf,
-                None if digits > 0 && matches!(byte, b';' | b' ' | b'\t') => {
+                None if digits > 0 && byte == b';' => {
                     self.count_meta()?;
                     State::Extension
                 }
+                None if digits > 0 && matches!(byte, b' ' | b'\t') => {
+                    self.count_meta()?;
+                    State::SizeSpace
+                }
                 _ => return Err(Malformed),
             },
+            (State::SizeSpace, b'\r') => State::SizeLf,
+            (State::SizeSpace, b' ' | b'\t') => {
+                self.count_meta()?;
+                State::SizeSpace
+            }
+            (State::SizeSpace, b';') => {
+                self.count_meta()?;
+                State::Extension
+            }
             (State::Extension, b'\r') => State::SizeLf,
-            (State::Extension, b'\n') => return Err(Malformed),
+            (State::Extension, _) if is_control(byte) => return Err(Malformed),
             (State::Extension, _) => {
                 self.count_meta()?;
                 State::Extension
@@ -168,9 +190,17 @@ impl BodyEnd {
             (State::DataCr, b'\r') => State::DataLf,
             (State::DataLf, b'\n') => State::Size(0),
             (State::TrailerStart, b'\r') => State::FinalLf,
-            (State::TrailerStart | State::TrailerLine, b'\n') => return Err(Malformed),
+            (State::TrailerStart | State::TrailerName, _) if is_tchar(byte) => {
+                self.count_meta()?;
+                State::TrailerName
+            }
+            (State::TrailerName, b':') => {
+                self.count_meta()?;
+                State::TrailerLine
+            }
             (State::TrailerLine, b'\r') => State::TrailerLf,
-            (State::TrailerStart | State::TrailerLine, _) => {
+            (State::TrailerLine, _) if is_control(byte) => return Err(Malformed),
+            (State::TrailerLine, _) => {
                 self.count_meta()?;
                 State::TrailerLine
             }
@@ -188,6 +218,17 @@ impl BodyEnd {
         }
         Ok(())
     }
+}
+
+/// A byte a field value or chunk extension cannot hold: a control other than HTAB (CR
+/// and LF included).
+fn is_control(byte: u8) -> bool {
+    (byte < 0x20 && byte != b'\t') || byte == 0x7f
+}
+
+/// A byte of a token (RFC 9110 §5.6.2): a field name.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 #[cfg(test)]
@@ -283,7 +324,7 @@ mod tests {
 
     #[test]
     fn malformed_chunk_framing_is_refused() {
-        let cases: [&[u8]; 10] = [
+        let cases: [&[u8]; 16] = [
             b"\r\n",
             b"x\r\n",
             b"5\nhello\r\n",
@@ -294,6 +335,12 @@ mod tests {
             b"-5\r\n",
             b"1234567890abcdef0\r\n",
             b"5;ext\n",
+            b"5 x\r\n",
+            b"5;\0\r\n",
+            b"0\r\nGET / HTTP/1.1\r\n",
+            b"0\r\nno-colon\r\n",
+            b"0\r\n: no name\r\n",
+            b"0\r\nX: a\x7fb\r\n",
         ];
         for body in cases {
             assert_eq!(
@@ -309,10 +356,12 @@ mod tests {
     }
 
     /// A whole-buffer reading of the chunked coding as the scanner means to take it
-    /// (RFC 9112 §7.1, strictly): where the body ends, `None` if `body` is a valid
-    /// beginning, `Err` at the first byte that breaks it.
+    /// (RFC 9112 §7.1, strictly, with whitespace allowed after a size as nginx
+    /// does): where the body ends, `None` if `body` is a valid beginning, `Err` at the
+    /// first byte that breaks it.
     fn reference_end(body: &[u8]) -> Result<Option<usize>, Malformed> {
-        // Reads up to the CRLF that ends a line whose bytes must not hold a bare CR or LF.
+        // Reads up to the CRLF that ends a line whose bytes must not hold a control
+        // byte but HTAB.
         fn line_end(body: &[u8], mut at: usize) -> Result<Option<usize>, Malformed> {
             loop {
                 match body.get(at) {
@@ -324,7 +373,9 @@ mod tests {
                             Some(_) => Err(Malformed),
                         }
                     }
-                    Some(b'\n') => return Err(Malformed),
+                    Some(byte) if byte.is_ascii_control() && *byte != b'\t' => {
+                        return Err(Malformed)
+                    }
                     Some(_) => at += 1,
                 }
             }
@@ -345,9 +396,13 @@ mod tests {
                 u64::from_str_radix(std::str::from_utf8(&body[at..at + digits]).unwrap(), 16)
                     .unwrap();
             at += digits;
-            match body[at] {
-                b'\r' | b';' | b' ' | b'\t' => {}
-                _ => return Err(Malformed),
+            while matches!(body.get(at), Some(b' ' | b'\t')) {
+                at += 1;
+            }
+            match body.get(at) {
+                None => return Ok(None),
+                Some(b'\r' | b';') => {}
+                Some(_) => return Err(Malformed),
             }
             let Some(next) = line_end(body, at)? else {
                 return Ok(None);
@@ -359,8 +414,14 @@ mod tests {
                     match (body.get(at), body.get(at + 1)) {
                         (None, _) | (Some(b'\r'), None) => return Ok(None),
                         (Some(b'\r'), Some(b'\n')) => return Ok(Some(at + 2)),
-                        (Some(b'\r' | b'\n'), _) => return Err(Malformed),
                         _ => {}
+                    }
+                    // A field line: a token, a colon, then the value.
+                    let name = body[at..].iter().take_while(|b| is_tchar(**b)).count();
+                    match body.get(at + name) {
+                        None => return Ok(None),
+                        Some(b':') if name > 0 => at += name,
+                        Some(_) => return Err(Malformed),
                     }
                     let Some(next) = line_end(body, at)? else {
                         return Ok(None);
