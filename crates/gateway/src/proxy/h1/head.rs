@@ -150,10 +150,16 @@ pub(super) fn request(
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     // Hop-by-hop headers, what `Connection` names, the forwarding headers (set below)
-    // and `Expect` (answered here) stay behind.
+    // and `Expect` (answered here) stay behind; of lengths repeated with one value,
+    // the first goes on alone, so that no backend has two to choose from.
+    let first_length = kinds.iter().position(|kind| *kind == Name::ContentLength);
     kept_lines(buf, len, req.headers, out, |i, header| {
-        matches!(kinds[i], Name::Other | Name::Host | Name::ContentLength)
-            && !connection.names(header.name)
+        let kept = match kinds[i] {
+            Name::Other | Name::Host => true,
+            Name::ContentLength => Some(i) == first_length,
+            _ => false,
+        };
+        kept && !connection.names(header.name)
     });
     let listed = |kind: Name| {
         req.headers
@@ -286,6 +292,8 @@ pub(super) fn response_parts(
 /// go on.
 struct Checked<'b> {
     head: ResponseHead,
+    /// The first `Content-Length`: one repeated with the same value goes on once.
+    first_length: Option<usize>,
     kinds: [Name; MAX_HEADERS],
     connection: Connection<'b>,
     chunked: bool,
@@ -293,11 +301,12 @@ struct Checked<'b> {
 
 impl Checked<'_> {
     /// Whether header `i` goes on to the client: not hop-by-hop, not named by
-    /// `Connection`, not a length beside chunked framing.
+    /// `Connection`, not a length beside chunked framing nor a repeated one.
     fn keeps(&self, i: usize, header: &httparse::Header<'_>) -> bool {
         !(self.kinds[i].is_hop_by_hop()
             || self.connection.names(header.name)
-            || (self.kinds[i] == Name::ContentLength && self.chunked))
+            || (self.kinds[i] == Name::ContentLength
+                && (self.chunked || Some(i) != self.first_length)))
     }
 }
 
@@ -326,6 +335,11 @@ fn checked_response<T>(
     };
     if status == 101 {
         return Err(BadResponse::UnaskedUpgrade);
+    }
+    // httparse takes any three digits: below 100 a status would pass for an interim
+    // answer, with the real one still to come (RFC 9110 §15: 100 to 599 only).
+    if !(100..=599).contains(&status) {
+        return Err(BadResponse::Framing);
     }
     let mut connection = Connection::default();
     let mut length = None;
@@ -357,7 +371,9 @@ fn checked_response<T>(
         (false, Some(coding), _) => {
             // Chunked alone: a coding before it could not reach an HTTP/2 client (the
             // hyper path), and nothing but chunked is in use; nginx refuses it too.
-            if !trimmed(coding).eq_ignore_ascii_case(b"chunked") {
+            // HTTP/1.0 has no chunked coding: such a message's framing is faulty
+            // (RFC 9112 §6.1), whatever else its head says.
+            if version == 0 || !trimmed(coding).eq_ignore_ascii_case(b"chunked") {
                 return Err(BadResponse::Framing);
             }
             Framing::Chunked
@@ -373,6 +389,7 @@ fn checked_response<T>(
             framing,
             keep_alive,
         },
+        first_length: kinds.iter().position(|kind| *kind == Name::ContentLength),
         kinds,
         connection,
         chunked: coding.is_some(),
@@ -604,12 +621,14 @@ mod tests {
         assert_eq!(head.framing, Framing::Chunked);
         assert!(!head.keep_alive && !head.idempotent);
         assert!(out.ends_with("transfer-encoding: chunked\r\n\r\n"), "{out}");
-        let Parse::Done((head, _)) = rewrite(
-            "PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n",
-        ) else {
+        let Parse::Done((head, out)) =
+            rewrite("PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\ncontent-length:12\r\n\r\n")
+        else {
             panic!("not taken")
         };
         assert_eq!(head.framing, Framing::Length(12));
+        // One length reaches the backend, which has no two to choose from.
+        assert_eq!(out.matches("ength:").count(), 1, "{out}");
         assert!(matches!(
             rewrite("GET / HTTP/1.1\r\nHost: a\r\n"),
             Parse::Partial
@@ -729,16 +748,23 @@ mod tests {
                 .flat_map(|value| value.split(','))
                 .map(str::trim)
                 .collect();
+            // Of lengths repeated, the first alone.
+            let first_length = sent
+                .iter()
+                .position(|(name, _)| name.eq_ignore_ascii_case("content-length"));
             let kept: Vec<(String, &str)> = sent
                 .iter()
-                .map(|(name, value)| (name.to_ascii_lowercase(), *value))
-                .filter(|(name, _)| {
+                .enumerate()
+                .map(|(i, (name, value))| (i, name.to_ascii_lowercase(), *value))
+                .filter(|(i, name, _)| {
                     !hop_or_ours.contains(&name.as_str())
                         && name != "transfer-encoding"
+                        && (name != "content-length" || Some(*i) == first_length)
                         && !dropped_by_connection
                             .iter()
                             .any(|n| n.eq_ignore_ascii_case(name))
                 })
+                .map(|(_, name, value)| (name, value))
                 .collect();
             let end_to_end: Vec<(String, &str)> = got
                 .iter()
@@ -935,14 +961,20 @@ mod tests {
             let coded = sent
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
+            // Of lengths repeated, the first alone.
+            let first_length = sent
+                .iter()
+                .position(|(name, _)| name.eq_ignore_ascii_case("content-length"));
             let kept: Vec<(String, &str)> = sent
                 .iter()
-                .map(|(name, value)| (name.to_ascii_lowercase(), *value))
-                .filter(|(name, _)| {
+                .enumerate()
+                .map(|(i, (name, value))| (i, name.to_ascii_lowercase(), *value))
+                .filter(|(i, name, _)| {
                     !hop.contains(&name.as_str())
                         && !named.iter().any(|n| n.eq_ignore_ascii_case(name))
-                        && (name != "content-length" || !coded)
+                        && (name != "content-length" || (!coded && Some(*i) == first_length))
                 })
+                .map(|(_, name, value)| (name, value))
                 .collect();
             let end_to_end: Vec<(String, &str)> = got
                 .iter()
@@ -976,6 +1008,36 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nX-Kept: yes\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
+        let mut out = Vec::new();
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nX: 1\r\ncontent-length:9\r\n\r\n";
+        let head = response(answer, false, false, &mut out).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Length(9));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nX: 1\r\n\r\n",
+            "a length repeated goes on once"
+        );
+        // Statuses outside 100 to 599 (one under 100 would pass for an interim answer)
+        // and HTTP/1.0 with a coding are refused.
+        for status in ["000", "099", "600", "999"] {
+            let answer = format!("HTTP/1.1 {status} OK\r\nContent-Length: 0\r\n\r\n");
+            assert!(
+                matches!(
+                    response(answer.as_bytes(), false, false, &mut Vec::new()),
+                    Err(BadResponse::Framing)
+                ),
+                "{status}"
+            );
+        }
+        assert!(matches!(
+            response(
+                b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+                false,
+                &mut Vec::new()
+            ),
+            Err(BadResponse::Framing)
+        ));
         for coding in ["gzip, chunked", "gzip", "chunked, chunked", "identity"] {
             let answer = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n");
             assert!(
