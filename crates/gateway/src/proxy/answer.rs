@@ -119,6 +119,22 @@ impl Failure {
         }
     }
 
+    /// Whether an HTTP/1.x connection must close after this answer: the request's
+    /// own bytes were refused, and whatever follows them on the connection cannot be
+    /// trusted to start a request (RFC 9112 §6.1 for a coding not understood; a head
+    /// or body not read to its end; `CONNECT`'s tunnel bytes). A bad `Host` is not
+    /// among them: the request was read whole, as hyper and the own path frame it.
+    pub(super) fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Failure::HeadTooLong
+                | Failure::MalformedHead
+                | Failure::UnsupportedCoding
+                | Failure::BadBody
+                | Failure::ConnectMethod
+        )
+    }
+
     /// Its status and body.
     pub(super) fn into_parts(self) -> (StatusCode, Bytes) {
         (self.status(), self.body())

@@ -202,7 +202,7 @@ impl Body for RequestBody {
                 None => progress.finish(),
                 Some(Ok(_)) if this.inner.is_end_stream() => progress.finish(),
                 Some(Ok(_)) => progress.touch(),
-                Some(Err(_)) => {}
+                Some(Err(_)) => progress.broken.store(true, Relaxed),
             }
         }
         Poll::Ready(frame)
@@ -218,11 +218,12 @@ impl Body for RequestBody {
 }
 
 /// How far a request body has gone: when a frame last went through, and whether it
-/// ended.
+/// ended, or broke on the client's side.
 #[derive(Debug)]
 pub(super) struct Progress {
     last_ms: AtomicU64,
     done: AtomicBool,
+    broken: AtomicBool,
 }
 
 impl Progress {
@@ -230,6 +231,7 @@ impl Progress {
         Progress {
             last_ms: AtomicU64::new(now_ms()),
             done: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
         }
     }
 
@@ -250,6 +252,12 @@ impl Progress {
 
     pub(super) fn is_done(&self) -> bool {
         self.done.load(Relaxed)
+    }
+
+    /// Whether the client's body broke (its framing, or the client went away in it):
+    /// an exchange that fails then failed for the client, not for the backend.
+    pub(super) fn is_broken(&self) -> bool {
+        self.broken.load(Relaxed)
     }
 
     /// How much of `timeout` is left, counted from the last frame sent; `None` when

@@ -20,8 +20,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
@@ -179,12 +179,22 @@ pub(super) async fn handle(
         );
     }
     let mut request = Some(guard);
+    let http1 = req.version() < http::Version::HTTP_2;
     let mut response = match forward(&conn, req, &mut request).await {
         Ok(response) => response,
         Err(failure) => {
             tracing::debug!(?failure, "request not forwarded");
             conn.proxy.metrics.failed(&failure);
-            failure.response()
+            let close = http1 && failure.closes_connection();
+            let mut response = failure.response();
+            if close {
+                // hyper's server closes the connection after an answer that says so,
+                // rather than read on past the request's body.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
     conn.proxy.metrics.count(response.status());
@@ -460,6 +470,10 @@ async fn send(
         Some(Ok(response)) => Sent::Response(response),
         Some(Err(mut error)) => match error.take_message() {
             Some(req) => Sent::Unsent(req),
+            None if progress.is_some_and(Progress::is_broken) => {
+                tracing::debug!(error = %error.error(), "the client's request body broke");
+                Sent::Failed(Failure::BadBody)
+            }
             None => {
                 tracing::debug!(error = %error.error(), "backend request failed");
                 Sent::Failed(if error.error().is_parse() {

@@ -359,6 +359,25 @@ async fn broken_request_framing_is_refused_and_the_connection_closed() {
     assert_eq!(status_of(&head), 400, "{head}");
     assert!(closed(&mut stream).await);
 
+    // The same on hyper's path (a length beside the coding sends it there): the
+    // client's error, not the backend's.
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\
+              Content-Length: 40\r\n\r\nzz\r\nGET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert_eq!(
+        (status_of(&head), &body[..]),
+        (400, &b"malformed request body\n"[..]),
+        "{head}"
+    );
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(closed(&mut stream).await);
+
     // A chunk that breaks off after the head went to the backend: the exchange is
     // abandoned, the connection closed, and the proxy serves on.
     let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
@@ -593,6 +612,9 @@ async fn a_request_body_in_a_coding_other_than_chunked_is_refused_with_501() {
             "{}",
             String::from_utf8_lossy(request)
         );
+        // Where the body ends is not known: what follows cannot be read as a request.
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        assert!(closed(&mut stream).await);
     }
     assert!(gateway.proxy.backend(&backend.addr.to_string()).is_none());
 
