@@ -220,6 +220,9 @@ async fn forward(
     if !headers::only_chunked(req.headers()) {
         return Err(Failure::UnsupportedCoding);
     }
+    if !headers::one_length(req.headers_mut()) {
+        return Err(Failure::MalformedHead);
+    }
     let raw_host = headers::raw_host(&req).ok_or(Failure::BadHost)?;
     let (host, upstream) = route(proxy, raw_host.as_bytes())?;
 

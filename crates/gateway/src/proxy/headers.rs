@@ -7,7 +7,8 @@
 //! `Connection: upgrade`) on an upgrade and its `101` answer.
 
 use http::header::{
-    Entry, HeaderName, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
+    Entry, HeaderName, CONNECTION, CONTENT_LENGTH, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    VIA,
 };
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Uri, Version};
@@ -71,6 +72,28 @@ pub(super) fn only_chunked(headers: &HeaderMap) -> bool {
             .eq_ignore_ascii_case(b"chunked"),
         (Some(_), Some(_)) => false,
     }
+}
+
+/// Leaves one `Content-Length` of several with one value; `false` when their values
+/// differ. hyper's servers take repeats of one value (HTTP/1.1 and HTTP/2 alike) and
+/// keep every field: passed on so, they leave a backend two lengths to choose from,
+/// and some refuse the request for it. Lengths that differ are refused before here;
+/// the check keeps it so whatever the server.
+pub(super) fn one_length(headers: &mut HeaderMap) -> bool {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return true;
+    };
+    let first = first.clone();
+    if headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .any(|value| value.as_bytes().trim_ascii() != first.as_bytes().trim_ascii())
+    {
+        return false;
+    }
+    headers.insert(CONTENT_LENGTH, first);
+    true
 }
 
 /// Whether a request asks to switch protocols (an HTTP/1.1 `Upgrade`, as WebSocket
