@@ -152,7 +152,9 @@ pub(super) fn request(
     // Hop-by-hop headers, what `Connection` names, the forwarding headers (set below)
     // and `Expect` (answered here) stay behind; of lengths repeated with one value,
     // the first goes on alone, so that no backend has two to choose from.
-    let first_length = kinds.iter().position(|kind| *kind == Name::ContentLength);
+    let first_length = kinds[..req.headers.len()]
+        .iter()
+        .position(|kind| *kind == Name::ContentLength);
     kept_lines(buf, len, req.headers, out, |i, header| {
         let kept = match kinds[i] {
             Name::Other | Name::Host => true,
@@ -389,7 +391,9 @@ fn checked_response<T>(
             framing,
             keep_alive,
         },
-        first_length: kinds.iter().position(|kind| *kind == Name::ContentLength),
+        first_length: kinds[..res.headers.len()]
+            .iter()
+            .position(|kind| *kind == Name::ContentLength),
         kinds,
         connection,
         chunked: coding.is_some(),
