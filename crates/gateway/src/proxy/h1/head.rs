@@ -102,7 +102,8 @@ pub(super) fn request(
     let mut has_upgrade = false;
     let mut expect_continue = false;
     let mut kinds = [Name::Other; MAX_HEADERS];
-    for (header, kind) in req.headers.iter().zip(&mut kinds) {
+    let mut first_length = None;
+    for (i, (header, kind)) in req.headers.iter().zip(&mut kinds).enumerate() {
         *kind = Name::of(header.name);
         match kind {
             Name::Host => {
@@ -110,7 +111,10 @@ pub(super) fn request(
                 host = Some(offset(buf, header.value));
             }
             Name::ContentLength => match (content_length(header.value), length) {
-                (Some(n), None) => length = Some(n),
+                (Some(n), None) => {
+                    length = Some(n);
+                    first_length = Some(i);
+                }
                 (Some(n), Some(before)) if n == before => {}
                 _ => return Parse::HandOver,
             },
@@ -152,9 +156,6 @@ pub(super) fn request(
     // Hop-by-hop headers, what `Connection` names, the forwarding headers (set below)
     // and `Expect` (answered here) stay behind; of lengths repeated with one value,
     // the first goes on alone, so that no backend has two to choose from.
-    let first_length = kinds[..req.headers.len()]
-        .iter()
-        .position(|kind| *kind == Name::ContentLength);
     kept_lines(buf, len, req.headers, out, |i, header| {
         let kept = match kinds[i] {
             Name::Other | Name::Host => true,
@@ -347,11 +348,15 @@ fn checked_response<T>(
     let mut length = None;
     let mut coding: Option<&[u8]> = None;
     let mut kinds = [Name::Other; MAX_HEADERS];
-    for (header, kind) in res.headers.iter().zip(&mut kinds) {
+    let mut first_length = None;
+    for (i, (header, kind)) in res.headers.iter().zip(&mut kinds).enumerate() {
         *kind = Name::of(header.name);
         match kind {
             Name::ContentLength => match (content_length(header.value), length) {
-                (Some(n), None) => length = Some(n),
+                (Some(n), None) => {
+                    length = Some(n);
+                    first_length = Some(i);
+                }
                 (Some(n), Some(before)) if n == before => {}
                 _ => return Err(BadResponse::Framing),
             },
@@ -391,9 +396,7 @@ fn checked_response<T>(
             framing,
             keep_alive,
         },
-        first_length: kinds[..res.headers.len()]
-            .iter()
-            .position(|kind| *kind == Name::ContentLength),
+        first_length,
         kinds,
         connection,
         chunked: coding.is_some(),
