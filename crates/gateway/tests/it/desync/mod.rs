@@ -346,10 +346,26 @@ fn response_case(rng: &mut Rng, n: usize) -> Vec<u8> {
     }
     message.push_str(status);
     message.push_str("\r\n");
-    if rng.chance(15) {
-        let fields = ["Connection: close\r\n", "Connection: keep-alive\r\n"];
+    // Fields about the connection, which HTTP/2 forbids and HTTP/1.x must not pass on,
+    // and some that must go on as they are.
+    let fields = [
+        "Connection: close",
+        "Connection: keep-alive",
+        "Connection: keep-alive, Upgrade, X-Hop",
+        "X-Hop: 1",
+        "Upgrade: h2c",
+        "Keep-Alive: timeout=5",
+        "Proxy-Connection: keep-alive",
+        "TE: trailers",
+        "Trailer: X-Sum",
+        "Set-Cookie: a=1",
+        "Set-Cookie: b=2",
+        "x-UPPER: a\tb",
+    ];
+    for _ in 0..rng.below(3) {
         let field = *rng.pick(&fields);
         message.push_str(field);
+        message.push_str("\r\n");
     }
     for field in framing(rng, body.len(), part) {
         message.push_str(&field);
