@@ -291,6 +291,8 @@ pub(super) struct Requested {
     pub(super) len: usize,
     /// The connection may carry another request after it.
     pub(super) persists: bool,
+    /// Its `Host` fields, lower-cased, `,`-joined.
+    pub(super) host: String,
 }
 
 /// Reads the request at the start of `buf` (RFC 9112 §§2–3, 6–7).
@@ -352,6 +354,7 @@ pub(super) fn read_request(buf: &[u8], mode: Mode) -> Step<Requested> {
             body,
             len: cursor.pos,
             persists: persists(&head, http11),
+            host: head.list("host").join(","),
         }),
         Err(Cut::Partial) => Step::Partial { start },
         Err(Cut::Invalid(why)) => bad(why),
