@@ -405,8 +405,17 @@ struct Log {
     /// The targets of the requests read, in order, with their bodies.
     seen: Vec<(String, Vec<u8>)>,
     faults: Vec<String>,
-    /// Target → the answer's bytes, and whether the connection closes after them.
-    answers: HashMap<String, (Vec<u8>, bool)>,
+    answers: HashMap<String, Given>,
+}
+
+/// An answer given to a [`Recorder`] for one target.
+#[derive(Clone)]
+struct Given {
+    bytes: Vec<u8>,
+    /// Where the bytes are cut into writes of their own, 2 ms apart (in order).
+    cuts: Vec<usize>,
+    /// The connection closes after them.
+    close: bool,
 }
 
 impl Recorder {
@@ -450,17 +459,31 @@ impl Recorder {
                             .push((request.target.clone(), request.body.clone()));
                         log.answers.get(&request.target).cloned()
                     };
-                    let (answer, close) = given.unwrap_or_else(|| {
+                    let given = given.unwrap_or_else(|| {
                         let target = &request.target;
                         let body = if request.head { "" } else { target };
                         let answer = format!(
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                             target.len()
                         );
-                        (answer.into_bytes(), false)
+                        Given {
+                            bytes: answer.into_bytes(),
+                            cuts: Vec::new(),
+                            close: false,
+                        }
                     });
                     buf.drain(..request.len);
-                    if stream.write_all(&answer).await.is_err() || close || !request.persists {
+                    let mut from = 0;
+                    for cut in given.cuts.iter().chain([&given.bytes.len()]) {
+                        if from > 0 {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        if stream.write_all(&given.bytes[from..*cut]).await.is_err() {
+                            return;
+                        }
+                        from = *cut;
+                    }
+                    if given.close || !request.persists {
                         return;
                     }
                 }
@@ -480,13 +503,9 @@ impl Recorder {
         }
     }
 
-    /// Answers `target` with `answer`, closing the connection after it if `close`.
-    fn answer(&self, target: String, answer: Vec<u8>, close: bool) {
-        self.log
-            .lock()
-            .unwrap()
-            .answers
-            .insert(target, (answer, close));
+    /// Answers `target` as `given` says.
+    fn answer(&self, target: String, given: Given) {
+        self.log.lock().unwrap().answers.insert(target, given);
     }
 
     /// The targets of case `n` it has read, in order.
@@ -567,18 +586,28 @@ async fn no_request_hidden_in_another_reaches_a_backend() {
     let mut runs = Vec::new();
     for n in 0..cases() {
         let bytes = request_case(&mut rng, n);
-        let trickled = rng.chance(20);
+        // A fifth of the cases arrive in pieces cut anywhere (a head, a line, a chunk
+        // size cut in two), so that each side of the proxy reads some in parts.
+        let mut cuts: Vec<usize> = Vec::new();
+        if rng.chance(20) {
+            cuts = (0..2 + rng.below(4))
+                .map(|_| rng.below(bytes.len()))
+                .collect();
+            cuts.sort_unstable();
+        }
+        cuts.push(bytes.len());
         let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
-        // The gateway may close as soon as it has refused what came first.
-        if trickled {
-            for piece in bytes.chunks(bytes.len() / 3 + 1) {
-                if stream.write_all(piece).await.is_err() {
-                    break;
-                }
+        stream.set_nodelay(true).unwrap();
+        let mut from = 0;
+        for cut in cuts {
+            // The gateway may close as soon as it has refused what came first.
+            if stream.write_all(&bytes[from..cut]).await.is_err() {
+                break;
+            }
+            from = cut;
+            if from < bytes.len() {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-        } else {
-            let _ = stream.write_all(&bytes).await;
         }
         let _ = stream.shutdown().await;
         let answered = read_to_close(&mut stream).await;
@@ -772,7 +801,29 @@ async fn no_client_gets_an_answer_meant_for_another_request() {
         // The backend closes after an answer that runs to the close or cannot be read;
         // it keeps the connection after any other, and the bytes after it on it.
         let close = !matches!(&reading, Step::Done(a) if !a.to_close);
-        backend.answer(format!("/c{n:05}/a"), bytes.clone(), close);
+        // A quarter of the answers come in pieces cut anywhere before the answer's
+        // last byte, so that the gateway reads heads, lines and chunk sizes in parts.
+        // Bytes after the answer come with its last byte: arriving later, after the
+        // connection was taken for the next request, they could not be told from the
+        // next answer, by the gateway or any HTTP/1.1 client.
+        let mut cuts = Vec::new();
+        if rng.chance(25) {
+            let end = match &reading {
+                Step::Done(a) => a.len,
+                _ => bytes.len(),
+            };
+            cuts = (0..1 + rng.below(4))
+                .map(|_| 1 + rng.below(end.max(2) - 1))
+                .collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+        }
+        let given = Given {
+            bytes: bytes.clone(),
+            cuts,
+            close,
+        };
+        backend.answer(format!("/c{n:05}/a"), given);
         let case = || format!("seed {seed}, case {n}, {way:?}: \"{}\"", shown(&bytes));
 
         let got = ask(gateway.addr, way, &format!("/c{n:05}/a"))
