@@ -14,6 +14,8 @@ pub mod config;
 pub mod metrics;
 pub mod persist;
 pub mod proxy;
+#[cfg(test)]
+mod seeded;
 pub mod snapshot;
 mod sync;
 pub mod table;

@@ -29,8 +29,6 @@
 pub(super) mod bridge;
 mod framing;
 mod head;
-#[cfg(test)]
-mod seeded;
 
 use std::future::Future;
 use std::io;

@@ -233,8 +233,8 @@ fn is_tchar(byte: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::seeded::Rng;
     use super::*;
+    use crate::seeded::Rng;
 
     /// Feeds `body` in pieces of `step` bytes: where it ends.
     fn end_of(framing: Framing, body: &[u8], step: usize) -> Result<Option<usize>, Malformed> {

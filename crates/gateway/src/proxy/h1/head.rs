@@ -585,8 +585,8 @@ fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::seeded::Rng;
     use super::*;
+    use crate::seeded::Rng;
 
     fn rewrite(req: &str) -> Parse<(RequestHead, String)> {
         let mut out = Vec::new();
