@@ -647,12 +647,7 @@ async fn streams_64_mib_each_way_without_buffering_it() {
 async fn speaks_http2_with_prior_knowledge() {
     let backend = TestBackend::named("h2").await;
     let gateway = Gateway::start(vec![route("h2", &["app.test"], &[(backend.addr, 1)])]).await;
-    let stream = TcpStream::connect(gateway.addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let sender = http2_client(gateway.addr).await;
 
     let request = |method: Method, path: &str, body: &'static str| {
         let mut sender = sender.clone();
@@ -700,6 +695,23 @@ where
 }
 
 /// Reads a response head, byte by byte, up to its blank line.
+/// An HTTP/2 client with prior knowledge on a new connection to `addr`, whose
+/// connection a task of its own drives.
+pub(crate) async fn http2_client<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 pub(crate) async fn read_head(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {

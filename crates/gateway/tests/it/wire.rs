@@ -15,13 +15,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use gateway::proxy::{AccessLog, BackendConfig, ProxyConfig};
 
-use crate::proxy::{dead_addr, ok, read_head, route, values, within, Gateway, TestBackend};
+use crate::proxy::{
+    dead_addr, http2_client, ok, read_head, route, values, within, Gateway, TestBackend,
+};
 
 /// A backend that answers every request head (requests here have no body) with
 /// `answer`, and closes the connection after it when `close`.
@@ -199,12 +200,7 @@ async fn get(
 ) -> (u16, String, Vec<u8>) {
     let (name, value) = header;
     if let Way::Http2 = way {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = http2_client(addr).await;
         let req = Request::get(format!("http://app.test{path}"))
             .header(name, value)
             .body(Empty::<Bytes>::new())
@@ -773,12 +769,7 @@ async fn an_answer_cut_off_on_hyper_paths_plain_sockets_breaks_the_clients_strea
     ] {
         let backend = RawBackend::start(answer, true).await;
         let gateway = gateway_for(backend.addr).await;
-        let stream = TcpStream::connect(gateway.addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = http2_client(gateway.addr).await;
         let req = Request::get("http://app.test/")
             .body(Empty::<Bytes>::new())
             .unwrap();

@@ -39,13 +39,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use gateway::proxy::{BackendConfig, ProxyConfig};
 
-use crate::proxy::{route, Gateway};
+use crate::proxy::{http2_client, route, Gateway};
 
 mod h2;
 mod rfc9112;
@@ -200,6 +199,20 @@ fn framing(rng: &mut Rng, len: usize, part: usize) -> Vec<String> {
     fields
 }
 
+/// `head` (its start line and fields, each line ended), `fields`, the empty line and
+/// `body`: the message's bytes, and where its body starts.
+fn assemble(mut head: String, fields: Vec<String>, body: &[u8]) -> (Vec<u8>, usize) {
+    for field in fields {
+        head.push_str(&field);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    let head_end = bytes.len();
+    bytes.extend_from_slice(body);
+    (bytes, head_end)
+}
+
 /// Changes one byte in `bytes[start..end]`, some of the time: a byte put in, taken
 /// out, or changed, or a line end cut down to its CR or LF.
 fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>, start: usize, end: usize) {
@@ -275,14 +288,7 @@ fn request_case(rng: &mut Rng, n: usize) -> Vec<u8> {
     if rng.chance(15) {
         message.push_str("Connection: Upgrade\r\nUpgrade: websocket\r\n");
     }
-    for field in framing(rng, body.len(), honest) {
-        message.push_str(&field);
-        message.push_str("\r\n");
-    }
-    message.push_str("\r\n");
-    let mut bytes = message.into_bytes();
-    let head_end = bytes.len();
-    bytes.extend_from_slice(&body);
+    let (mut bytes, head_end) = assemble(message, framing(rng, body.len(), honest), &body);
     if rng.chance(50) {
         // For this app, or another one the gateway has no route for.
         let host = rng.pick(&["app.test", "app.test", "other.test"]);
@@ -374,14 +380,7 @@ fn response_case(rng: &mut Rng, n: usize) -> Vec<u8> {
         message.push_str(field);
         message.push_str("\r\n");
     }
-    for field in framing(rng, body.len(), part) {
-        message.push_str(&field);
-        message.push_str("\r\n");
-    }
-    message.push_str("\r\n");
-    let mut bytes = message.into_bytes();
-    let head_end = bytes.len();
-    bytes.extend_from_slice(&body);
+    let (mut bytes, head_end) = assemble(message, framing(rng, body.len(), part), &body);
     mutate(rng, &mut bytes, 0, head_end + body.len().min(12));
     bytes
 }
@@ -727,12 +726,7 @@ enum Got {
 /// read strictly, with nothing after the one answer.
 async fn ask(addr: SocketAddr, way: Way, path: &str) -> Result<Got, String> {
     if way == Way::Http2 {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = http2_client(addr).await;
         let req = Request::get(format!("http://app.test{path}"))
             .body(Empty::<Bytes>::new())
             .unwrap();
