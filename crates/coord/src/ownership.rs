@@ -128,6 +128,7 @@ impl Zk {
                 session.state,
                 SessionState::Connected | SessionState::Disconnected
             )
+            && !self.session_ended()
     }
 
     /// Applies `ops` only if `claim` still stands, atomically.

@@ -196,6 +196,20 @@ impl Zk {
         &self.inner.config
     }
 
+    /// Whether the current client has seen its session end (expired, refused, closed)
+    /// before the task that follows it has published that: a request can fail with
+    /// the expiry a moment before [`Zk::session`] says so.
+    pub(crate) fn session_ended(&self) -> bool {
+        self.inner.client.load().as_ref().is_none_or(|client| {
+            matches!(
+                client.state(),
+                zkc::SessionState::Expired
+                    | zkc::SessionState::AuthFailed
+                    | zkc::SessionState::Closed
+            )
+        })
+    }
+
     /// The current session; `.changed()` on the receiver wakes on every change.
     pub fn session(&self) -> watch::Receiver<Session> {
         self.inner.session.subscribe()
