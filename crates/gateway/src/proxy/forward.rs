@@ -31,7 +31,7 @@ use super::body::{Pooled, Progress, RequestBody, ResponseBody};
 use super::conn::ClientConn;
 use super::h1::bridge;
 use super::upstream::{BackendConn, ConnectError, Lease, Upstream};
-use super::{headers, tunnel, Proxy};
+use super::{headers, tunnel, warn_bad_answer, Proxy};
 
 /// A request in flight, from its head to the end of its response (or its tunnel),
 /// counted in the in-flight gauge, and written to the access log when it ends.
@@ -267,6 +267,10 @@ async fn forward(
     }
 
     if !headers::only_chunked(response.headers()) {
+        warn_bad_answer(
+            lease.upstream().addr(),
+            format_args!("an answer in a transfer coding other than chunked; its client got a 502"),
+        );
         return Err(Failure::BadResponse);
     }
     if response.headers().contains_key(TRANSFER_ENCODING) {
@@ -276,7 +280,13 @@ async fn forward(
     }
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         // A 101 nobody asked for cannot be passed on.
-        let client_upgrade = client_upgrade.ok_or(Failure::BadResponse)?;
+        let Some(client_upgrade) = client_upgrade else {
+            warn_bad_answer(
+                lease.upstream().addr(),
+                format_args!("a 101 to a request that asked for no upgrade; its client got a 502"),
+            );
+            return Err(Failure::BadResponse);
+        };
         let backend_upgrade = hyper::upgrade::on(&mut response);
         headers::strip_hop_by_hop(response.headers_mut(), true);
         let mut request = request.take().expect("the request guard is taken once");
@@ -365,7 +375,7 @@ async fn exchange(
             if conn.sender.ready().await.is_err() {
                 continue;
             }
-            match send(proxy, &mut conn, req, progress).await {
+            match send(proxy, &mut conn, req, progress, lease.upstream().addr()).await {
                 Sent::Response(response) => return Ok((response, conn, lease)),
                 // Closed under us before the request was written: try another.
                 Sent::Unsent(unsent) => req = unsent,
@@ -374,7 +384,7 @@ async fn exchange(
         }
         match proxy.upstreams.connect(lease.upstream()).await {
             Ok(mut conn) => {
-                return match send(proxy, &mut conn, req, progress).await {
+                return match send(proxy, &mut conn, req, progress, lease.upstream().addr()).await {
                     Sent::Response(response) => Ok((response, conn, lease)),
                     Sent::Unsent(_) => Err(Failure::Backend),
                     Sent::Failed(failure) => Err(failure),
@@ -466,6 +476,7 @@ async fn send(
     conn: &mut BackendConn,
     req: Request<RequestBody>,
     progress: Option<&Progress>,
+    backend: &str,
 ) -> Sent {
     let response = conn.sender.try_send_request(req);
     match first_byte(response, proxy.config.first_byte_timeout, progress).await {
@@ -477,13 +488,17 @@ async fn send(
                 tracing::debug!(error = %error.error(), "the client's request body broke");
                 Sent::Failed(Failure::BadBody)
             }
+            None if error.error().is_parse() => {
+                let error = error.error();
+                warn_bad_answer(
+                    backend,
+                    format_args!("an answer hyper refused ({error}); its client got a 502"),
+                );
+                Sent::Failed(Failure::BadResponse)
+            }
             None => {
                 tracing::debug!(error = %error.error(), "backend request failed");
-                Sent::Failed(if error.error().is_parse() {
-                    Failure::BadResponse
-                } else {
-                    Failure::Backend
-                })
+                Sent::Failed(Failure::Backend)
             }
         },
     }

@@ -560,6 +560,7 @@ impl Exchange<'_> {
             ));
             let mut answer = pin!(respond(Respond {
                 proxy,
+                backend: lease.upstream().addr(),
                 activity: &conn.activity,
                 is_head: req.is_head,
                 close,
@@ -598,6 +599,7 @@ impl Exchange<'_> {
                     let (mut from_backend, _) = backend.stream.split();
                     respond(Respond {
                         proxy,
+                        backend: lease.upstream().addr(),
                         activity: &conn.activity,
                         is_head: req.is_head,
                         close,
@@ -777,6 +779,8 @@ async fn upload(
 /// What [`respond`] needs.
 struct Respond<'a, 'b, W> {
     proxy: &'a Proxy,
+    /// The backend's address, for the log.
+    backend: &'a str,
     activity: &'a Activity,
     is_head: bool,
     close: bool,
@@ -825,7 +829,7 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
             }
             Ok(None) => {}
             Err(error) => {
-                tracing::debug!(%error, "backend answer refused");
+                super::warn_bad_answer(r.backend, format_args!("{}; its client got a 502", error));
                 return Err(Broken::Answer(Failure::BadResponse));
             }
         }
@@ -865,9 +869,10 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
     let mut body = BodyEnd::new(head.framing);
     let rest = &r.buf[head.len..];
     // Broken framing in what came with the head: nothing has reached the client yet.
-    let taken = body
-        .advance(rest)
-        .map_err(|_| Broken::Answer(Failure::BadResponse))?;
+    let taken = body.advance(rest).map_err(|error| {
+        super::warn_bad_answer(r.backend, format_args!("a {error}; its client got a 502"));
+        Broken::Answer(Failure::BadResponse)
+    })?;
     let mut stray = taken < rest.len();
     r.proxy.metrics.upstream_duration(r.started.elapsed());
     if let Ok(status) = StatusCode::from_u16(head.status) {
@@ -891,10 +896,19 @@ async fn respond<W: WriteNow>(mut r: Respond<'_, '_, W>) -> Result<Ended, Broken
             () = r.idle.expired(r.activity) => return Err(Broken::Cut),
         }
         let data = body.data();
-        let taken = body.advance(r.buf).map_err(|_| Broken::Cut)?;
+        let taken = body.advance(r.buf).map_err(|error| {
+            super::warn_bad_answer(
+                r.backend,
+                format_args!("a {error}; its client's answer was cut off"),
+            );
+            Broken::Cut
+        })?;
         stray |= taken < r.buf.len();
         write(r.to_client, &r.buf[..taken], r.activity, r.idle).await?;
         r.request.sent_bytes(body.data() - data);
+    }
+    if stray && head.keep_alive {
+        super::warn_stray_bytes(r.backend);
     }
     Ok(Ended {
         backend_reusable: head.keep_alive && !stray && body.is_done(),

@@ -612,6 +612,36 @@ async fn accept_failed(counted: &Metrics, error: io::Error) {
 /// How often, at most, a warning for a failure that repeats while it lasts is logged.
 pub(super) const WARNING_EVERY_SECS: u64 = 5;
 
+/// Logs that the backend at `backend` sent `what` (an answer the proxy could not pass
+/// on, and what its client got instead), at most once per [`WARNING_EVERY_SECS`] for
+/// the whole process. The counters say how often; this line says which backend, and
+/// what was wrong with its answer.
+pub(super) fn warn_bad_answer(backend: &str, what: std::fmt::Arguments<'_>) {
+    static WARNING: Warning = Warning::new();
+    if WARNING.due() {
+        tracing::warn!(
+            backend,
+            "backend {backend} sent {what} (logged at most every {WARNING_EVERY_SECS} s; \
+             switchyard_gateway_errors_total{{reason=\"bad_response\"}} counts the 502s)"
+        );
+    }
+}
+
+/// Logs that the backend at `backend` sent bytes after the end of an answer, at most
+/// once per [`WARNING_EVERY_SECS`] for the whole process. The answer went on, and the
+/// connection is closed: read as the start of the next answer, on a reused connection,
+/// those bytes would have gone to another client.
+pub(super) fn warn_stray_bytes(backend: &str) {
+    static WARNING: Warning = Warning::new();
+    if WARNING.due() {
+        tracing::warn!(
+            backend,
+            "backend {backend} sent bytes after the end of an answer; the connection is \
+             not used again (logged at most every {WARNING_EVERY_SECS} s)"
+        );
+    }
+}
+
 /// Whether to log an accept failure now: see [`Warning`].
 fn accept_warning_due() -> bool {
     static ACCEPT: Warning = Warning::new();

@@ -950,6 +950,69 @@ fn the_ejection_settings_on_the_command_line_reach_the_proxy() {
 }
 
 #[test]
+fn a_backend_whose_answers_cannot_be_passed_on_is_named_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    // One answers with a status no HTTP has; the other adds bytes after its answer.
+    let bad = Server::start(|mut stream, _| {
+        while read_request_head(&mut stream).is_ok() {
+            if stream
+                .write_all(b"HTTP/1.1 000 OK\r\nContent-Length: 0\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let stray = Server::start(|mut stream, _| {
+        while read_request_head(&mut stream).is_ok() {
+            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstrayHTTP/1.1 200 OK\r\n";
+            if stream.write_all(answer).is_err() {
+                return;
+            }
+        }
+    });
+    let orchestrator = Orchestrator::start();
+    let _live = orchestrator.stream(snapshot(
+        1,
+        &[route("bad", bad.addr), route("stray", stray.addr)],
+    ));
+    let args = gateway_args(dir.path(), free_port(), free_port(), &[orchestrator.url()]);
+    let mut gateway = GatewayProcess::spawn(dir.path(), "bad-answers", &args);
+    gateway.wait_ready();
+    gateway.wait_for("the routes", |gateway| {
+        matches!(gateway.get("stray.test"), Ok((200, _)))
+    });
+    let refused = format!(
+        "backend {} sent an answer with status 0, outside 100 to 599; its client got a 502",
+        bad.addr
+    );
+    assert_eq!(
+        gateway.get("bad.test").unwrap(),
+        (502, "backend sent an invalid response\n".to_string())
+    );
+    gateway.wait_for("the refusal to be logged", |gateway| {
+        gateway.log().contains(&refused)
+    });
+    // The answer with bytes after it is passed on whole; the log says why its
+    // connection was closed.
+    assert_eq!(
+        gateway.get("stray.test").unwrap(),
+        (200, "stray".to_string())
+    );
+    let stray_bytes = format!(
+        "backend {} sent bytes after the end of an answer; the connection is not used again",
+        stray.addr
+    );
+    gateway.wait_for("the stray bytes to be logged", |gateway| {
+        gateway.log().contains(&stray_bytes)
+    });
+    assert_eq!(
+        gateway.metric("switchyard_gateway_errors_total{reason=\"bad_response\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
 fn the_open_files_limit_is_raised_and_a_gateway_at_it_serves_the_connections_that_waited() {
     let dir = tempfile::tempdir().unwrap();
     let app = backend("app");

@@ -31,7 +31,7 @@ use crate::proxy::answer::Failure;
 use crate::proxy::body::ms_of;
 use crate::proxy::forward::connect_failed;
 use crate::proxy::upstream::{Lease, RawConn, Upstream};
-use crate::proxy::Proxy;
+use crate::proxy::{warn_bad_answer, warn_stray_bytes, Proxy};
 
 /// Writes the head of `parts` (a request as `headers::prepare_request` left it: HTTP/1.1
 /// in origin form, with its `Host`) for a backend, to `out`.
@@ -123,7 +123,8 @@ pub(in crate::proxy) async fn exchange(
             }
             Ok(None) => {}
             Err(error) => {
-                tracing::debug!(%error, "backend answer refused");
+                let backend = lease.upstream().addr();
+                warn_bad_answer(backend, format_args!("{error}; its client got a 502"));
                 return Err(Failure::BadResponse);
             }
         }
@@ -163,8 +164,14 @@ pub(in crate::proxy) async fn exchange(
     };
     // What came with the head; broken framing there is the backend's fault, and
     // nothing of the answer has gone out yet.
-    body.take(&buf[answer.len..])
-        .map_err(|_| Failure::BadResponse)?;
+    body.take(&buf[answer.len..]).map_err(|_| {
+        let backend = answered_by.addr();
+        warn_bad_answer(
+            backend,
+            format_args!("a malformed chunked body; its client got a 502"),
+        );
+        Failure::BadResponse
+    })?;
     body.release_if_done();
     Ok((parts, body, answered_by))
 }
@@ -232,8 +239,11 @@ impl RawBody {
             .end
             .advance_data(bytes, |data| pending.extend_from_slice(&bytes[data]))
             .map_err(|_| BodyError::Framing)?;
-        if taken < bytes.len() {
+        if taken < bytes.len() && self.keep_alive {
             self.keep_alive = false;
+            if let Some(lease) = &self.lease {
+                warn_stray_bytes(lease.upstream().addr());
+            }
         }
         Ok(())
     }
@@ -297,6 +307,12 @@ impl RawBody {
             let taken = self.take(&bytes);
             self.read = bytes;
             if let Err(error) = taken {
+                if let Some(lease) = &self.lease {
+                    warn_bad_answer(
+                        lease.upstream().addr(),
+                        format_args!("a malformed chunked body; its client's answer was cut off"),
+                    );
+                }
                 self.conn = None;
                 return Poll::Ready(Some(Err(error)));
             }

@@ -214,13 +214,15 @@ pub(super) struct ResponseHead {
 /// A response head the proxy cannot pass on.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum BadResponse {
-    #[error("unparsable response head: {0}")]
+    #[error("an answer head that does not parse ({0})")]
     Parse(httparse::Error),
-    #[error("response head over {MAX_HEAD} bytes")]
+    #[error("an answer head over {MAX_HEAD} bytes")]
     TooLong,
-    #[error("101 to a request that asked for no upgrade")]
+    #[error("a 101 to a request that asked for no upgrade")]
     UnaskedUpgrade,
-    #[error("unsupported or conflicting framing headers")]
+    #[error("an answer with status {0}, outside 100 to 599")]
+    Status(u16),
+    #[error("an answer with unsupported or conflicting framing headers")]
     Framing,
 }
 
@@ -342,7 +344,7 @@ fn checked_response<T>(
     // httparse takes any three digits: below 100 a status would pass for an interim
     // answer, with the real one still to come (RFC 9110 §15: 100 to 599 only).
     if !(100..=599).contains(&status) {
-        return Err(BadResponse::Framing);
+        return Err(BadResponse::Status(status));
     }
     let mut connection = Connection::default();
     let mut length = None;
@@ -1026,12 +1028,12 @@ mod tests {
         );
         // Statuses outside 100 to 599 (one under 100 would pass for an interim answer)
         // and HTTP/1.0 with a coding are refused.
-        for status in ["000", "099", "600", "999"] {
+        for (status, number) in [("000", 0), ("099", 99), ("600", 600), ("999", 999)] {
             let answer = format!("HTTP/1.1 {status} OK\r\nContent-Length: 0\r\n\r\n");
             assert!(
                 matches!(
                     response(answer.as_bytes(), false, false, &mut Vec::new()),
-                    Err(BadResponse::Framing)
+                    Err(BadResponse::Status(n)) if n == number
                 ),
                 "{status}"
             );
