@@ -1,7 +1,7 @@
 //! Where an HTTP/1.1 body ends (RFC 9112 §6), found while its bytes pass through the
 //! proxy unchanged: a byte count, or the chunked coding read chunk by chunk.
 //!
-//! **Invariant:** the chunked scanner is strict (hex sizes of at most 15 digits, CRLF
+//! **Invariant:** the chunked scanner is strict (sizes under 2^60, CRLF
 //! line ends, no control bytes, trailers that are field lines, bounded extensions and
 //! trailers): the proxy and the peer after it must never disagree on where a message
 //! ends, or one client could slip a request past the proxy inside another's body. The
@@ -47,8 +47,8 @@ pub(super) struct BodyEnd {
 enum State {
     Remaining(u64),
     UntilClose,
-    /// Chunk size digits read so far.
-    Size(u8),
+    /// A chunk size; whether any of its digits has been read.
+    Size(bool),
     /// Whitespace after the size (before `;` or the line's end).
     SizeSpace,
     /// After the size: an extension, up to CR.
@@ -73,7 +73,7 @@ impl BodyEnd {
         let state = match framing {
             Framing::Empty | Framing::Length(0) => State::Done,
             Framing::Length(n) => State::Remaining(n),
-            Framing::Chunked => State::Size(0),
+            Framing::Chunked => State::Size(false),
             Framing::UntilClose => State::UntilClose,
         };
         BodyEnd {
@@ -155,16 +155,23 @@ impl BodyEnd {
     fn step(&mut self, byte: u8) -> Result<(), Malformed> {
         self.state = match (self.state, byte) {
             (State::Size(digits), _) => match (byte as char).to_digit(16) {
-                Some(digit) if digits < 15 => {
-                    self.size = self.size << 4 | u64::from(digit);
-                    State::Size(digits + 1)
+                // Zeros before the first significant digit say nothing (nginx reads
+                // them too): they are bounded as extensions are, not as digits.
+                Some(0) if self.size == 0 => {
+                    self.count_meta()?;
+                    State::Size(true)
                 }
-                None if digits > 0 && byte == b'\r' => State::SizeLf,
-                None if digits > 0 && byte == b';' => {
+                // At most 15 significant digits: a size under 2^60.
+                Some(digit) if self.size >> 56 == 0 => {
+                    self.size = self.size << 4 | u64::from(digit);
+                    State::Size(true)
+                }
+                None if digits && byte == b'\r' => State::SizeLf,
+                None if digits && byte == b';' => {
                     self.count_meta()?;
                     State::Extension
                 }
-                None if digits > 0 && matches!(byte, b' ' | b'\t') => {
+                None if digits && matches!(byte, b' ' | b'\t') => {
                     self.count_meta()?;
                     State::SizeSpace
                 }
@@ -188,7 +195,7 @@ impl BodyEnd {
             (State::SizeLf, b'\n') if self.size == 0 => State::TrailerStart,
             (State::SizeLf, b'\n') => State::Data(std::mem::take(&mut self.size)),
             (State::DataCr, b'\r') => State::DataLf,
-            (State::DataLf, b'\n') => State::Size(0),
+            (State::DataLf, b'\n') => State::Size(false),
             (State::TrailerStart, b'\r') => State::FinalLf,
             (State::TrailerStart | State::TrailerName, _) if is_tchar(byte) => {
                 self.count_meta()?;
@@ -269,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_chunked_body_ends_after_its_last_chunk_and_trailers() {
-        let cases: [(&[u8], usize); 5] = [
+        let cases: [(&[u8], usize); 6] = [
             (b"0\r\n\r\nGET", 5),
             (b"5\r\nhello\r\n0\r\n\r\n", 15),
             (
@@ -278,6 +285,8 @@ mod tests {
             ),
             (b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-Other: 2\r\n\r\n", 35),
             (b"000\r\n\r\n", 7),
+            // Leading zeros do not count towards the 15 digits.
+            (b"0000000000000000000005\r\nhello\r\n0\r\n\r\n", 36),
         ];
         for (body, end) in cases {
             for step in [1, 2, 3, 7, 1000] {
@@ -324,7 +333,7 @@ mod tests {
 
     #[test]
     fn malformed_chunk_framing_is_refused() {
-        let cases: [&[u8]; 16] = [
+        let cases: [&[u8]; 17] = [
             b"\r\n",
             b"x\r\n",
             b"5\nhello\r\n",
@@ -334,6 +343,7 @@ mod tests {
             b"0\r\n\n",
             b"-5\r\n",
             b"1234567890abcdef0\r\n",
+            b"0001234567890abcdef\r\n",
             b"5;ext\n",
             b"5 x\r\n",
             b"5;\0\r\n",
@@ -386,7 +396,11 @@ mod tests {
                 .iter()
                 .take_while(|b| b.is_ascii_hexdigit())
                 .count();
-            if digits > 15 || (digits == 0 && at < body.len()) {
+            let zeros = body[at..at + digits]
+                .iter()
+                .take_while(|b| **b == b'0')
+                .count();
+            if digits - zeros > 15 || (digits == 0 && at < body.len()) {
                 return Err(Malformed);
             }
             if at + digits == body.len() {
@@ -449,7 +463,7 @@ mod tests {
         let mut body = Vec::new();
         for _ in 0..rng.below(4) {
             let size = 1 + rng.below(40);
-            let zeros = "0".repeat(rng.below(3));
+            let zeros = "0".repeat(rng.pick(&[0, 1, 2, 20]));
             let digits = if rng.below(2) == 0 {
                 format!("{zeros}{size:x}")
             } else {
