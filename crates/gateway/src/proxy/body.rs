@@ -31,6 +31,9 @@ pub(super) struct ResponseBody {
     pooled: Option<Pooled>,
     /// Ends the request (metrics, idle accounting) when the body is dropped.
     request: Option<RequestGuard>,
+    /// A body that breaks resets its client's connection (HTTP/1.x): see
+    /// `ClientConn::reset_on_close`. Over HTTP/2 hyper resets the stream alone.
+    reset_on_error: bool,
 }
 
 enum Inner {
@@ -63,6 +66,7 @@ impl ResponseBody {
             inner: Inner::Full(Some(data)),
             pooled: None,
             request: None,
+            reset_on_error: false,
         }
     }
 
@@ -71,6 +75,7 @@ impl ResponseBody {
             inner: Inner::Full(None),
             pooled: None,
             request: None,
+            reset_on_error: false,
         }
     }
 
@@ -82,12 +87,14 @@ impl ResponseBody {
                 inner: Inner::Backend(body),
                 pooled: None,
                 request: None,
+                reset_on_error: false,
             };
         }
         ResponseBody {
             inner: Inner::Backend(body),
             pooled: Some(pooled),
             request: None,
+            reset_on_error: false,
         }
     }
 
@@ -98,12 +105,22 @@ impl ResponseBody {
             inner: Inner::Raw(body),
             pooled: None,
             request: None,
+            reset_on_error: false,
         }
     }
 
-    /// Keeps the request open until this body is dropped.
-    pub(super) fn attach(&mut self, request: RequestGuard) {
+    /// Keeps the request open until this body is dropped; `http1`: the client speaks
+    /// HTTP/1.x, whose connection is reset if the body breaks.
+    pub(super) fn attach(&mut self, request: RequestGuard, http1: bool) {
         self.request = Some(request);
+        self.reset_on_error = http1;
+    }
+
+    /// The body broke: a backend's answer cannot be finished.
+    fn broke(&mut self) {
+        if let (true, Some(request)) = (self.reset_on_error, &self.request) {
+            request.reset_client_on_close();
+        }
     }
 }
 
@@ -137,6 +154,7 @@ impl Body for ResponseBody {
                     Some(Err(_)) => {
                         // The connection is broken: drop it, and the lease with it.
                         this.pooled = None;
+                        this.broke();
                         false
                     }
                 };
@@ -151,6 +169,9 @@ impl Body for ResponseBody {
                 let data = ready!(body.poll_data(cx));
                 if let (Some(request), Some(Ok(data))) = (&mut this.request, &data) {
                     request.sent_bytes(data.len() as u64);
+                }
+                if let Some(Err(_)) = &data {
+                    this.broke();
                 }
                 Poll::Ready(data.map(|data| data.map(Frame::data).map_err(Into::into)))
             }

@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -47,6 +48,22 @@ pub(super) struct ClientConn {
     /// head holds the connection.
     pub(super) activity: Arc<Activity>,
     pub(super) drain: watch::Receiver<Phase>,
+    /// The connection's socket (under TLS too), for [`ClientConn::reset_on_close`].
+    fd: RawFd,
+}
+
+impl ClientConn {
+    /// Makes the connection's close a reset (RST) rather than an orderly end (FIN).
+    /// An HTTP/1.0 client reads an answer of unknown length to the connection's end,
+    /// so an orderly close after a backend's body broke would pass for a whole answer.
+    /// Only while the connection is served: the caller is an answer's body, which
+    /// hyper polls from the connection it owns, so the socket is still open.
+    pub(super) fn reset_on_close(&self) {
+        // SAFETY: `fd` is this connection's socket, open while it is served (above);
+        // it is borrowed for one `setsockopt`.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
+    }
 }
 
 impl Drop for ClientConn {
@@ -85,6 +102,7 @@ pub(super) async fn serve(
         tls: tls.is_some(),
         activity: Arc::new(Activity::default()),
         drain: drain.clone(),
+        fd: stream.as_raw_fd(),
     });
     let idle = IdleTimer::new(idle_timeout);
 

@@ -63,6 +63,11 @@ impl RequestGuard {
         RequestGuard { conn, log: None }
     }
 
+    /// Makes the client connection's close a reset: see [`ClientConn::reset_on_close`].
+    pub(super) fn reset_client_on_close(&self) {
+        self.conn.reset_on_close();
+    }
+
     /// Says what the request is, for the access log (nothing without one).
     pub(super) fn describe(
         &mut self,
@@ -200,7 +205,7 @@ pub(super) async fn handle(
     conn.proxy.metrics.count(response.status());
     if let Some(mut request) = request {
         request.answered(response.status());
-        response.body_mut().attach(request);
+        response.body_mut().attach(request, http1);
     }
     response
 }

@@ -790,6 +790,49 @@ async fn an_answer_cut_off_on_hyper_paths_plain_sockets_breaks_the_clients_strea
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_breaks_after_its_head_resets_an_http_1_0_clients_connection() {
+    // Chunked, with its framing broken in a later write than its head's: the head and
+    // the first chunk have gone on by the time the break is read.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = read_head(&mut stream).await;
+                let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+                let _ = stream.write_all(head).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = stream.write_all(b"ZZ\r\n").await;
+            });
+        }
+    });
+    let gateway = gateway_for(backend).await;
+    // An HTTP/1.0 client reads an answer of unknown length to the connection's end:
+    // only a reset tells it that the answer broke off.
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let ended = within(stream.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
+    assert!(
+        !got.to_ascii_lowercase().contains("content-length"),
+        "{got}"
+    );
+    assert_eq!(
+        ended.map_err(|error| error.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "{got}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_length_beside_chunked_framing_does_not_reach_the_client() {
     let backend = RawBackend::start(
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
