@@ -56,8 +56,9 @@ impl ClientConn {
     /// Makes the connection's close a reset (RST) rather than an orderly end (FIN).
     /// An HTTP/1.0 client reads an answer of unknown length to the connection's end,
     /// so an orderly close after a backend's body broke would pass for a whole answer.
-    /// Only while the connection is served: the caller is an answer's body, which
-    /// hyper polls from the connection it owns, so the socket is still open.
+    /// Only while the connection is served, so that the socket is still open: the own
+    /// path calls it mid-answer, and an answer's body from the connection hyper owns
+    /// and polls it from.
     pub(super) fn reset_on_close(&self) {
         // SAFETY: `fd` is this connection's socket, open while it is served (above);
         // it is borrowed for one `setsockopt`.

@@ -438,7 +438,7 @@ enum Broken {
     /// [`Broken::Answer`] of [`Failure::Backend`], unless the request can go again
     /// (see [`RESEND_AFTER_IDLE_MS`]).
     Unanswered,
-    /// After: the client connection is closed mid-answer.
+    /// After: the client connection is reset mid-answer.
     Cut,
 }
 
@@ -642,7 +642,12 @@ impl Exchange<'_> {
                     .await
                     && !close
             }
-            Err(Broken::Cut) => false,
+            Err(Broken::Cut) => {
+                // A reset, not an orderly close: nothing about the answer's end is
+                // left for the client to guess (see `ClientConn::reset_on_close`).
+                conn.reset_on_close();
+                false
+            }
         }
     }
 }
