@@ -23,8 +23,10 @@
 //! - an HTTP/2 request reaches a backend as one request at most, with its own data as
 //!   its body;
 //! - a client receives nothing but the answers to its own requests: a backend's answer
-//!   is passed on as the RFC reads it, or refused with a 502, and a request after it
-//!   gets its own answer, whatever bytes the backend added to the one before.
+//!   is passed on as the RFC reads it, or refused with a 502, or, broken after its
+//!   head went on, cut off so that the client can tell (a reset, never an orderly end
+//!   that would make it whole); a request after it gets its own answer, whatever
+//!   bytes the backend added to the one before.
 //!
 //! The generators are seeded: a failure names its seed and case, and
 //! `SWITCHYARD_DESYNC_SEED` and `SWITCHYARD_DESYNC_CASES` (the cases per test, 300 by
