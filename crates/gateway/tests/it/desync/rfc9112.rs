@@ -7,7 +7,8 @@
 pub(super) enum Mode {
     /// As a recipient may read what others send (RFC 9112 lets it accept a bare LF as
     /// a line's end, empty lines before a request, and a length repeated with one
-    /// value): what a client sends is read so.
+    /// value; control bytes in a chunk extension leave no doubt about where its line
+    /// ends): what a client sends is read so.
     Lenient,
     /// Only what a sender may send, with one reading under any recipient's rules: what
     /// the gateway sends is read so.
@@ -166,7 +167,9 @@ impl<'a> Cursor<'a> {
             if !(rest.is_empty() || rest.starts_with(b";")) {
                 return invalid("bytes after a chunk size");
             }
-            if !rest.iter().copied().all(is_field_byte) {
+            // A control byte in an extension is outside the grammar, but where the line
+            // ends is not in doubt: hyper and nginx read it as part of the extension.
+            if self.mode == Mode::Strict && !rest.iter().copied().all(is_field_byte) {
                 return invalid("a control byte in a chunk extension");
             }
             if size == 0 {
@@ -549,6 +552,13 @@ fn the_reading_here_is_the_rfcs() {
             shown(bytes)
         );
     }
+    // A control byte in a chunk extension: leniently, part of the extension.
+    let nul = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;\x00\r\nabc\r\n0\r\n\r\n";
+    assert_eq!(read(nul, Mode::Lenient), Ok(("/a".into(), nul.len(), true)));
+    assert_eq!(
+        read(nul, Mode::Strict),
+        Err("a control byte in a chunk extension".into())
+    );
     // Strictly, a length once and a coding alone.
     let twice = b"POST /a HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\na";
     assert!(read(twice, Mode::Lenient).is_ok());
