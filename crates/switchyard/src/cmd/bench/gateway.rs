@@ -46,6 +46,10 @@ pub enum Peer {
     Nginx,
     /// HAProxy as a reverse proxy.
     Haproxy,
+    /// HAProxy relaying TCP: no HTTP read, a backend connection per client connection.
+    /// Not a rival (it routes nothing) but the layout's ceiling: the least work any
+    /// proxy can do between this load and backend. Plain HTTP/1.1 loads only.
+    HaproxyTcp,
     /// `switchyard gateway` with one route.
     Gateway,
     /// `switchyard gateway` with --routes routes (the benchmarked host among them).
@@ -58,6 +62,7 @@ impl Peer {
             Peer::Direct => "direct",
             Peer::Nginx => "nginx",
             Peer::Haproxy => "haproxy",
+            Peer::HaproxyTcp => "haproxy-tcp",
             Peer::Gateway => "gateway",
             Peer::GatewayLarge => "gateway-large",
         }
@@ -303,8 +308,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.tls {
         // The direct load has no TLS to compare; the large table measures lookups and
-        // starts, which TLS does not change.
-        peer_list.retain(|p| !matches!(p, Peer::Direct | Peer::GatewayLarge));
+        // starts, which TLS does not change; the TCP relay would hand TLS to a plain
+        // backend.
+        peer_list.retain(|p| !matches!(p, Peer::Direct | Peer::GatewayLarge | Peer::HaproxyTcp));
         anyhow::ensure!(
             !peer_list.is_empty(),
             "--tls runs nginx, haproxy and gateway; --peers names none of them"
@@ -316,15 +322,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     if args.http2 {
         // The backend speaks HTTP/1.1 only.
-        peer_list.retain(|p| *p != Peer::Direct);
+        peer_list.retain(|p| !matches!(p, Peer::Direct | Peer::HaproxyTcp));
         anyhow::ensure!(
             !peer_list.is_empty(),
             "--http2 runs nginx, haproxy and the gateways; --peers names none of them"
         );
     }
     if args.instructions {
-        // Counted on one route; the direct load runs no proxy to count.
-        peer_list.retain(|p| !matches!(p, Peer::Direct | Peer::GatewayLarge));
+        // Counted on one route, for the HTTP proxies; the direct load runs no proxy to
+        // count.
+        peer_list.retain(|p| !matches!(p, Peer::Direct | Peer::GatewayLarge | Peer::HaproxyTcp));
         anyhow::ensure!(
             !peer_list.is_empty(),
             "--instructions counts nginx, haproxy and gateway; --peers names none of them"
@@ -364,12 +371,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let haproxy = match tools.haproxy {
         Ok(tool) => Some(tool),
         Err(reason) => {
-            if peer_list.contains(&Peer::Haproxy) {
-                eprintln!("bench: SKIPPING haproxy: {reason}");
-                skipped.push(Skipped {
-                    peer: "haproxy".into(),
-                    reason,
-                });
+            for peer in [Peer::Haproxy, Peer::HaproxyTcp] {
+                if peer_list.contains(&peer) {
+                    eprintln!("bench: SKIPPING {}: {reason}", peer.name());
+                    skipped.push(Skipped {
+                        peer: peer.name().into(),
+                        reason: reason.clone(),
+                    });
+                }
             }
             None
         }
@@ -492,7 +501,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runnable: Vec<Peer> = peer_list
         .iter()
         .copied()
-        .filter(|p| !(*p == Peer::Haproxy && bench.haproxy.is_none()))
+        .filter(|p| !(matches!(p, Peer::Haproxy | Peer::HaproxyTcp) && bench.haproxy.is_none()))
         .collect();
     if args.instructions {
         return instructions::run(&mut bench, &runnable, skipped);
@@ -847,6 +856,15 @@ fn about(bench: &Bench<'_>, snapshots: &[SnapshotInfo]) -> String {
             "- haproxy: {}, mode http, Host ACL, option forwardfor, default http-reuse",
             h.version
         );
+        let relayed = !bench.args.http2 && bench.tls.is_none();
+        if relayed && bench.args.peers.contains(&Peer::HaproxyTcp) {
+            out.push_str(
+                "- haproxy-tcp: the same HAProxy in mode tcp, relaying each client connection to a \
+                 backend connection of its own, no HTTP read: no rival (it routes nothing), the \
+                 least work a proxy can do here, so the ceiling of what any proxy reaches in this \
+                 layout\n",
+            );
+        }
     }
     for info in snapshots {
         let _ = writeln!(
@@ -1312,6 +1330,15 @@ impl Bench<'_> {
                     self.args.connections,
                     self.args.access_log,
                 );
+                peers::write_file(&conf, &text)?;
+                let mut command = Command::new(&haproxy.path);
+                command.arg("-db").arg("-f").arg(&conf);
+                command
+            }
+            Peer::HaproxyTcp => {
+                let haproxy = self.haproxy.as_ref().context("haproxy is not installed")?;
+                let conf = dir.join("haproxy.cfg");
+                let text = peers::haproxy_tcp_conf(port, backend_port, one, self.args.connections);
                 peers::write_file(&conf, &text)?;
                 let mut command = Command::new(&haproxy.path);
                 command.arg("-db").arg("-f").arg(&conf);

@@ -971,6 +971,33 @@ backend app
     )
 }
 
+/// HAProxy relaying TCP (`mode tcp`), with `threads` threads as in [`haproxy_conf`]: each
+/// client connection gets a backend connection of its own, and the bytes go through
+/// unread. It routes nothing and adds no header, so it is no rival to an HTTP proxy; it
+/// is the least work any proxy does between the same load and backend, and so the
+/// layout's ceiling: a proxy's requests/s beside it says how much of its gap to the
+/// load side's limit is the proxy's own.
+pub fn haproxy_tcp_conf(port: u16, backend: u16, threads: Option<u16>, connections: u64) -> String {
+    let nbthread = threads.map_or(String::new(), |n| format!("    nbthread {n}\n"));
+    let room = connection_room(connections);
+    format!(
+        "# HAProxy relaying TCP, as `switchyard bench gateway` runs it (`haproxy-tcp`).
+global
+{nbthread}    maxconn {room}
+defaults
+    mode tcp
+    timeout connect 3s
+    timeout client 60s
+    timeout server 60s
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    server backend 127.0.0.1:{backend}
+"
+    )
+}
+
 /// The command that starts an nginx with `conf`, keeping everything in `dir`.
 pub fn nginx_command(nginx: &Path, dir: &Path, conf: &Path) -> Command {
     let mut command = Command::new(nginx);
@@ -1106,6 +1133,20 @@ mod tests {
         // Every connection of a large load keeps its backend connection between requests.
         let large = nginx_conf(dir, 1, 2, None, Front::PLAIN, 4000, false);
         assert!(large.contains("keepalive 4000;"), "{large}");
+    }
+
+    #[test]
+    fn the_tcp_relay_reads_no_http_and_keeps_the_thread_count() {
+        let one = haproxy_tcp_conf(1, 2, Some(1), 32);
+        assert!(one.contains("    mode tcp\n"), "{one}");
+        assert!(!one.contains("mode http") && !one.contains("forwardfor"), "{one}");
+        assert!(one.contains("nbthread 1\n"), "{one}");
+        assert!(one.contains("bind 127.0.0.1:1\n"), "{one}");
+        assert!(one.contains("server backend 127.0.0.1:2\n"), "{one}");
+        // A client connection holds a backend connection: room for both.
+        let large = haproxy_tcp_conf(1, 2, None, 4000);
+        assert!(!large.contains("nbthread"), "{large}");
+        assert!(large.contains("maxconn 8256\n"), "{large}");
     }
 
     #[test]
