@@ -53,7 +53,10 @@
 //! is logged, counted and retried after the interval. One gateway process owns a state
 //! folder's files: a new gateway started beside the old one (SO_REUSEPORT) loads the
 //! snapshot but writes only once the old one has exited (an `flock` on `gateway.lock`),
-//! so the two never overwrite each other's files.
+//! so the two never overwrite each other's files. Loading writes nothing, and only the
+//! lock's holder removes a `routes.snap.tmp` left by an interrupted write (were the new
+//! gateway's start to remove it, it could be the old one's write in progress, whose last
+//! rename would then fail).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -654,6 +657,11 @@ async fn write_loop(
     stats: Arc<WriteStats>,
 ) {
     let mut lock = StateLock::new(store.dir());
+    // The folder's owner tidies what an interrupted write left. A gateway started beside
+    // the owner leaves it: it may be the owner's write in progress.
+    if lock.try_hold() {
+        store.remove_leftover_tmp();
+    }
     let mut last_attempt: Option<tokio::time::Instant> = None;
     let mut stopping = false;
     loop {
@@ -724,7 +732,10 @@ async fn write_loop(
     }
 }
 
-/// An exclusive `flock` on `gateway.lock` in the state folder: the one process that writes
+/// The state folder's lock file; see [`StateLock`].
+pub const LOCK_FILE: &str = "gateway.lock";
+
+/// An exclusive `flock` on [`LOCK_FILE`] in the state folder: the one process that writes
 /// there. Released when the process exits, however it exits.
 struct StateLock {
     path: PathBuf,
@@ -735,7 +746,7 @@ struct StateLock {
 impl StateLock {
     fn new(dir: &Path) -> StateLock {
         StateLock {
-            path: dir.join("gateway.lock"),
+            path: dir.join(LOCK_FILE),
             file: None,
             warned: false,
         }

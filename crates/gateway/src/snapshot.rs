@@ -9,7 +9,7 @@
 //! | --- | --- |
 //! | `routes.snap` | current generation: the table written last |
 //! | `routes.snap.prev` | previous generation: the one written before it |
-//! | `routes.snap.tmp` | a write in progress; never read, and removed by [`SnapshotStore::load`] |
+//! | `routes.snap.tmp` | a write in progress; never read, and left alone by a load (see below) |
 //!
 //! [`SnapshotStore::write`] returns only once the new table is durable (see the comments in
 //! it for what a crash between any two of its steps leaves). [`SnapshotStore::write_with`]
@@ -49,7 +49,12 @@
 //!
 //! One process owns a folder: two stores writing the same folder at once (two gateways
 //! given the same path) would overwrite each other's `routes.snap.tmp`. Within a process,
-//! one [`SnapshotStore`] serialises its own writes and loads.
+//! one [`SnapshotStore`] serialises its own writes and loads. Loading writes nothing, so
+//! any process may load while the owner writes: a new gateway loads the folder of the one
+//! it replaces while that one still runs, and a `routes.snap.tmp` it finds may be the
+//! owner's write in progress. Only the owner removes a leftover, with
+//! [`SnapshotStore::remove_leftover_tmp`] (the gateway's writer does once it holds the
+//! folder's lock); until then, or until the next write replaces it, it is ignored.
 
 #[cfg(test)]
 mod tests;
@@ -67,7 +72,9 @@ pub const CURRENT_FILE: &str = "routes.snap";
 pub const PREVIOUS_FILE: &str = "routes.snap.prev";
 /// File name of a write in progress.
 pub const TMP_FILE: &str = "routes.snap.tmp";
-/// File `open` creates and removes to check that the folder is writable.
+/// File `open` creates and removes to check that the folder is writable, followed by the
+/// process id: two processes opening the folder at once (a gateway starting beside the
+/// one it replaces) must not remove each other's probe.
 const PROBE_FILE: &str = "routes.snap.probe";
 
 /// The first 8 bytes of every snapshot file.
@@ -439,7 +446,7 @@ impl SnapshotStore {
             Err(e) => return Err(folder_error(&dir, e)),
         }
         fs::read_dir(&dir).map_err(|e| folder_error(&dir, e))?;
-        let probe = dir.join(PROBE_FILE);
+        let probe = dir.join(format!("{PROBE_FILE}.{}", std::process::id()));
         File::create(&probe)
             .and_then(|_| fs::remove_file(&probe))
             .map_err(|e| folder_error(&probe, e))?;
@@ -583,7 +590,8 @@ impl SnapshotStore {
     /// - [`Error::NoValidSnapshot`] when files exist but none is valid;
     /// - [`Error::NewerFormat`] when the file it would use was written by a newer binary.
     ///
-    /// A leftover `routes.snap.tmp` (an interrupted write) is ignored and removed.
+    /// A `routes.snap.tmp` (a write in progress, or the leftover of an interrupted one) is
+    /// ignored and left in place: see the module docs.
     pub fn load(&self) -> Result<Option<Loaded>, Error> {
         let decoded = self.load_with(|_, payload| {
             // Capped by MAX_PAYLOAD_LEN, checked before the payload is handed out.
@@ -620,7 +628,6 @@ impl SnapshotStore {
     ) -> Result<Option<Decoded<T>>, Error> {
         let mut current_rejected = self.lock();
         *current_rejected = false;
-        self.remove_leftover_tmp();
         let mut rejected = Vec::new();
         let mut current_missing = false;
         for generation in [Generation::Current, Generation::Previous] {
@@ -703,7 +710,11 @@ impl SnapshotStore {
         }
     }
 
-    fn remove_leftover_tmp(&self) {
+    /// Removes a `routes.snap.tmp` that an interrupted write left. Only for the folder's
+    /// owner, the one process that writes there: anyone else could remove the owner's
+    /// write in progress (whose last rename would then fail).
+    pub fn remove_leftover_tmp(&self) {
+        let _serialised = self.lock();
         let tmp = self.dir.join(TMP_FILE);
         match fs::remove_file(&tmp) {
             Ok(()) => tracing::info!(

@@ -433,7 +433,10 @@ fn only_previous_present_after_a_crash_between_the_renames() {
         loaded.rejected.is_empty(),
         "a missing file is not a rejected one"
     );
-    assert!(!tmp(dir.path()).exists(), "the leftover tmp is removed");
+    assert!(
+        tmp(dir.path()).exists(),
+        "a load leaves the tmp: it may be the owner's write in progress"
+    );
 
     // The next write keeps that previous generation.
     let store = SnapshotStore::open(dir.path()).unwrap();
@@ -443,27 +446,49 @@ fn only_previous_present_after_a_crash_between_the_renames() {
 }
 
 #[test]
-fn leftover_tmp_is_ignored_and_removed() {
+fn a_tmp_file_is_never_read_nor_removed_by_a_load() {
     let gens = two_generations(300);
     let dir = temp();
-    // Crash during the first write ever: only a partial tmp.
+    // Crash during the first write ever (or that write still going on in the folder's
+    // owner): only a partial tmp.
     fs::write(tmp(dir.path()), &gens.current.2[..40]).unwrap();
     assert!(SnapshotStore::open(dir.path())
         .unwrap()
         .load()
         .unwrap()
         .is_none());
-    assert!(!tmp(dir.path()).exists());
+    assert_eq!(fs::read(tmp(dir.path())).unwrap(), &gens.current.2[..40]);
 
-    // Crash during a later write: a partial or even complete tmp beside both generations.
+    // A partial or even complete tmp beside both generations.
     for tmp_bytes in [&gens.current.2[..100], &gens.current.2[..], b"junk"] {
         lay_out(dir.path(), Some(&gens.previous.2), None);
         fs::write(tmp(dir.path()), tmp_bytes).unwrap();
         let loaded = load_ok(dir.path());
         assert_eq!(loaded.generation, Generation::Current);
         assert_eq!(loaded.meta, gens.previous.0, "the tmp file is never read");
-        assert!(!tmp(dir.path()).exists());
+        assert_eq!(fs::read(tmp(dir.path())).unwrap(), tmp_bytes);
     }
+}
+
+#[test]
+fn the_owner_removes_a_leftover_tmp_and_a_write_replaces_one() {
+    let gens = two_generations(300);
+    let dir = temp();
+    lay_out(dir.path(), Some(&gens.previous.2), None);
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    fs::write(tmp(dir.path()), b"junk").unwrap();
+    store.remove_leftover_tmp();
+    assert!(!tmp(dir.path()).exists());
+    // Nothing to remove is no error.
+    store.remove_leftover_tmp();
+
+    fs::write(tmp(dir.path()), &gens.current.2[..100]).unwrap();
+    store.write(&meta(3), &payload(3, 300)).unwrap();
+    assert!(
+        !tmp(dir.path()).exists(),
+        "the write's own tmp became the current file"
+    );
+    assert_eq!(store.load().unwrap().unwrap().meta, meta(3));
 }
 
 #[test]

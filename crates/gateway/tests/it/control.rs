@@ -935,6 +935,42 @@ async fn a_corrupt_current_snapshot_falls_back_to_the_previous_one() {
     gateway.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_gateway_that_holds_the_state_folder_removes_a_tmp_file() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    write_generation(dir.path(), &RouteTable::from_routes(1, [route("web", &[])]));
+    let tmp = dir.path().join(snapshot::TMP_FILE);
+    // Another gateway owns the folder (the one a new gateway is started beside) and is
+    // writing its table.
+    let owner = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.path().join(persist::LOCK_FILE))
+        .unwrap();
+    // SAFETY: flock on a descriptor the test owns.
+    let locked = unsafe { libc::flock(owner.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, 0, "{}", io::Error::last_os_error());
+    std::fs::write(&tmp, b"the owner's write in progress").unwrap();
+
+    let gateway = start(config(dir.path(), &[])).await;
+    assert!(is_routed(&gateway, "web").await);
+    // Stopped: its writer has looked at the lock and ended.
+    gateway.stop().await;
+    assert_eq!(
+        std::fs::read(&tmp).unwrap(),
+        b"the owner's write in progress"
+    );
+
+    // The owner exits; the next gateway holds the folder and tidies the leftover.
+    drop(owner);
+    let gateway = start(config(dir.path(), &[])).await;
+    eventually("the leftover tmp file removed", || async { !tmp.exists() }).await;
+    assert!(is_routed(&gateway, "web").await);
+    gateway.stop().await;
+}
+
 /// Rewrites a snapshot file's format version (and its prefix CRC, so it reads as a
 /// well-formed file from a newer binary).
 fn make_newer(path: &Path) {
