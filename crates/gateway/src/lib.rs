@@ -10,6 +10,7 @@
 //! `ArcSwap`.
 
 mod admin;
+mod check;
 pub mod config;
 pub mod metrics;
 pub mod persist;
@@ -21,6 +22,7 @@ mod sync;
 pub mod table;
 pub mod tls;
 
+pub use check::{check, Checked, CheckedTable};
 pub use config::{Config, ConfigError};
 pub use table::RouteTable;
 
@@ -452,6 +454,12 @@ struct Loaded {
     table: RouteTable,
     /// The file's modification time: the table was current then, as far as anyone knows.
     modified: SystemTime,
+    /// The file it came from.
+    path: PathBuf,
+    /// The generation of that file.
+    generation: snapshot::Generation,
+    /// Files skipped on the way to it (a corrupt current generation).
+    rejected: Vec<snapshot::Rejected>,
 }
 
 /// Opens the store and loads its newest valid table (blocking).
@@ -472,7 +480,16 @@ fn load(dir: &std::path::Path) -> Result<(SnapshotStore, Option<Loaded>), Error>
     let modified = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| SystemTime::now());
-    Ok((store, Some(Loaded { table, modified })))
+    Ok((
+        store,
+        Some(Loaded {
+            table,
+            modified,
+            path,
+            generation: loaded.generation,
+            rejected: loaded.rejected,
+        }),
+    ))
 }
 
 /// Connections a listener holds before they are accepted.

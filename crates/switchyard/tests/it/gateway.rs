@@ -636,8 +636,22 @@ fn a_corrupt_current_snapshot_falls_back_to_the_previous_generation() {
     bytes[middle] ^= 0x55;
     std::fs::write(&current, bytes).unwrap();
 
-    // No orchestrator at all this time: the disk is all it has.
+    // No orchestrator at all this time: the disk is all it has. A check first says what
+    // a start will serve, and changes nothing.
     let args = gateway_args(dir.path(), free_port(), free_port(), &[]);
+    let state = folder_contents(&dir.path().join("state"));
+    let (code, stdout, stderr) = check(&args);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("table: version 1, 2 routes, from ")
+            && stdout.contains("routes.snap.prev (previous generation)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("warning: skipped {}", current.display())),
+        "{stdout}"
+    );
+    assert_eq!(folder_contents(&dir.path().join("state")), state);
     let mut gateway = GatewayProcess::spawn(dir.path(), "second", &args);
     gateway.wait_ready();
     assert_eq!(gateway.get("one.test").unwrap(), (200, "web".into()));
@@ -653,6 +667,102 @@ fn a_corrupt_current_snapshot_falls_back_to_the_previous_generation() {
     );
     let log = gateway.log();
     assert!(log.contains("rejected"), "the fallback is logged:\n{log}");
+}
+
+/// Runs `switchyard` with `args` and `--check`: its exit code, stdout and stderr.
+fn check(args: &[String]) -> (Option<i32>, String, String) {
+    let output = switchyard().args(args).arg("--check").output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Every file in `dir` (not recursive) with its bytes.
+fn folder_contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_check_fails_where_a_start_would_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let no_orchestrator = gateway_args(dir.path(), free_port(), free_port(), &[]);
+    let (code, _, stderr) = check(&no_orchestrator);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("nothing to serve"), "{stderr}");
+    assert!(!state.exists(), "a check creates no folder");
+
+    // With an orchestrator, a folder yet to be made is what a first start has.
+    let orchestrated = gateway_args(
+        dir.path(),
+        free_port(),
+        free_port(),
+        &["http://127.0.0.1:1".into()],
+    );
+    let (code, stdout, stderr) = check(&orchestrated);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("does not exist and a start creates it"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("orchestrators: 1"), "{stdout}");
+    assert!(!state.exists(), "a check creates no folder");
+
+    // Files that are no snapshot at all: refused, named, and left as they are.
+    std::fs::create_dir(&state).unwrap();
+    let current = state.join(gateway::snapshot::CURRENT_FILE);
+    std::fs::write(&current, b"not a snapshot").unwrap();
+    let before = folder_contents(&state);
+    let (code, _, stderr) = check(&orchestrated);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains(&current.display().to_string()), "{stderr}");
+    assert_eq!(folder_contents(&state), before);
+    std::fs::remove_file(&current).unwrap();
+
+    // An access log in a folder that does not exist, a certificate folder that does not
+    // exist, an orchestrator URL that is no URL.
+    let mut bad_log = orchestrated.clone();
+    let log = dir.path().join("missing").join("access.log");
+    bad_log.extend(["--access-log".into(), log.display().to_string()]);
+    let (code, _, stderr) = check(&bad_log);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(&format!("cannot open the access log {}", log.display())),
+        "{stderr}"
+    );
+    assert!(!log.exists());
+    let mut bad_certs = orchestrated.clone();
+    let certs = dir.path().join("no-certs");
+    bad_certs.extend([
+        "--tls-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--tls-certs".into(),
+        certs.display().to_string(),
+    ]);
+    let (code, _, stderr) = check(&bad_certs);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains(&certs.display().to_string()), "{stderr}");
+    let bad_url = gateway_args(
+        dir.path(),
+        free_port(),
+        free_port(),
+        &["orch-1:7000".into()],
+    );
+    let (code, _, stderr) = check(&bad_url);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("orch-1:7000"), "{stderr}");
+    assert_eq!(folder_contents(&state), vec![], "the probe file is removed");
 }
 
 #[test]
