@@ -1139,7 +1139,10 @@ mod tests {
     fn the_tcp_relay_reads_no_http_and_keeps_the_thread_count() {
         let one = haproxy_tcp_conf(1, 2, Some(1), 32);
         assert!(one.contains("    mode tcp\n"), "{one}");
-        assert!(!one.contains("mode http") && !one.contains("forwardfor"), "{one}");
+        assert!(
+            !one.contains("mode http") && !one.contains("forwardfor"),
+            "{one}"
+        );
         assert!(one.contains("nbthread 1\n"), "{one}");
         assert!(one.contains("bind 127.0.0.1:1\n"), "{one}");
         assert!(one.contains("server backend 127.0.0.1:2\n"), "{one}");
