@@ -53,8 +53,17 @@ pub const SNAPSHOT_WRITE_DURATION: &str = "switchyard_gateway_snapshot_last_writ
 pub const SNAPSHOT_WRITE_BYTES: &str = "switchyard_gateway_snapshot_last_write_bytes";
 /// Unix time of the last snapshot written.
 pub const SNAPSHOT_WRITE_TIME: &str = "switchyard_gateway_snapshot_last_write_timestamp_seconds";
-/// Table version in the last snapshot written.
+/// Table version of the snapshot on disk: the one loaded at start, then the last written.
 pub const SNAPSHOT_VERSION: &str = "switchyard_gateway_snapshot_table_version";
+/// Seconds the served table has been waiting to be written to disk (0 when the disk holds
+/// it, or after a write that left only a newer update waiting). It grows while writes
+/// fail or another process holds the state folder: a restart then would serve the older
+/// table on disk.
+pub const SNAPSHOT_UNSAVED: &str = "switchyard_gateway_snapshot_unsaved_seconds";
+/// 1 while this gateway holds its state folder's lock (`gateway.lock`) and so writes its
+/// table there; 0 while another process holds it (the gateway it replaces, for a few
+/// seconds; for longer, two gateways given one `--state-dir`).
+pub const STATE_FOLDER_HELD: &str = "switchyard_gateway_state_folder_held";
 /// Time to read, check and decode the snapshot at start-up.
 pub const SNAPSHOT_LOAD_DURATION: &str = "switchyard_gateway_snapshot_load_duration_seconds";
 /// Client connections open per proxy thread (label [`THREAD_LABEL`], from 1), when the
@@ -291,7 +300,16 @@ fn describe() {
     );
     describe_gauge!(
         SNAPSHOT_VERSION,
-        "Table version in the last snapshot written."
+        "Table version of the snapshot on disk (loaded at start, then written)."
+    );
+    describe_gauge!(
+        SNAPSHOT_UNSAVED,
+        Unit::Seconds,
+        "How long the served table has waited to be written to disk."
+    );
+    describe_gauge!(
+        STATE_FOLDER_HELD,
+        "1 while this gateway holds its state folder's lock and writes its table there."
     );
     describe_gauge!(
         SNAPSHOT_LOAD_DURATION,

@@ -574,7 +574,40 @@ pub(crate) struct WriteStats {
     pub(crate) last_duration_us: AtomicU64,
     pub(crate) last_bytes: AtomicU64,
     pub(crate) last_unix_ms: AtomicU64,
+    /// Unix milliseconds since which the served table has waited to be written; 0 when
+    /// none waits.
+    pub(crate) unsaved_since_unix_ms: AtomicU64,
+    /// 1 while this process holds the state folder's lock, else 0.
+    pub(crate) folder_held: AtomicU64,
 }
+
+impl WriteStats {
+    /// Seconds the served table has waited to be written, at `now`.
+    pub(crate) fn unsaved_seconds(&self, now: SystemTime) -> f64 {
+        match self.unsaved_since_unix_ms.load(Ordering::Relaxed) {
+            0 => 0.0,
+            since => unix_ms(now).saturating_sub(since) as f64 / 1e3,
+        }
+    }
+
+    /// Notes that a table waits to be written, unless one already did.
+    fn unsaved(&self) {
+        let _ = self.unsaved_since_unix_ms.compare_exchange(
+            0,
+            unix_ms(SystemTime::now()).max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn held(&self, held: bool) {
+        self.folder_held.store(u64::from(held), Ordering::Relaxed);
+    }
+}
+
+/// How often a writer that does not hold its state folder tries the lock again while no
+/// table waits (one that waits tries at every write attempt).
+const LOCK_RETRY: Duration = Duration::from_secs(1);
 
 /// The coalescing writer task. Give it every applied table with [`Writer::submit`];
 /// [`Writer::flush`] writes the latest one and stops it.
@@ -596,6 +629,10 @@ impl Writer {
         let (latest, rx) = watch::channel(Arc::clone(&on_disk));
         let (stop, stop_rx) = oneshot::channel();
         let stats = Arc::new(WriteStats::default());
+        // The disk holds `on_disk` already.
+        stats
+            .last_version
+            .store(on_disk.version(), Ordering::Relaxed);
         let task = tokio::spawn(write_loop(
             store,
             on_disk,
@@ -662,6 +699,7 @@ async fn write_loop(
     if lock.try_hold() {
         store.remove_leftover_tmp();
     }
+    stats.held(lock.held());
     let mut last_attempt: Option<tokio::time::Instant> = None;
     let mut stopping = false;
     loop {
@@ -670,12 +708,20 @@ async fn write_loop(
             if stopping {
                 return;
             }
+            let held = lock.held();
             tokio::select! {
                 _ = &mut stop => stopping = true,
                 changed = rx.changed() => stopping = changed.is_err(),
+                () = tokio::time::sleep(LOCK_RETRY), if !held => {
+                    if lock.try_hold() {
+                        store.remove_leftover_tmp();
+                    }
+                    stats.held(lock.held());
+                }
             }
             continue;
         }
+        stats.unsaved();
         // Coalescing: at most one write per interval, of whatever is latest by then.
         if let (false, Some(at)) = (stopping, last_attempt) {
             tokio::select! {
@@ -685,7 +731,9 @@ async fn write_loop(
         }
         let table = Arc::clone(&rx.borrow_and_update());
         last_attempt = Some(tokio::time::Instant::now());
-        if !lock.try_hold() {
+        let held = lock.try_hold();
+        stats.held(held);
+        if !held {
             if stopping && !lock.wait(Duration::from_secs(5)).await {
                 tracing::error!(
                     table_version = table.version(),
@@ -705,9 +753,13 @@ async fn write_loop(
                     .last_duration_us
                     .store(took.as_micros() as u64, Ordering::Relaxed);
                 stats.last_bytes.store(bytes as u64, Ordering::Relaxed);
+                let now = unix_ms(SystemTime::now());
+                stats.last_unix_ms.store(now, Ordering::Relaxed);
+                // A newer table that came during the write waits from now.
+                let newer = !Arc::ptr_eq(&table, &rx.borrow());
                 stats
-                    .last_unix_ms
-                    .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+                    .unsaved_since_unix_ms
+                    .store(if newer { now.max(1) } else { 0 }, Ordering::Relaxed);
                 tracing::debug!(
                     table_version = table.version(),
                     routes = table.len(),
@@ -750,6 +802,11 @@ impl StateLock {
             file: None,
             warned: false,
         }
+    }
+
+    /// Whether this process holds the lock (without trying to take it).
+    fn held(&self) -> bool {
+        self.file.is_some()
     }
 
     /// Whether this process holds the lock (taking it if it is free).

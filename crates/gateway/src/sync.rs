@@ -598,6 +598,8 @@ impl Control {
         metrics::gauge!(m::SNAPSHOT_WRITE_BYTES).set(load(&w.last_bytes));
         metrics::gauge!(m::SNAPSHOT_WRITE_TIME).set(load(&w.last_unix_ms) / 1e3);
         metrics::gauge!(m::SNAPSHOT_VERSION).set(load(&w.last_version));
+        metrics::gauge!(m::SNAPSHOT_UNSAVED).set(w.unsaved_seconds(SystemTime::now()));
+        metrics::gauge!(m::STATE_FOLDER_HELD).set(load(&w.folder_held));
         metrics::gauge!(m::SNAPSHOT_LOAD_DURATION).set(self.load_duration.as_secs_f64());
         m::record_process();
         if let Some(tls) = &self.tls {

@@ -935,38 +935,85 @@ async fn a_corrupt_current_snapshot_falls_back_to_the_previous_one() {
     gateway.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_gateway_that_holds_the_state_folder_removes_a_tmp_file() {
+/// Takes the state folder's lock as the gateway that owns the folder holds it (the one a
+/// new gateway is started beside); released when the file is dropped.
+fn hold_state_folder(dir: &Path) -> std::fs::File {
     use std::os::fd::AsRawFd;
-    let dir = tempfile::tempdir().unwrap();
-    write_generation(dir.path(), &RouteTable::from_routes(1, [route("web", &[])]));
-    let tmp = dir.path().join(snapshot::TMP_FILE);
-    // Another gateway owns the folder (the one a new gateway is started beside) and is
-    // writing its table.
     let owner = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.path().join(persist::LOCK_FILE))
+        .open(dir.join(persist::LOCK_FILE))
         .unwrap();
     // SAFETY: flock on a descriptor the test owns.
     let locked = unsafe { libc::flock(owner.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     assert_eq!(locked, 0, "{}", io::Error::last_os_error());
-    std::fs::write(&tmp, b"the owner's write in progress").unwrap();
+    owner
+}
 
+const DISK_VERSION: &str = "switchyard_gateway_snapshot_table_version";
+const UNSAVED: &str = "switchyard_gateway_snapshot_unsaved_seconds";
+const FOLDER_HELD: &str = "switchyard_gateway_state_folder_held";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_beside_the_folders_owner_leaves_its_files_and_saves_once_it_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    write_generation(dir.path(), &RouteTable::from_routes(1, [route("web", &[])]));
+    let owner = hold_state_folder(dir.path());
+    // The owner's write in progress.
+    let tmp = dir.path().join(snapshot::TMP_FILE);
+    std::fs::write(&tmp, b"the owner's write").unwrap();
+
+    let orchestrator = Orchestrator::start().await;
+    let mut feed = orchestrator.stream();
+    let gateway = start(config(dir.path(), &[orchestrator.url()])).await;
+    feed.connected().await;
+    assert_eq!(
+        metric_of(&gateway, DISK_VERSION).await,
+        1.0,
+        "the loaded table"
+    );
+    feed.snapshot(2, &[route("web", &[]), route("api", &[])]);
+    eventually("the new table served, waiting to be saved", || async {
+        is_routed(&gateway, "api").await && metric_of(&gateway, UNSAVED).await > 0.0
+    })
+    .await;
+    assert_eq!(metric_of(&gateway, FOLDER_HELD).await, 0.0);
+    assert_eq!(metric_of(&gateway, DISK_VERSION).await, 1.0);
+    assert_eq!(std::fs::read(&tmp).unwrap(), b"the owner's write");
+
+    // The owner exits: this gateway takes the folder and saves what it serves.
+    drop(owner);
+    eventually("the served table written", || async {
+        metric_of(&gateway, DISK_VERSION).await == 2.0
+    })
+    .await;
+    assert_eq!(metric_of(&gateway, FOLDER_HELD).await, 1.0);
+    assert_eq!(metric_of(&gateway, UNSAVED).await, 0.0);
+    assert!(!tmp.exists(), "its own write replaced the file");
+    gateway.stop().await;
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    assert_eq!(store.load().unwrap().unwrap().meta.table_version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_folders_owner_removes_a_leftover_tmp_file_once_it_holds_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    write_generation(dir.path(), &RouteTable::from_routes(1, [route("web", &[])]));
+    let owner = hold_state_folder(dir.path());
+    let tmp = dir.path().join(snapshot::TMP_FILE);
+    std::fs::write(&tmp, b"the owner's write").unwrap();
+
+    // No orchestrator: this gateway has nothing to write.
     let gateway = start(config(dir.path(), &[])).await;
     assert!(is_routed(&gateway, "web").await);
-    // Stopped: its writer has looked at the lock and ended.
-    gateway.stop().await;
-    assert_eq!(
-        std::fs::read(&tmp).unwrap(),
-        b"the owner's write in progress"
-    );
+    assert_eq!(metric_of(&gateway, FOLDER_HELD).await, 0.0);
+    assert_eq!(std::fs::read(&tmp).unwrap(), b"the owner's write");
 
-    // The owner exits; the next gateway holds the folder and tidies the leftover.
+    // The owner exits, its write never finished: the leftover is this gateway's to tidy.
     drop(owner);
-    let gateway = start(config(dir.path(), &[])).await;
     eventually("the leftover tmp file removed", || async { !tmp.exists() }).await;
+    assert_eq!(metric_of(&gateway, FOLDER_HELD).await, 1.0);
     assert!(is_routed(&gateway, "web").await);
     gateway.stop().await;
 }

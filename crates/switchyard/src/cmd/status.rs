@@ -149,7 +149,21 @@ struct GatewayStatus {
     /// Client connections open, and the most it serves at once (`--max-connections`).
     connections: Option<u64>,
     connections_limit: Option<u64>,
+    /// Table version of its snapshot on disk.
+    snapshot_version: Option<u64>,
+    /// Seconds its served table has waited to be written to disk.
+    snapshot_unsaved_seconds: Option<f64>,
+    /// Snapshot writes that failed since it started.
+    snapshot_write_errors: Option<u64>,
+    /// Whether it holds its state folder's lock (and so writes its table there).
+    state_folder_held: Option<bool>,
 }
+
+/// A gateway whose served table has waited this long to be written to disk is degraded:
+/// a restart would serve the older table on disk. Writes are coalesced to one per
+/// `--snapshot-interval` (500 ms), and a restart beside the old gateway waits a few
+/// seconds for its lock.
+const UNSAVED_WARNING_SECS: f64 = 60.0;
 
 /// A daemon with this share of its open-files limit in use is degraded: at the limit
 /// it accepts no connection. So is a gateway with this share of its connection limit.
@@ -498,6 +512,10 @@ async fn gateway_status(
         open_files_limit: None,
         connections: None,
         connections_limit: None,
+        snapshot_version: None,
+        snapshot_unsaved_seconds: None,
+        snapshot_write_errors: None,
+        state_folder_held: None,
     };
     match &readyz {
         Ok(answer) if answer.status == 200 => {
@@ -531,6 +549,10 @@ async fn gateway_status(
         status.open_files_limit = whole(m::MAX_FDS);
         status.connections = whole(gateway::proxy::metrics::CONNECTIONS_OPEN);
         status.connections_limit = whole(gateway::proxy::metrics::CONNECTIONS_MAX);
+        status.snapshot_version = whole(m::SNAPSHOT_VERSION);
+        status.snapshot_unsaved_seconds = metric(&text, m::SNAPSHOT_UNSAVED);
+        status.snapshot_write_errors = whole(m::SNAPSHOT_WRITE_ERRORS);
+        status.state_folder_held = metric(&text, m::STATE_FOLDER_HELD).map(|held| held > 0.0);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -579,6 +601,29 @@ fn gateway_problems(status: &GatewayStatus, max_staleness: Duration) -> Vec<Stri
         problems.push(format!(
             "{held} route table update held (it would remove {} routes): see GET /admin/held, then POST /admin/confirm",
             status.held_update_removed_routes.unwrap_or(0)
+        ));
+    }
+    if let Some(unsaved) = status
+        .snapshot_unsaved_seconds
+        .filter(|s| *s > UNSAVED_WARNING_SECS)
+    {
+        let why = if status.state_folder_held == Some(false) {
+            "another process holds its state folder (gateway.lock): two gateways given one \
+             --state-dir?"
+                .to_string()
+        } else {
+            format!(
+                "{} snapshot writes failed: see its log (disk full? permissions?)",
+                status.snapshot_write_errors.unwrap_or(0)
+            )
+        };
+        let versions = match (status.snapshot_version, status.table_version) {
+            (Some(disk), Some(served)) => format!(" (version {disk} on disk, {served} served)"),
+            _ => String::new(),
+        };
+        problems.push(format!(
+            "its table has waited {unsaved:.0} s to be written to disk; {why}. A restart now \
+             would serve the older table on disk{versions}"
         ));
     }
     if let Some(stale) = status
@@ -830,6 +875,10 @@ switchyard_gateway_routes_extra 99
             open_files_limit: Some(1024),
             connections: Some(10),
             connections_limit: Some(480),
+            snapshot_version: Some(7),
+            snapshot_unsaved_seconds: Some(0.0),
+            snapshot_write_errors: Some(0),
+            state_folder_held: Some(true),
         };
         let stale = Duration::from_secs(60);
         assert!(gateway_problems(&status(None), stale).is_empty());
@@ -864,6 +913,53 @@ switchyard_gateway_routes_extra 99
         assert!(
             problems[0].starts_with("384 of its 480 connections in use"),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_gateway_whose_table_waits_to_be_saved_is_degraded_with_the_reason() {
+        let status = |unsaved: f64, held: bool, errors: u64| GatewayStatus {
+            name: "gateway-1".into(),
+            admin: "http://127.0.0.1:9080".into(),
+            health: Health::Ok,
+            ready: true,
+            reason: None,
+            routes: Some(3),
+            table_version: Some(9),
+            staleness_seconds: Some(1.0),
+            held_updates: Some(0),
+            held_update_removed_routes: Some(0),
+            tls_certificates: None,
+            tls_days_left: None,
+            open_files: None,
+            open_files_limit: None,
+            connections: None,
+            connections_limit: None,
+            snapshot_version: Some(7),
+            snapshot_unsaved_seconds: Some(unsaved),
+            snapshot_write_errors: Some(errors),
+            state_folder_held: Some(held),
+        };
+        let stale = Duration::from_secs(600);
+        // Writes are coalesced, and a restart waits for the old gateway's lock: a short
+        // wait is normal.
+        assert!(gateway_problems(&status(30.0, false, 0), stale).is_empty());
+        let failing = gateway_problems(&status(61.0, true, 12), stale);
+        assert_eq!(failing.len(), 1, "{failing:?}");
+        assert!(
+            failing[0].starts_with(
+                "its table has waited 61 s to be written to disk; 12 snapshot writes failed"
+            ),
+            "{failing:?}"
+        );
+        assert!(
+            failing[0].ends_with("(version 7 on disk, 9 served)"),
+            "{failing:?}"
+        );
+        let locked_out = gateway_problems(&status(300.0, false, 0), stale);
+        assert!(
+            locked_out[0].contains("another process holds its state folder"),
+            "{locked_out:?}"
         );
     }
 }
