@@ -856,9 +856,9 @@ switchyard_gateway_routes_extra 99
         assert_eq!(open_files_problem(None, Some(10)), None);
     }
 
-    #[test]
-    fn a_gateway_near_certificate_expiry_or_its_open_files_or_connection_limit_is_degraded() {
-        let status = |days: Option<f64>| GatewayStatus {
+    /// A gateway with nothing wrong.
+    fn healthy_gateway() -> GatewayStatus {
+        GatewayStatus {
             name: "gateway-1".into(),
             admin: "http://127.0.0.1:9080".into(),
             health: Health::Ok,
@@ -869,8 +869,8 @@ switchyard_gateway_routes_extra 99
             staleness_seconds: Some(1.0),
             held_updates: Some(0),
             held_update_removed_routes: Some(0),
-            tls_certificates: days.map(|_| 2),
-            tls_days_left: days,
+            tls_certificates: None,
+            tls_days_left: None,
             open_files: Some(100),
             open_files_limit: Some(1024),
             connections: Some(10),
@@ -879,6 +879,15 @@ switchyard_gateway_routes_extra 99
             snapshot_unsaved_seconds: Some(0.0),
             snapshot_write_errors: Some(0),
             state_folder_held: Some(true),
+        }
+    }
+
+    #[test]
+    fn a_gateway_near_certificate_expiry_or_its_open_files_or_connection_limit_is_degraded() {
+        let status = |days: Option<f64>| GatewayStatus {
+            tls_certificates: days.map(|_| 2),
+            tls_days_left: days,
+            ..healthy_gateway()
         };
         let stale = Duration::from_secs(60);
         assert!(gateway_problems(&status(None), stale).is_empty());
@@ -919,26 +928,11 @@ switchyard_gateway_routes_extra 99
     #[test]
     fn a_gateway_whose_table_waits_to_be_saved_is_degraded_with_the_reason() {
         let status = |unsaved: f64, held: bool, errors: u64| GatewayStatus {
-            name: "gateway-1".into(),
-            admin: "http://127.0.0.1:9080".into(),
-            health: Health::Ok,
-            ready: true,
-            reason: None,
-            routes: Some(3),
             table_version: Some(9),
-            staleness_seconds: Some(1.0),
-            held_updates: Some(0),
-            held_update_removed_routes: Some(0),
-            tls_certificates: None,
-            tls_days_left: None,
-            open_files: None,
-            open_files_limit: None,
-            connections: None,
-            connections_limit: None,
-            snapshot_version: Some(7),
             snapshot_unsaved_seconds: Some(unsaved),
             snapshot_write_errors: Some(errors),
             state_folder_held: Some(held),
+            ..healthy_gateway()
         };
         let stale = Duration::from_secs(600);
         // Writes are coalesced, and a restart waits for the old gateway's lock: a short
