@@ -32,6 +32,8 @@ pub struct CheckedTable {
     pub version: u64,
     /// Its routes.
     pub routes: usize,
+    /// When the file was written (its modification time).
+    pub written: std::time::SystemTime,
     /// Files skipped on the way to it, and why.
     pub rejected: Vec<Rejected>,
 }
@@ -93,6 +95,7 @@ pub fn check(config: &Config) -> Result<Checked, Error> {
             generation: loaded.generation,
             version: loaded.table.version(),
             routes: loaded.table.len(),
+            written: loaded.modified,
             rejected: loaded.rejected,
         })
     };

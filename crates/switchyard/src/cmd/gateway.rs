@@ -74,13 +74,17 @@ fn report(checked: &gateway::Checked, now: std::time::SystemTime) -> String {
     let dir = checked.state_dir.display();
     match &checked.table {
         Some(table) => {
+            let age = now
+                .duration_since(table.written)
+                .map_or(0, |age| age.as_secs());
             let _ = writeln!(
                 out,
-                "table: version {}, {} routes, from {} ({} generation)",
+                "table: version {}, {} routes, from {} ({} generation, written {} ago)",
                 table.version,
                 table.routes,
                 table.path.display(),
-                table.generation
+                table.generation,
+                ago(age)
             );
             for rejected in &table.rejected {
                 let _ = writeln!(out, "warning: skipped {rejected}");
@@ -120,4 +124,30 @@ fn report(checked: &gateway::Checked, now: std::time::SystemTime) -> String {
         "ok: a start with this configuration would succeed; nothing was bound or written\n",
     );
     out
+}
+
+/// `seconds` in the largest unit that keeps it a whole number above zero: `42 s`,
+/// `17 min`, `5 h`, `3 days`.
+fn ago(seconds: u64) -> String {
+    match seconds {
+        0..=119 => format!("{seconds} s"),
+        120..=7_199 => format!("{} min", seconds / 60),
+        7_200..=172_799 => format!("{} h", seconds / 3_600),
+        _ => format!("{} days", seconds / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ago;
+
+    #[test]
+    fn ages_are_read_in_the_unit_that_fits() {
+        assert_eq!(ago(0), "0 s");
+        assert_eq!(ago(119), "119 s");
+        assert_eq!(ago(120), "2 min");
+        assert_eq!(ago(7_199), "119 min");
+        assert_eq!(ago(7_200), "2 h");
+        assert_eq!(ago(172_800), "2 days");
+    }
 }

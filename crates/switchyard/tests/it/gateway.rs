@@ -644,7 +644,7 @@ fn a_corrupt_current_snapshot_falls_back_to_the_previous_generation() {
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(
         stdout.contains("table: version 1, 2 routes, from ")
-            && stdout.contains("routes.snap.prev (previous generation)"),
+            && stdout.contains("routes.snap.prev (previous generation, written "),
         "{stdout}"
     );
     assert!(
