@@ -4,8 +4,10 @@
 //! running gateway.
 //!
 //! It takes the steps of [`Gateway::start`](crate::Gateway::start) up to the bind, and
-//! fails where a start would: the settings, the orchestrator URLs, the certificate
-//! folder, the access log, and the state folder's snapshot, decoded whole. What it adds
+//! fails where a start would: the settings, the listen addresses' IPs (not their ports:
+//! binding one beside a running gateway would take some of its connections), the
+//! orchestrator URLs, the certificate folder, the access log, and the state folder's
+//! snapshot, decoded whole. What it adds
 //! is the report: the table a start would serve, where from, and any file skipped on the
 //! way to it.
 //!
@@ -63,6 +65,14 @@ pub fn check(config: &Config) -> Result<Checked, Error> {
     for url in &config.orchestrators {
         config::parse_orchestrator_url(url)?;
     }
+    // The ports are not bound (a listener with SO_REUSEPORT beside the running gateway
+    // would take some of its connections, and drop them on exit), but an address this
+    // host does not have fails here as it would at start.
+    let mut listeners = vec![(config.listen, "proxy"), (config.admin, "admin API")];
+    listeners.extend(config.tls_listen.map(|addr| (addr, "TLS proxy")));
+    for (addr, what) in listeners {
+        local_address(addr).map_err(|source| Error::Bind { what, addr, source })?;
+    }
     let certificates = match &config.tls_certs {
         Some(dir) => {
             let folder = tls::CertFolder::load(dir)?;
@@ -109,6 +119,12 @@ pub fn check(config: &Config) -> Result<Checked, Error> {
         orchestrators: config.orchestrators.len(),
         certificates,
     })
+}
+
+/// Whether `addr`'s IP is one this host can listen on: bound with port 0, which takes
+/// no port anyone uses.
+fn local_address(addr: std::net::SocketAddr) -> io::Result<()> {
+    std::net::TcpListener::bind((addr.ip(), 0)).map(drop)
 }
 
 /// Whether the access log could be opened as a start opens it, without creating it.
