@@ -7,14 +7,14 @@
 //! fails where a start would: the settings, the listen addresses' IPs (not their ports:
 //! binding one beside a running gateway would take some of its connections), the
 //! orchestrator URLs, the certificate folder, the access log, and the state folder's
-//! snapshot, decoded whole. What it adds
-//! is the report: the table a start would serve, where from, and any file skipped on the
-//! way to it.
+//! snapshot, decoded whole. What it adds is the report: the table a start would serve,
+//! where from, and any file skipped on the way to it.
 //!
-//! **Invariant:** writes nothing a running gateway owns. The state folder is opened as a
-//! start opens it (a probe file of this process's own, created and removed at once) only
-//! if it exists; the access log is opened for appending only if it exists, and otherwise
-//! its folder is checked for write access.
+//! **Invariant:** touches nothing a running gateway owns. It binds port 0 alone (to try
+//! each listen address's IP). The state folder is opened as a start opens it (a probe
+//! file of this process's own, created and removed at once) only if it exists; the
+//! access log is opened for appending only if it exists, and otherwise its folder is
+//! checked for write access.
 
 use std::fs::OpenOptions;
 use std::io;

@@ -14,11 +14,12 @@ pub struct Args {
     #[arg(long, env = "SWITCHYARD_GATEWAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
 
-    /// Check the configuration and the state folder, then exit: the settings, the
-    /// orchestrator URLs, the certificates, the access log, and the snapshot a start
-    /// would serve (decoded whole; any file skipped on the way named). Binds, serves and
-    /// writes nothing, so it can run beside a gateway on the same folder. Exits 0 when a
-    /// start would succeed, 1 with the reason otherwise.
+    /// Check the configuration and the state folder, then exit: the settings, that the
+    /// listen addresses are this host's, the orchestrator URLs, the certificates, the
+    /// access log, and the snapshot a start would serve (decoded whole; any file skipped
+    /// on the way named). Binds no port, serves and writes nothing, so it can run beside
+    /// a gateway on the same folder. Exits 0 when a start would succeed, 1 with the
+    /// reason otherwise.
     #[arg(long)]
     check: bool,
 
@@ -139,7 +140,42 @@ fn ago(seconds: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::ago;
+    use std::time::{Duration, SystemTime};
+
+    use super::{ago, report};
+
+    #[test]
+    fn the_report_names_the_table_its_age_and_what_expires() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let checked = |expiry: i64| gateway::Checked {
+            state_dir: "/var/lib/gw".into(),
+            table: Some(gateway::CheckedTable {
+                path: "/var/lib/gw/routes.snap".into(),
+                generation: gateway::snapshot::Generation::Current,
+                version: 7,
+                routes: 3,
+                written: now - Duration::from_secs(300),
+                rejected: Vec::new(),
+            }),
+            state_dir_missing: false,
+            orchestrators: 2,
+            certificates: Some((4, Some(1_000_000_000 + expiry))),
+        };
+        let text = report(&checked(3 * 86_400), now);
+        assert_eq!(
+            text,
+            "table: version 7, 3 routes, from /var/lib/gw/routes.snap (current generation, \
+             written 5 min ago)\n\
+             orchestrators: 2\n\
+             TLS: 4 certificate file(s); the first expires in 3.0 days\n\
+             ok: a start with this configuration would succeed; nothing was bound or written\n"
+        );
+        let expired = report(&checked(-86_400), now);
+        assert!(
+            expired.contains("TLS: 4 certificate file(s); warning: one EXPIRED 1.0 days ago"),
+            "{expired}"
+        );
+    }
 
     #[test]
     fn ages_are_read_in_the_unit_that_fits() {
