@@ -1319,26 +1319,16 @@ impl Bench<'_> {
                 peers::write_file(&conf, &text)?;
                 peers::nginx_command(&self.nginx.path, dir, &conf)
             }
-            Peer::Haproxy => {
+            Peer::Haproxy | Peer::HaproxyTcp => {
                 let haproxy = self.haproxy.as_ref().context("haproxy is not installed")?;
                 let conf = dir.join("haproxy.cfg");
-                let text = peers::haproxy_conf(
-                    port,
-                    backend_port,
-                    one,
-                    front,
-                    self.args.connections,
-                    self.args.access_log,
-                );
-                peers::write_file(&conf, &text)?;
-                let mut command = Command::new(&haproxy.path);
-                command.arg("-db").arg("-f").arg(&conf);
-                command
-            }
-            Peer::HaproxyTcp => {
-                let haproxy = self.haproxy.as_ref().context("haproxy is not installed")?;
-                let conf = dir.join("haproxy.cfg");
-                let text = peers::haproxy_tcp_conf(port, backend_port, one, self.args.connections);
+                let connections = self.args.connections;
+                let text = if peer == Peer::HaproxyTcp {
+                    peers::haproxy_tcp_conf(port, backend_port, one, connections)
+                } else {
+                    let log = self.args.access_log;
+                    peers::haproxy_conf(port, backend_port, one, front, connections, log)
+                };
                 peers::write_file(&conf, &text)?;
                 let mut command = Command::new(&haproxy.path);
                 command.arg("-db").arg("-f").arg(&conf);
