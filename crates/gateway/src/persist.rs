@@ -792,7 +792,10 @@ pub const LOCK_FILE: &str = "gateway.lock";
 struct StateLock {
     path: PathBuf,
     file: Option<File>,
+    /// Whether another process was found holding the lock.
     warned: bool,
+    /// Why the lock file could not be opened last time, if it could not.
+    open_failed: Option<io::ErrorKind>,
 }
 
 impl StateLock {
@@ -801,6 +804,7 @@ impl StateLock {
             path: dir.join(LOCK_FILE),
             file: None,
             warned: false,
+            open_failed: None,
         }
     }
 
@@ -822,10 +826,16 @@ impl StateLock {
         {
             Ok(file) => file,
             Err(e) => {
-                tracing::error!(path = %self.path.display(), error = %e, "cannot open the state folder's lock file");
+                // Tried every second: said once for each kind of failure.
+                if self.open_failed.replace(e.kind()) == Some(e.kind()) {
+                    tracing::debug!(path = %self.path.display(), error = %e, "cannot open the state folder's lock file");
+                } else {
+                    tracing::error!(path = %self.path.display(), error = %e, "cannot open the state folder's lock file; no snapshot is written until it can");
+                }
                 return false;
             }
         };
+        self.open_failed = None;
         // SAFETY: flock on a file descriptor this function owns.
         let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
         if locked {

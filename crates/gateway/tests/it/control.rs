@@ -1018,6 +1018,33 @@ async fn the_folders_owner_removes_a_leftover_tmp_file_once_it_holds_the_lock() 
     gateway.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_file_that_cannot_be_opened_leaves_the_table_unsaved_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    write_generation(dir.path(), &RouteTable::from_routes(1, [route("web", &[])]));
+    // A folder where the lock file should be: opening it for writing fails, even as root.
+    std::fs::create_dir(dir.path().join(persist::LOCK_FILE)).unwrap();
+
+    let orchestrator = Orchestrator::start().await;
+    let mut feed = orchestrator.stream();
+    let gateway = start(config(dir.path(), &[orchestrator.url()])).await;
+    feed.connected().await;
+    feed.snapshot(2, &[route("web", &[]), route("api", &[])]);
+    eventually("the new table served, waiting to be saved", || async {
+        is_routed(&gateway, "api").await && metric_of(&gateway, UNSAVED).await > 0.0
+    })
+    .await;
+    assert_eq!(metric_of(&gateway, FOLDER_HELD).await, 0.0);
+    assert_eq!(metric_of(&gateway, DISK_VERSION).await, 1.0);
+    gateway.stop().await;
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.load().unwrap().unwrap().meta.table_version,
+        1,
+        "nothing written without the lock"
+    );
+}
+
 /// Rewrites a snapshot file's format version (and its prefix CRC, so it reads as a
 /// well-formed file from a newer binary).
 fn make_newer(path: &Path) {
