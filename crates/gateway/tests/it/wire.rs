@@ -1038,7 +1038,7 @@ async fn heads_refused_before_they_are_read_are_counted_and_logged() {
     let fields = |line: &serde_json::Value| {
         ["method", "host", "path", "protocol"].map(|field| line[field].as_str().unwrap().to_owned())
     };
-    let refused: Vec<_> = logged
+    let mut refused: Vec<_> = logged
         .iter()
         .filter(|line| line["status"] != 200)
         .map(|line| {
@@ -1050,12 +1050,12 @@ async fn heads_refused_before_they_are_read_are_counted_and_logged() {
     let unread = || ["", "", "", ""].map(String::from);
     let own = ["GET", "", "/big?q=1", "HTTP/1.1"].map(String::from);
     let hypers = ["GET", "app.test", "/big", "HTTP/1.0"].map(String::from);
-    // In the order they ended.
-    assert_eq!(
-        refused,
-        [(400, unread()), (431, own), (431, hypers), (431, unread())],
-        "{logged:?}"
-    );
+    // In any order: hyper's 400 is logged when its connection lets the request go,
+    // which may be after the next connection's 431 (seen under a CPU hog).
+    refused.sort();
+    let mut expected = [(400, unread()), (431, own), (431, hypers), (431, unread())];
+    expected.sort();
+    assert_eq!(refused, expected, "{logged:?}");
 
     let rendered = metrics.render();
     for line in [
