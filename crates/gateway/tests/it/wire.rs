@@ -896,7 +896,8 @@ async fn every_request_is_one_line_of_the_access_log_on_either_path() {
 
     let logged = logged_lines(&log, &path, 5).await;
     assert_eq!(logged.len(), 5, "{logged:?}");
-    // A line is written as its request ends: in the order they ended.
+    // A line is written as its request ends, which may not be the order they were sent
+    // in: each is found by what it holds.
     let with = |host: &str, field: &str, value: serde_json::Value| {
         let found: Vec<_> = logged
             .iter()
