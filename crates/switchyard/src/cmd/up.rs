@@ -693,14 +693,37 @@ async fn restart(
         return Ok(proc.component.pid.expect("just started"));
     }
     // Beside the old one: it keeps serving until the new one is ready.
-    let new = proc.spawn(exe)?;
+    let mut new = proc.spawn(exe)?;
     let pid = new.id();
     let admin = proc
         .component
         .admin
         .clone()
         .expect("a gateway has an admin URL");
-    if let Err(err) = wait_ready(proc, &admin, Some(pid), Duration::from_secs(120)).await {
+    let ready = {
+        let ready = wait_ready(proc, &admin, Some(pid), Duration::from_secs(120));
+        tokio::pin!(ready);
+        // The old gateway answers on the same admin port meanwhile: a new one that
+        // exits at start (a configuration or folder it refuses) is noticed at once,
+        // not at the readiness timeout.
+        loop {
+            tokio::select! {
+                ready = &mut ready => break ready,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if let Ok(Some(status)) = new.try_wait() {
+                        // Reaped: its pid may be another process's now, so no signal.
+                        return Err(anyhow::anyhow!(
+                            "the new gateway exited at start ({status}); the old one still \
+                             serves; last lines of {}:\n{}",
+                            proc.log.display(),
+                            proc.log_tail()
+                        ));
+                    }
+                }
+            }
+        }
+    };
+    if let Err(err) = ready {
         terminate(new, Duration::from_secs(10)).await;
         return Err(err.context("the new gateway did not become ready; the old one still serves"));
     }

@@ -282,6 +282,30 @@ fn up_serves_the_demo_apps_survives_an_upgrade_under_load_and_stops_cleanly() {
         "only the 3 backends keep their pids: {before:?} -> {after:?}"
     );
 
+    // A gateway that would not start (its access log's path is now a folder): the upgrade
+    // stops at it with the reason as soon as the new process exits, and the old one
+    // serves on.
+    let gateway_pid = |up: &Up| up.region()["gateways"][0]["pid"].as_u64();
+    let serving = gateway_pid(&up);
+    std::fs::remove_file(&access_log).unwrap();
+    std::fs::create_dir(&access_log).unwrap();
+    let refused = up.upgrade();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("gateway-1")
+            && stderr.contains("exited at start")
+            && stderr.contains("cannot open the access log"),
+        "{stderr}"
+    );
+    assert_eq!(gateway_pid(&up), serving);
+    for gateway in &up.gateways {
+        assert!(get(*gateway, "hello.localhost")
+            .unwrap()
+            .starts_with("hello from backend-"));
+    }
+    std::fs::remove_dir(&access_log).unwrap();
+
     // An orchestrator held not ready: the upgrade refuses and touches nothing.
     let zk = up.region()["zk"].as_str().unwrap().to_string();
     let squatter = hold_a_shard(&zk);
