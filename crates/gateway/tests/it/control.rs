@@ -955,24 +955,26 @@ const DISK_VERSION: &str = "switchyard_gateway_snapshot_table_version";
 const UNSAVED: &str = "switchyard_gateway_snapshot_unsaved_seconds";
 const FOLDER_HELD: &str = "switchyard_gateway_state_folder_held";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_beside_the_folders_owner_leaves_its_files_and_saves_once_it_is_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    write_generation(dir.path(), &RouteTable::from_routes(1, [route("web", &[])]));
-    let owner = hold_state_folder(dir.path());
-    // The owner's write in progress.
-    let tmp = dir.path().join(snapshot::TMP_FILE);
+/// A state folder with table version 1 (`web`), owned by another gateway that is writing
+/// its table: its lock, and its `routes.snap.tmp`, returned.
+fn folder_owned_by_another(dir: &Path) -> (std::fs::File, std::path::PathBuf) {
+    write_generation(dir, &RouteTable::from_routes(1, [route("web", &[])]));
+    let owner = hold_state_folder(dir);
+    let tmp = dir.join(snapshot::TMP_FILE);
     std::fs::write(&tmp, b"the owner's write").unwrap();
+    (owner, tmp)
+}
 
+/// Starts a gateway on `dir` (version 1 on disk) whose writer cannot take the folder, and
+/// hands it version 2 (`api` too) from an orchestrator: it serves that table, which waits
+/// unsaved, version 1 still on disk, and says so. The orchestrator stays with it.
+async fn serving_an_unsaved_table(dir: &Path) -> (Gateway, Orchestrator, Feed) {
     let orchestrator = Orchestrator::start().await;
     let mut feed = orchestrator.stream();
-    let gateway = start(config(dir.path(), &[orchestrator.url()])).await;
+    let gateway = start(config(dir, &[orchestrator.url()])).await;
     feed.connected().await;
-    assert_eq!(
-        metric_of(&gateway, DISK_VERSION).await,
-        1.0,
-        "the loaded table"
-    );
+    let loaded = metric_of(&gateway, DISK_VERSION).await;
+    assert_eq!(loaded, 1.0, "the loaded table");
     feed.snapshot(2, &[route("web", &[]), route("api", &[])]);
     eventually("the new table served, waiting to be saved", || async {
         is_routed(&gateway, "api").await && metric_of(&gateway, UNSAVED).await > 0.0
@@ -980,6 +982,14 @@ async fn a_gateway_beside_the_folders_owner_leaves_its_files_and_saves_once_it_i
     .await;
     assert_eq!(metric_of(&gateway, FOLDER_HELD).await, 0.0);
     assert_eq!(metric_of(&gateway, DISK_VERSION).await, 1.0);
+    (gateway, orchestrator, feed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_beside_the_folders_owner_leaves_its_files_and_saves_once_it_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (owner, tmp) = folder_owned_by_another(dir.path());
+    let (gateway, _orchestrator, _feed) = serving_an_unsaved_table(dir.path()).await;
     assert_eq!(std::fs::read(&tmp).unwrap(), b"the owner's write");
 
     // The owner exits: this gateway takes the folder and saves what it serves.
@@ -999,10 +1009,7 @@ async fn a_gateway_beside_the_folders_owner_leaves_its_files_and_saves_once_it_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_folders_owner_removes_a_leftover_tmp_file_once_it_holds_the_lock() {
     let dir = tempfile::tempdir().unwrap();
-    write_generation(dir.path(), &RouteTable::from_routes(1, [route("web", &[])]));
-    let owner = hold_state_folder(dir.path());
-    let tmp = dir.path().join(snapshot::TMP_FILE);
-    std::fs::write(&tmp, b"the owner's write").unwrap();
+    let (owner, tmp) = folder_owned_by_another(dir.path());
 
     // No orchestrator: this gateway has nothing to write.
     let gateway = start(config(dir.path(), &[])).await;
@@ -1025,17 +1032,7 @@ async fn a_lock_file_that_cannot_be_opened_leaves_the_table_unsaved_and_says_so(
     // A folder where the lock file should be: opening it for writing fails, even as root.
     std::fs::create_dir(dir.path().join(persist::LOCK_FILE)).unwrap();
 
-    let orchestrator = Orchestrator::start().await;
-    let mut feed = orchestrator.stream();
-    let gateway = start(config(dir.path(), &[orchestrator.url()])).await;
-    feed.connected().await;
-    feed.snapshot(2, &[route("web", &[]), route("api", &[])]);
-    eventually("the new table served, waiting to be saved", || async {
-        is_routed(&gateway, "api").await && metric_of(&gateway, UNSAVED).await > 0.0
-    })
-    .await;
-    assert_eq!(metric_of(&gateway, FOLDER_HELD).await, 0.0);
-    assert_eq!(metric_of(&gateway, DISK_VERSION).await, 1.0);
+    let (gateway, _orchestrator, _feed) = serving_an_unsaved_table(dir.path()).await;
     gateway.stop().await;
     let store = SnapshotStore::open(dir.path()).unwrap();
     assert_eq!(
