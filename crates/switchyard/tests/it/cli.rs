@@ -752,6 +752,9 @@ fn status_reports_zookeeper_orchestrators_and_gateways() {
     assert!(gw["table_version"].as_u64().unwrap() > 0, "{out}");
     assert!(gw["staleness_seconds"].is_f64(), "{out}");
     assert_eq!(gw["held_updates"], 0);
+    // It writes its table to its own state folder.
+    assert_eq!(gw["state_folder_held"], true, "{out}");
+    assert!(gw["snapshot_unsaved_seconds"].is_f64(), "{out}");
     // Its connection limit, from the open-files limit it runs under.
     assert!(gw["connections_limit"].as_u64().unwrap() >= 16, "{out}");
     assert!(gw["connections"].as_u64().is_some(), "{out}");
