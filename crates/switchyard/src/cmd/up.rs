@@ -712,12 +712,12 @@ async fn restart(
                 () = tokio::time::sleep(Duration::from_millis(200)) => {
                     if let Ok(Some(status)) = new.try_wait() {
                         // Reaped: its pid may be another process's now, so no signal.
-                        return Err(anyhow::anyhow!(
+                        bail!(
                             "the new gateway exited at start ({status}); the old one still \
                              serves; last lines of {}:\n{}",
                             proc.log.display(),
                             proc.log_tail()
-                        ));
+                        );
                     }
                 }
             }
