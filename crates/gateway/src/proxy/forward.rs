@@ -1,8 +1,8 @@
 //! One request through the proxy: find its route by host, pick a backend, rewrite the
 //! request, send it on a pooled (or new) connection, and stream the answer back.
 //!
-//! A request without a body that asks for no upgrade goes on a plain pooled socket
-//! (`h1::bridge`, as on the own HTTP/1.1 path); the others on hyper's client.
+//! A request that asks for no upgrade goes on a plain pooled socket (`h1::bridge`, as
+//! on the own HTTP/1.1 path); an upgrade on hyper's client.
 //!
 //! Retries. A request is re-sent only when no backend can have seen it:
 //! - a pooled connection that turns out closed hands the request back unsent (hyper's
@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
@@ -241,7 +242,7 @@ async fn forward(
         upgrade,
     );
     let retry_elsewhere = is_idempotent(req.method()) && req.body().is_end_stream();
-    if !upgrade && req.body().is_end_stream() {
+    if !upgrade {
         return bridged(conn, upstream, req, retry_elsewhere, &host, request).await;
     }
     let progress = (!req.body().is_end_stream()).then(|| Arc::new(Progress::new()));
@@ -318,9 +319,8 @@ async fn forward(
     }))
 }
 
-/// [`forward`] for a request with no body that asks for no upgrade (prepared for its
-/// backend): sent on the own path's plain backend sockets (`h1::bridge`), not hyper's
-/// client.
+/// [`forward`] for a request that asks for no upgrade (prepared for its backend): sent
+/// on the own path's plain backend sockets (`h1::bridge`), not hyper's client.
 async fn bridged(
     conn: &Arc<ClientConn>,
     upstream: Arc<Upstream>,
@@ -330,9 +330,36 @@ async fn bridged(
     request: &mut Option<RequestGuard>,
 ) -> Result<Response<ResponseBody>, Failure> {
     let proxy = &*conn.proxy;
-    let (parts, _) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
+    // The body's framing is the one hyper's server holds it to: its exact length, or
+    // chunked, whatever `Content-Length` the head had beside a coding.
+    let upload = match body.size_hint().exact() {
+        _ if body.is_end_stream() => None,
+        Some(0) => {
+            // A length of 0 on an HTTP/2 stream that has not ended: the head alone
+            // would be a whole request to the backend, and data may still come that
+            // makes the client's request malformed. Its end is awaited first.
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| Failure::BadBody)?;
+                if frame.data_ref().is_some_and(|data| !data.is_empty()) {
+                    return Err(Failure::BadBody);
+                }
+            }
+            None
+        }
+        length => {
+            match length {
+                Some(length) => parts
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(length)),
+                None => parts.headers.remove(CONTENT_LENGTH),
+            };
+            Some(bridge::Upload::new(body, length.is_none()))
+        }
+    };
+    let chunked = upload.as_ref().is_some_and(bridge::Upload::is_chunked);
     let mut head = Vec::with_capacity(512);
-    bridge::write_request(&parts, &mut head);
+    bridge::write_request(&parts, chunked, &mut head);
     let to_head = parts.method == Method::HEAD;
     drop(parts);
 
@@ -342,8 +369,16 @@ async fn bridged(
     }
     // Waiting for a head is bounded by the first-byte timeout, not the idle one.
     let waiting = conn.activity.hold();
-    let (parts, body, answered_by) =
-        bridge::exchange(proxy, upstream, &head, host, to_head, retry_elsewhere).await?;
+    let (parts, body, answered_by) = bridge::exchange(
+        proxy,
+        upstream,
+        &head,
+        host,
+        to_head,
+        retry_elsewhere,
+        upload,
+    )
+    .await?;
     drop(waiting);
     proxy.metrics.upstream_duration(started.elapsed());
     if let Some(request) = request.as_mut() {

@@ -116,15 +116,25 @@ impl TestBackend {
 }
 
 /// `/` (and anything else): the name. `/headers`: the request's headers, one
-/// `name: value` per line. `/echo`: the request body, streamed back. `/close`: closes
-/// the connection without answering. `/stall`: never answers. `/late`: answers after a
-/// second. `/hop`: an answer with hop-by-hop headers. `/ws`: accepts an
-/// `Upgrade: echo` and echoes bytes after it. `/empty`: 204.
+/// `name: value` per line. `/echo`: the request body, streamed back. `/count`: the
+/// request body's length, once all of it is in. `/refuse`: 413 at once, the body
+/// unread. `/close`: closes the connection without answering. `/stall`: never answers.
+/// `/late`: answers after a second. `/hop`: an answer with hop-by-hop headers. `/ws`:
+/// accepts an `Upgrade: echo` and echoes bytes after it. `/empty`: 204.
 fn named_handler(name: &'static str) -> Handler {
     handler(move |mut req: Request<Incoming>| async move {
         let response = match req.uri().path() {
             "/headers" => Response::new(text(dump(req.headers()))),
             "/echo" => Response::new(req.into_body().map_err(BoxError::from).boxed()),
+            "/count" => {
+                let body = req.into_body().collect().await;
+                let body = body.map_err(io::Error::other)?.to_bytes();
+                Response::new(text(body.len().to_string()))
+            }
+            "/refuse" => Response::builder()
+                .status(StatusCode::PAYLOAD_TOO_LARGE)
+                .body(text("refused\n"))
+                .unwrap(),
             "/close" => return Err(io::Error::other("closing without an answer")),
             "/stall" => std::future::pending().await,
             "/late" => {
@@ -571,44 +581,63 @@ where
     (len, hasher.finish())
 }
 
+/// The gates of a [`streaming_backend`]'s next upload and download.
+#[derive(Default)]
+struct Gates {
+    upload: Arc<Mutex<Option<oneshot::Sender<()>>>>,
+    download: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
+}
+
+/// A backend whose `/sink` reads the request body, opening the upload's gate at its
+/// first bytes, and answers with its length, its hash and how it was framed
+/// (`chunked` or `length`); and whose `/pattern` sends a [`Pattern`] that waits for
+/// the download's gate (the client's first bytes) before sending more than
+/// [`GATE_AT`] chunks.
+async fn streaming_backend() -> (TestBackend, Gates) {
+    let gates = Gates::default();
+    let upload_gate = Arc::clone(&gates.upload);
+    let download_gate = Arc::clone(&gates.download);
+    let backend = TestBackend::start(handler(move |req: Request<Incoming>| {
+        let upload_gate = upload_gate.lock().unwrap().take();
+        let download_gate = download_gate.lock().unwrap().take();
+        async move {
+            match req.uri().path() {
+                "/sink" => {
+                    let framing = if req.headers().contains_key("transfer-encoding") {
+                        "chunked"
+                    } else if req.headers().contains_key("content-length") {
+                        "length"
+                    } else {
+                        "none"
+                    };
+                    let (len, hash) = digest(req.into_body(), upload_gate).await;
+                    Ok(Response::new(text(format!("{len} {hash} {framing}"))))
+                }
+                _ => Ok(Response::new(
+                    Pattern {
+                        next: 0,
+                        gate: download_gate,
+                        exact_size: true,
+                    }
+                    .boxed(),
+                )),
+            }
+        }
+    }))
+    .await;
+    (backend, gates)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_64_mib_each_way_without_buffering_it() {
-    // The backend's /sink opens the upload's gate at its first bytes; its /pattern
-    // waits for the client's first bytes before sending more than GATE_AT chunks.
-    let upload_gate: Arc<Mutex<Option<oneshot::Sender<()>>>> = Arc::default();
-    let download_gate: Arc<Mutex<Option<oneshot::Receiver<()>>>> = Arc::default();
-    let backend = TestBackend::start({
-        let upload_gate = Arc::clone(&upload_gate);
-        let download_gate = Arc::clone(&download_gate);
-        handler(move |req: Request<Incoming>| {
-            let upload_gate = upload_gate.lock().unwrap().take();
-            let download_gate = download_gate.lock().unwrap().take();
-            async move {
-                match req.uri().path() {
-                    "/sink" => {
-                        let (len, hash) = digest(req.into_body(), upload_gate).await;
-                        Ok(Response::new(text(format!("{len} {hash}"))))
-                    }
-                    _ => Ok(Response::new(
-                        Pattern {
-                            next: 0,
-                            gate: download_gate,
-                            exact_size: true,
-                        }
-                        .boxed(),
-                    )),
-                }
-            }
-        })
-    })
-    .await;
+    let (backend, gates) = streaming_backend().await;
     let gateway = Gateway::start(vec![route("big", &["big.test"], &[(backend.addr, 1)])]).await;
     let mut client = gateway.client().await;
     let (expected_len, expected_hash) = expected_digest();
 
     // Upload: chunked, of unknown length.
     let (open_upload, upload_opened) = oneshot::channel();
-    *upload_gate.lock().unwrap() = Some(open_upload);
+    *gates.upload.lock().unwrap() = Some(open_upload);
     let body = Pattern {
         next: 0,
         gate: Some(upload_opened),
@@ -624,11 +653,11 @@ async fn streams_64_mib_each_way_without_buffering_it() {
         .await
         .unwrap()
         .to_bytes();
-    assert_eq!(answer, format!("{expected_len} {expected_hash}"));
+    assert_eq!(answer, format!("{expected_len} {expected_hash} chunked"));
 
     // Download: with a Content-Length.
     let (open_download, download_opened) = oneshot::channel();
-    *download_gate.lock().unwrap() = Some(download_opened);
+    *gates.download.lock().unwrap() = Some(download_opened);
     let req = Request::get("/pattern")
         .header(HOST, "big.test")
         .body(empty())
@@ -641,6 +670,150 @@ async fn streams_64_mib_each_way_without_buffering_it() {
     );
     let got = within(digest(response.into_body(), Some(open_download))).await;
     assert_eq!(got, (expected_len, expected_hash));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_64_mib_up_over_http2_with_or_without_a_length_on_one_pooled_socket() {
+    let (backend, gates) = streaming_backend().await;
+    let gateway = Gateway::start(vec![route("big", &["big.test"], &[(backend.addr, 1)])]).await;
+    let sender = http2_client::<Pattern>(gateway.addr).await;
+    let (expected_len, expected_hash) = expected_digest();
+    // HTTP/2 frames a body by itself: the backend gets it chunked, or with the length
+    // the client stated.
+    for (exact_size, framing) in [(false, "chunked"), (true, "length")] {
+        let (open_upload, upload_opened) = oneshot::channel();
+        *gates.upload.lock().unwrap() = Some(open_upload);
+        let body = Pattern {
+            next: 0,
+            gate: Some(upload_opened),
+            exact_size,
+        };
+        let req = Request::post("http://big.test/sink").body(body).unwrap();
+        let response = within(sender.clone().send_request(req)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let answer = within(response.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(answer, format!("{expected_len} {expected_hash} {framing}"));
+    }
+    // Both went on one plain socket, back in the pool after each.
+    let stats = || gateway.proxy.backend(&backend.addr.to_string()).unwrap();
+    eventually(|| stats().idle_connections == 1 && stats().in_flight == 0).await;
+    assert_eq!(stats().connects_total, 1, "{:?}", stats());
+}
+
+/// A request body the test sends frame by frame; it ends when the sender is dropped.
+struct Fed(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for Fed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|data| data.map(|data| Ok(Frame::data(data))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_end_of_an_http2_upload_reaches_the_client_and_ends_its_socket() {
+    let backend = TestBackend::named("app").await;
+    let gateway = Gateway::start(vec![route("app", &["app.test"], &[(backend.addr, 1)])]).await;
+    let stats = || gateway.proxy.backend(&backend.addr.to_string()).unwrap();
+    let mut sender = http2_client::<Fed>(gateway.addr).await;
+
+    // An upload that has not ended, refused by the backend without reading it.
+    let (feed, body) = tokio::sync::mpsc::channel(4);
+    feed.send(Bytes::from_static(b"the start of a long upload"))
+        .await
+        .unwrap();
+    let req = Request::post("http://app.test/refuse")
+        .body(Fed(body))
+        .unwrap();
+    let response = within(sender.send_request(req)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let answer = within(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(answer, "refused\n");
+    eventually(|| stats().in_flight == 0).await;
+    // The backend was left a request cut short: its socket is not pooled.
+    assert_eq!(stats().idle_connections, 0, "{:?}", stats());
+    drop(feed);
+
+    // A body that ends with no data (its stream ended by an empty frame), then one
+    // fed in pieces and counted once all of it is in: each on the pooled socket.
+    let (feed, body) = tokio::sync::mpsc::channel(4);
+    drop(feed);
+    let req = Request::post("http://app.test/count")
+        .body(Fed(body))
+        .unwrap();
+    let response = within(sender.send_request(req)).await.unwrap();
+    let answer = within(response.into_body().collect()).await.unwrap();
+    assert_eq!(answer.to_bytes(), "0");
+    let (feed, body) = tokio::sync::mpsc::channel(4);
+    let req = Request::post("http://app.test/count")
+        .body(Fed(body))
+        .unwrap();
+    let response = tokio::spawn(sender.send_request(req));
+    for piece in ["one ", "two ", "three"] {
+        feed.send(Bytes::from_static(piece.as_bytes()))
+            .await
+            .unwrap();
+    }
+    drop(feed);
+    let response = within(response).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer = within(response.into_body().collect()).await.unwrap();
+    assert_eq!(answer.to_bytes(), "13");
+    eventually(|| stats().idle_connections == 1 && stats().in_flight == 0).await;
+    assert_eq!(stats().connects_total, 2, "{:?}", stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_byte_timeout_counts_from_the_last_bytes_of_an_http2_upload() {
+    let backend = TestBackend::named("app").await;
+    let config = ProxyConfig {
+        first_byte_timeout: Duration::from_secs(1),
+        ..ProxyConfig::default()
+    };
+    let gateway = Gateway::for_app(&backend, config).await;
+    let mut sender = http2_client::<Fed>(gateway.addr).await;
+    // An upload that takes longer than the timeout, its pieces well within it of each
+    // other; the backend answers once it has all of it.
+    let (feed, body) = tokio::sync::mpsc::channel(4);
+    let req = Request::post("http://app.test/count")
+        .body(Fed(body))
+        .unwrap();
+    let response = tokio::spawn(sender.send_request(req));
+    for _ in 0..6 {
+        feed.send(Bytes::from_static(b"0123456789")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop(feed);
+    let response = within(response).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer = within(response.into_body().collect()).await.unwrap();
+    assert_eq!(answer.to_bytes(), "60");
+
+    // And one that stops mid-way is the backend's wait, timed out.
+    let (feed, body) = tokio::sync::mpsc::channel(4);
+    feed.send(Bytes::from_static(b"and then nothing"))
+        .await
+        .unwrap();
+    let req = Request::post("http://app.test/count")
+        .body(Fed(body))
+        .unwrap();
+    let response = within(sender.send_request(req)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    drop(feed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,41 +1,54 @@
-//! Requests of hyper's path (HTTP/2, HTTP/1.0) that have no body and ask for no
-//! upgrade, sent to their backend on the own path's plain pooled sockets instead of
-//! hyper's client: the head written here, the answer's head parsed with httparse
-//! ([`head::response_parts`]) and its body read, de-chunked, by the client's stream
-//! itself ([`RawBody`]).
+//! Requests of hyper's path (HTTP/2, HTTP/1.0) that ask for no upgrade, sent to their
+//! backend on the own path's plain pooled sockets instead of hyper's client: the head
+//! written here, the request's body (if any) sent as the client's stream yields it
+//! ([`Upload`]), the answer's head parsed with httparse ([`head::response_parts`]) and
+//! its body read, de-chunked, by the client's stream itself ([`RawBody`]).
 //!
 //! With hyper's client a request crossed the stream's task, the backend connection's
 //! driver task and the body channel between them; on all cores over HTTP/2 that made
 //! the gateway 0.81x nginx's requests/s at 1.31x its CPU per request
-//! (docs/BENCHMARKS.md). Requests with a body, and upgrades, still go through hyper's
-//! client.
+//! (docs/BENCHMARKS.md). Upgrades still go through hyper's client.
+//!
+//! A body goes on while the answer is awaited and while it is streamed back (a backend
+//! may answer before it has read it all), driven by whoever waits: the exchange until
+//! the answer's head, then the client's stream as it polls the answer's body.
 //!
 //! **Invariant:** as on the own path, a socket goes back to its pool only after an
-//! answer that ended where its framing said, with nothing after it; and a request is
+//! answer that ended where its framing said, with nothing after it, to a request whose
+//! body was sent whole; and a request is
 //! sent again (on another socket) only when its first write failed, before any byte of
 //! it left, or when, idempotent, it went out on a socket pooled for a second or more
 //! that closed before any byte of an answer (`RESEND_AFTER_IDLE_MS`).
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Body, Incoming};
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::framing::BodyEnd;
 use super::head;
 use super::{read_now, resend, spare, READ_SIZE, RESEND_AFTER_IDLE_MS};
 use crate::proxy::answer::Failure;
-use crate::proxy::body::ms_of;
+use crate::proxy::body::{ms_of, Progress};
 use crate::proxy::forward::connect_failed;
 use crate::proxy::upstream::{Lease, RawConn, Upstream};
 use crate::proxy::{warn_bad_answer, warn_stray_bytes, Proxy};
 
 /// Writes the head of `parts` (a request as `headers::prepare_request` left it: HTTP/1.1
-/// in origin form, with its `Host`) for a backend, to `out`.
-pub(in crate::proxy) fn write_request(parts: &http::request::Parts, out: &mut Vec<u8>) {
+/// in origin form, with its `Host`) for a backend, to `out`; `chunked`: with
+/// `Transfer-Encoding: chunked`, for a body of no stated length.
+pub(in crate::proxy) fn write_request(
+    parts: &http::request::Parts,
+    chunked: bool,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -47,14 +60,18 @@ pub(in crate::proxy) fn write_request(parts: &http::request::Parts, out: &mut Ve
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
     out.extend_from_slice(b"\r\n");
 }
 
 /// Sends `request` (a head, see [`write_request`]) to `upstream`, on a pooled socket
 /// (another if it turns out closed) or a new one; after a failed connect, once to
-/// another backend of the route of `host` if `retry_elsewhere`. Returns the answer's
-/// head and its body, once the head is in (within the first-byte timeout), and the
-/// backend that gave them.
+/// another backend of the route of `host` if `retry_elsewhere`; then its body, if it
+/// has one (`upload`). Returns the answer's head and its body, once the head is in
+/// (within the first-byte timeout, counted from when the request's body last moved),
+/// and the backend that gave them.
 pub(in crate::proxy) async fn exchange(
     proxy: &Proxy,
     upstream: Arc<Upstream>,
@@ -62,6 +79,7 @@ pub(in crate::proxy) async fn exchange(
     host: &str,
     to_head: bool,
     mut retry_elsewhere: bool,
+    mut upload: Option<Upload>,
 ) -> Result<(http::response::Parts, RawBody, Arc<Upstream>), Failure> {
     let idempotent = retry_elsewhere;
     let mut lease = Lease::new(upstream);
@@ -128,10 +146,39 @@ pub(in crate::proxy) async fn exchange(
                 return Err(Failure::BadResponse);
             }
         }
-        let readable = std::future::poll_fn(|cx| conn.stream.poll_read_ready(cx));
+        let readable = std::future::poll_fn(|cx| {
+            if let Some(sending) = upload.as_mut() {
+                if let Poll::Ready(Err(error)) = sending.poll_send(cx, &conn.stream) {
+                    return Poll::Ready(Err(error));
+                }
+            }
+            conn.stream
+                .poll_read_ready(cx)
+                .map_err(|_| UploadError::Backend)
+        });
         match tokio::time::timeout_at(deadline, readable).await {
-            Err(_) => return Err(Failure::Timeout),
-            Ok(Err(_)) => return Err(Failure::Backend),
+            Err(_) => {
+                // A long upload is not a slow backend: the wait counts from its last
+                // bytes.
+                let timeout = proxy.config.first_byte_timeout;
+                let left = upload
+                    .as_ref()
+                    .and_then(|sending| sending.progress.left_of(timeout));
+                match left {
+                    Some(left) => deadline = Instant::now() + left,
+                    None => return Err(Failure::Timeout),
+                }
+                continue;
+            }
+            Ok(Err(UploadError::Client)) => return Err(Failure::BadBody),
+            Ok(Err(UploadError::Backend)) => {
+                // The backend stopped taking the body: it may have answered (a 413,
+                // say) before it closed. What it said is read below; the socket is
+                // not reused.
+                if let Some(sending) = upload.as_mut() {
+                    sending.failed = true;
+                }
+            }
             Ok(Ok(())) => {}
         }
         buf.reserve(READ_SIZE);
@@ -159,6 +206,7 @@ pub(in crate::proxy) async fn exchange(
         lease: Some(lease),
         end: BodyEnd::new(answer.framing),
         keep_alive: answer.keep_alive,
+        upload: upload.filter(|sending| !sending.is_done()).map(Box::new),
         pending: BytesMut::new(),
         read: BytesMut::new(),
     };
@@ -174,6 +222,127 @@ pub(in crate::proxy) async fn exchange(
     })?;
     body.release_if_done();
     Ok((parts, body, answered_by))
+}
+
+/// A request's body on its way to a backend socket: the client's stream of it (hyper's
+/// HTTP/2 or HTTP/1.0 server), written as it comes, as it came with a `Content-Length`
+/// (hyper's server holds it to that length) or else chunked. Trailers are not sent.
+pub(in crate::proxy) struct Upload {
+    body: Incoming,
+    chunked: bool,
+    /// What is to be written next, in order: a chunk's size line, its data, its end.
+    queue: VecDeque<Bytes>,
+    /// The client's body has ended, and the last of it is in `queue`.
+    ended: bool,
+    /// The backend stopped taking it: the socket is not reused.
+    failed: bool,
+    /// When it last moved, for the first-byte timeout.
+    progress: Progress,
+}
+
+/// Why a body could not be sent whole.
+#[derive(Debug)]
+pub(in crate::proxy) enum UploadError {
+    /// The client's body broke (its framing, or the client went away in it).
+    Client,
+    /// The backend's socket took no more.
+    Backend,
+}
+
+impl Upload {
+    /// `body`, framed chunked unless it has a stated length.
+    pub(in crate::proxy) fn new(body: Incoming, chunked: bool) -> Upload {
+        Upload {
+            body,
+            chunked,
+            queue: VecDeque::with_capacity(3),
+            ended: false,
+            failed: false,
+            progress: Progress::new(),
+        }
+    }
+
+    /// Whether it goes chunked (else as its `Content-Length` says).
+    pub(in crate::proxy) fn is_chunked(&self) -> bool {
+        self.chunked
+    }
+
+    /// Whether all of it was written.
+    fn is_done(&self) -> bool {
+        self.ended && self.queue.is_empty() && !self.failed
+    }
+
+    /// Writes what the client has sent to `stream`, as far as it takes it: ready once
+    /// all of it is written (or the backend took no more before, when that is
+    /// `failed`), else waiting for the client or the socket.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &TcpStream,
+    ) -> Poll<Result<(), UploadError>> {
+        if self.failed {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            while !self.queue.is_empty() {
+                if ready!(stream.poll_write_ready(cx)).is_err() {
+                    return Poll::Ready(Err(UploadError::Backend));
+                }
+                let mut slices = [IoSlice::new(&[]); 3];
+                for (slice, bytes) in slices.iter_mut().zip(&self.queue) {
+                    *slice = IoSlice::new(bytes);
+                }
+                let count = self.queue.len().min(slices.len());
+                match stream.try_write_vectored(&slices[..count]) {
+                    Ok(0) => return Poll::Ready(Err(UploadError::Backend)),
+                    Ok(mut written) => {
+                        while written > 0 {
+                            let front = self.queue.front_mut().expect("written from the queue");
+                            let taken = written.min(front.len());
+                            front.advance(taken);
+                            written -= taken;
+                            if front.is_empty() {
+                                self.queue.pop_front();
+                            }
+                        }
+                        self.progress.touch();
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(Err(UploadError::Backend)),
+                }
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                None => {
+                    self.ended = true;
+                    if self.chunked {
+                        self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                    }
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            if self.chunked {
+                                let size = format!("{:x}\r\n", data.len());
+                                self.queue.push_back(Bytes::from(size));
+                                self.queue.push_back(data);
+                                self.queue.push_back(Bytes::from_static(b"\r\n"));
+                            } else {
+                                self.queue.push_back(data);
+                            }
+                        }
+                    }
+                    self.progress.touch();
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "the client's request body broke");
+                    return Poll::Ready(Err(UploadError::Client));
+                }
+            }
+        }
+    }
 }
 
 /// A spare buffer of the thread's, given back when dropped.
@@ -208,6 +377,9 @@ pub(in crate::proxy) struct RawBody {
     lease: Option<Lease>,
     end: BodyEnd,
     keep_alive: bool,
+    /// The request's body, while some of it is still to be sent (boxed: most requests
+    /// have none, and this body is moved into hyper's response).
+    upload: Option<Box<Upload>>,
     /// Data read and not yet handed on.
     pending: BytesMut,
     /// What the last read brought, framing included.
@@ -223,6 +395,8 @@ pub(in crate::proxy) enum BodyError {
     Io(#[from] io::Error),
     #[error("the backend's chunked framing is broken")]
     Framing,
+    #[error("the client's request body broke while its answer came")]
+    Client,
 }
 
 impl RawBody {
@@ -254,8 +428,10 @@ impl RawBody {
         if !self.end.is_done() {
             return;
         }
+        // A body not sent whole is given up: the answer is all there is.
+        let uploaded = self.upload.take().is_none_or(|upload| upload.is_done());
         if let (Some(conn), Some(lease)) = (self.conn.take(), self.lease.take()) {
-            if self.keep_alive {
+            if self.keep_alive && uploaded {
                 lease.upstream().checkin_raw(conn);
             }
         }
@@ -277,6 +453,19 @@ impl RawBody {
             let Some(conn) = &self.conn else {
                 return Poll::Ready(None);
             };
+            if let Some(upload) = &mut self.upload {
+                match upload.poll_send(cx, &conn.stream) {
+                    Poll::Ready(Ok(())) if upload.is_done() => self.upload = None,
+                    Poll::Ready(Ok(())) | Poll::Pending => {}
+                    Poll::Ready(Err(UploadError::Backend)) => upload.failed = true,
+                    Poll::Ready(Err(UploadError::Client)) => {
+                        // The backend has a request cut short: its answer cannot be
+                        // trusted to end, nor its socket reused.
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(BodyError::Client)));
+                    }
+                }
+            }
             if let Err(error) = ready!(conn.stream.poll_read_ready(cx)) {
                 self.conn = None;
                 return Poll::Ready(Some(Err(error.into())));
@@ -347,7 +536,7 @@ mod tests {
             .unwrap();
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
-        write_request(&parts, &mut out);
+        write_request(&parts, false, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "DELETE /a/b?c=1 HTTP/1.1\r\nhost: app.test\r\nx-forwarded-for: 10.0.0.1\r\n\
