@@ -1,13 +1,15 @@
 //! One request through the proxy: find its route by host, pick a backend, rewrite the
 //! request, send it on a pooled (or new) connection, and stream the answer back.
 //!
-//! A request that asks for no upgrade goes on a plain pooled socket (`h1::bridge`, as
-//! on the own HTTP/1.1 path); an upgrade on hyper's client.
+//! hyper serves the client (HTTP/2, HTTP/1.0, and HTTP/1.1 that the own path hands
+//! over); the request goes on a plain pooled socket (`h1::bridge`, as on the own
+//! HTTP/1.1 path), and an upgrade the backend accepts goes on as a tunnel
+//! (`tunnel`).
 //!
 //! Retries. A request is re-sent only when no backend can have seen it:
-//! - a pooled connection that turns out closed hands the request back unsent (hyper's
-//!   `try_send_request`; on a plain socket, a first write that fails), and it goes on
-//!   another connection to the same backend, whatever its method;
+//! - a pooled connection that turns out closed (a first write that fails) leaves the
+//!   request unsent, and it goes on another connection to the same backend, whatever
+//!   its method;
 //! - a failed connect is retried once on another backend of the route, for an
 //!   idempotent method (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) without a body.
 //!
@@ -15,12 +17,9 @@
 //! re-sent. **Invariant:** no request reaches a backend twice through the proxy.
 
 use std::borrow::Cow;
-use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
@@ -28,11 +27,11 @@ use tokio::time::Instant;
 
 use super::access_log::Entry;
 use super::answer::Failure;
-use super::body::{Pooled, Progress, RequestBody, ResponseBody};
+use super::body::ResponseBody;
 use super::conn::ClientConn;
 use super::h1::bridge;
-use super::upstream::{BackendConn, ConnectError, Lease, Upstream};
-use super::{headers, tunnel, warn_bad_answer, Proxy};
+use super::upstream::{ConnectError, Lease, Upstream};
+use super::{headers, tunnel, Proxy};
 
 /// A request in flight, from its head to the end of its response (or its tunnel),
 /// counted in the in-flight gauge, and written to the access log when it ends.
@@ -232,7 +231,10 @@ async fn forward(
     let raw_host = headers::raw_host(&req).ok_or(Failure::BadHost)?;
     let (host, upstream) = route(proxy, raw_host.as_bytes())?;
 
-    let upgrade = headers::is_upgrade(&req);
+    // An upgrade is taken only without a body: a client may not switch before its
+    // request is sent whole (RFC 9110 §7.8), and a request with one goes as it would
+    // without the `Upgrade`, which a server may ignore.
+    let upgrade = headers::is_upgrade(&req) && req.body().is_end_stream();
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     headers::prepare_request(
         &mut req,
@@ -242,94 +244,6 @@ async fn forward(
         upgrade,
     );
     let retry_elsewhere = is_idempotent(req.method()) && req.body().is_end_stream();
-    if !upgrade {
-        return bridged(conn, upstream, req, retry_elsewhere, &host, request).await;
-    }
-    let progress = (!req.body().is_end_stream()).then(|| Arc::new(Progress::new()));
-    let req = req.map(|body| RequestBody::new(body, progress.clone()));
-
-    let started = Instant::now();
-    if let Some(request) = request.as_mut() {
-        request.sent_to(&upstream);
-    }
-    // Waiting for a head is bounded by the first-byte timeout, not the idle one.
-    let waiting = conn.activity.hold();
-    // Boxed: the requests that take hyper's client (with a body, or an upgrade) pay
-    // for an allocation, so that every request's future is not as large as this one's
-    // (over HTTP/2 each is moved into a task of its own).
-    let (mut response, backend_conn, lease) = Box::pin(exchange(
-        proxy,
-        upstream,
-        req,
-        retry_elsewhere,
-        &host,
-        progress.as_deref(),
-    ))
-    .await?;
-    drop(waiting);
-    proxy.metrics.upstream_duration(started.elapsed());
-    if let Some(request) = request.as_mut() {
-        request.sent_to(lease.upstream());
-    }
-
-    if !headers::only_chunked(response.headers()) {
-        warn_bad_answer(
-            lease.upstream().addr(),
-            format_args!("an answer in a transfer coding other than chunked; its client got a 502"),
-        );
-        return Err(Failure::BadResponse);
-    }
-    if response.headers().contains_key(TRANSFER_ENCODING) {
-        // The framing was chunked; a length beside it is wrong (RFC 9112 §6.3), and
-        // would be taken at its word by the client's side.
-        response.headers_mut().remove(CONTENT_LENGTH);
-    }
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // A 101 nobody asked for cannot be passed on.
-        let Some(client_upgrade) = client_upgrade else {
-            warn_bad_answer(
-                lease.upstream().addr(),
-                format_args!("a 101 to a request that asked for no upgrade; its client got a 502"),
-            );
-            return Err(Failure::BadResponse);
-        };
-        let backend_upgrade = hyper::upgrade::on(&mut response);
-        headers::strip_hop_by_hop(response.headers_mut(), true);
-        let mut request = request.take().expect("the request guard is taken once");
-        request.answered(StatusCode::SWITCHING_PROTOCOLS);
-        tunnel::spawn(
-            Arc::clone(conn),
-            client_upgrade,
-            backend_upgrade,
-            backend_conn,
-            lease,
-            request,
-        );
-        return Ok(response.map(|_| ResponseBody::empty()));
-    }
-
-    headers::strip_hop_by_hop(response.headers_mut(), false);
-    Ok(response.map(|body| {
-        let pooled = Pooled {
-            conn: backend_conn,
-            lease,
-            request_body: progress,
-        };
-        ResponseBody::backend(body, pooled)
-    }))
-}
-
-/// [`forward`] for a request that asks for no upgrade (prepared for its backend): sent
-/// on the own path's plain backend sockets (`h1::bridge`), not hyper's client.
-async fn bridged(
-    conn: &Arc<ClientConn>,
-    upstream: Arc<Upstream>,
-    req: Request<Incoming>,
-    retry_elsewhere: bool,
-    host: &str,
-    request: &mut Option<RequestGuard>,
-) -> Result<Response<ResponseBody>, Failure> {
-    let proxy = &*conn.proxy;
     let (mut parts, mut body) = req.into_parts();
     // The body's framing is the one hyper's server holds it to: its exact length, or
     // chunked, whatever `Content-Length` the head had beside a coding.
@@ -360,7 +274,14 @@ async fn bridged(
     let chunked = upload.as_ref().is_some_and(bridge::Upload::is_chunked);
     let mut head = Vec::with_capacity(512);
     bridge::write_request(&parts, chunked, &mut head);
-    let to_head = parts.method == Method::HEAD;
+    let outgoing = bridge::Outgoing {
+        head: &head,
+        host: &host,
+        to_head: parts.method == Method::HEAD,
+        upgrade,
+        retry_elsewhere,
+        upload,
+    };
     drop(parts);
 
     let started = Instant::now();
@@ -369,20 +290,30 @@ async fn bridged(
     }
     // Waiting for a head is bounded by the first-byte timeout, not the idle one.
     let waiting = conn.activity.hold();
-    let (parts, body, answered_by) = bridge::exchange(
-        proxy,
-        upstream,
-        &head,
-        host,
-        to_head,
-        retry_elsewhere,
-        upload,
-    )
-    .await?;
+    let (parts, body, answered_by) = bridge::exchange(proxy, upstream, outgoing).await?;
     drop(waiting);
     proxy.metrics.upstream_duration(started.elapsed());
     if let Some(request) = request.as_mut() {
         request.sent_to(&answered_by);
+    }
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // Only a request that asked for an upgrade gets here with a 101.
+        let (Some(client_upgrade), Some((backend, lease, early))) =
+            (client_upgrade, body.into_tunnel())
+        else {
+            return Err(Failure::Backend);
+        };
+        let mut request = request.take().expect("the request guard is taken once");
+        request.answered(StatusCode::SWITCHING_PROTOCOLS);
+        tunnel::spawn(
+            Arc::clone(conn),
+            client_upgrade,
+            backend,
+            early,
+            lease,
+            request,
+        );
+        return Ok(Response::from_parts(parts, ResponseBody::empty()));
     }
     Ok(Response::from_parts(parts, ResponseBody::raw(body)))
 }
@@ -397,47 +328,6 @@ fn is_idempotent(method: &Method) -> bool {
         Method::TRACE,
     ]
     .contains(method)
-}
-
-/// Sends `req` to `upstream` (or, after a failed connect, once to another backend of
-/// the route of `host`) and waits for the response head.
-async fn exchange(
-    proxy: &Proxy,
-    upstream: Arc<Upstream>,
-    mut req: Request<RequestBody>,
-    mut retry_elsewhere: bool,
-    host: &str,
-    progress: Option<&Progress>,
-) -> Result<(Response<Incoming>, BackendConn, Lease), Failure> {
-    let mut lease = Lease::new(upstream);
-    loop {
-        while let Some(mut conn) = lease.upstream().checkout() {
-            if conn.sender.ready().await.is_err() {
-                continue;
-            }
-            match send(proxy, &mut conn, req, progress, lease.upstream().addr()).await {
-                Sent::Response(response) => return Ok((response, conn, lease)),
-                // Closed under us before the request was written: try another.
-                Sent::Unsent(unsent) => req = unsent,
-                Sent::Failed(failure) => return Err(failure),
-            }
-        }
-        match proxy.upstreams.connect(lease.upstream()).await {
-            Ok(mut conn) => {
-                return match send(proxy, &mut conn, req, progress, lease.upstream().addr()).await {
-                    Sent::Response(response) => Ok((response, conn, lease)),
-                    Sent::Unsent(_) => Err(Failure::Backend),
-                    Sent::Failed(failure) => Err(failure),
-                };
-            }
-            Err(error) => {
-                match connect_failed(proxy, host, &mut lease, &mut retry_elsewhere, &error) {
-                    None => continue,
-                    Some(failure) => return Err(failure),
-                }
-            }
-        }
-    }
 }
 
 /// The host a request is for (from its raw `Host`), normalised, and the backend to
@@ -503,67 +393,4 @@ fn another_backend(proxy: &Proxy, host: &str, failed: &Upstream) -> Option<Arc<U
     let table = proxy.table.load();
     let route = table.lookup(host)?;
     proxy.upstreams.pick(route.backends(), Some(failed))
-}
-
-enum Sent {
-    Response(Response<Incoming>),
-    Unsent(Request<RequestBody>),
-    Failed(Failure),
-}
-
-async fn send(
-    proxy: &Proxy,
-    conn: &mut BackendConn,
-    req: Request<RequestBody>,
-    progress: Option<&Progress>,
-    backend: &str,
-) -> Sent {
-    let response = conn.sender.try_send_request(req);
-    match first_byte(response, proxy.config.first_byte_timeout, progress).await {
-        None => Sent::Failed(Failure::Timeout),
-        Some(Ok(response)) => Sent::Response(response),
-        Some(Err(mut error)) => match error.take_message() {
-            Some(req) => Sent::Unsent(req),
-            None if progress.is_some_and(Progress::is_broken) => {
-                tracing::debug!(error = %error.error(), "the client's request body broke");
-                Sent::Failed(Failure::BadBody)
-            }
-            None if error.error().is_parse() => {
-                let error = error.error();
-                warn_bad_answer(
-                    backend,
-                    format_args!("an answer hyper refused ({error}); its client got a 502"),
-                );
-                Sent::Failed(Failure::BadResponse)
-            }
-            None => {
-                tracing::debug!(error = %error.error(), "backend request failed");
-                Sent::Failed(Failure::Backend)
-            }
-        },
-    }
-}
-
-/// `response`, unless it takes longer than `timeout`: counted from when the request
-/// body was last sent a frame (a long upload is not a slow backend), or from now for a
-/// request without a body. `None` on timeout.
-async fn first_byte<F: Future>(
-    response: F,
-    timeout: Duration,
-    progress: Option<&Progress>,
-) -> Option<F::Output> {
-    let mut response = pin!(response);
-    let mut deadline = pin!(tokio::time::sleep(timeout));
-    loop {
-        tokio::select! {
-            biased;
-            output = response.as_mut() => return Some(output),
-            () = deadline.as_mut() => {
-                match progress.and_then(|progress| progress.left_of(timeout)) {
-                    Some(left) => deadline.as_mut().reset(Instant::now() + left),
-                    None => return None,
-                }
-            }
-        }
-    }
 }

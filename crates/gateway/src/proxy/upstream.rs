@@ -1,7 +1,7 @@
-//! Backends as the request path sees them: one [`Upstream`] per address, with its pools
-//! of idle HTTP/1.1 connections (hyper's for the hyper path, plain sockets for the
-//! proxy's own HTTP/1.1 path), its requests in flight and its ejection state; and
-//! the balancer that picks one of a route's backends for a request.
+//! Backends as the request path sees them: one [`Upstream`] per address, with its pool
+//! of idle HTTP/1.1 connections (plain sockets, one list per proxy thread), its
+//! requests in flight and its ejection state; and the balancer that picks one of a
+//! route's backends for a request.
 //!
 //! Balancing is the power of two choices, weighted: draw two backends at random with
 //! probability proportional to their weights, keep the one with fewer requests in
@@ -20,11 +20,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::body::{now_ms, RequestBody};
+use super::body::now_ms;
 use super::{BackendConfig, BackendStats, ProxyConfig};
 use crate::table::Backends;
 
@@ -41,7 +39,6 @@ pub(super) struct Upstreams {
     eject_after_failures: u32,
     eject_cooldown: Duration,
     max_idle: usize,
-    client: http1::Builder,
     /// `switchyard_gateway_backend_ejections_total`.
     ejections: metrics::Counter,
     /// `switchyard_gateway_backend_resends_total`.
@@ -60,10 +57,8 @@ pub(super) struct Upstream {
     connects: AtomicU64,
     connect_failures: AtomicU64,
     /// Idle connections, most recently used last (reused first, so the surplus ages
-    /// out).
-    idle: Mutex<Vec<BackendConn>>,
-    /// Idle plain connections, for the HTTP/1.1 path, in the same order: one list per
-    /// proxy thread (by [`this_thread`]), as a socket is lent on its own thread only.
+    /// out): one list per proxy thread (by [`this_thread`]), as a socket is lent on
+    /// its own thread only.
     /// A checkout and a checkin are a pop and a push; one shared list took a scan past
     /// the other threads' sockets, and its cap, reached by one thread, made the others
     /// close theirs after every request.
@@ -71,22 +66,14 @@ pub(super) struct Upstream {
     max_idle: usize,
 }
 
-/// An HTTP/1.1 connection to a backend, driven by a task of its own, which ends
-/// (closing the socket) when the sender is dropped or the backend closes.
+/// A plain connection to a backend, which every request goes on (`h1`, `h1::bridge`).
+/// Nothing reads it while it is pooled: a close (or stray bytes) shows as readiness,
+/// checked without a system call when it is taken out.
 ///
 /// It has no idle timer of its own: in the pool, the sweep closes it once it has been
 /// idle for the idle timeout; in use, a wait for a response head is bounded by the
 /// first-byte timeout, and a stalled response body by the client connection's idle
-/// timeout (nothing reaches the client).
-pub(super) struct BackendConn {
-    pub(super) sender: http1::SendRequest<RequestBody>,
-    /// [`now_ms`] when it last went back to the pool.
-    idle_since_ms: u64,
-}
-
-/// A plain connection to a backend, which the proxy's own HTTP/1.1 path speaks on
-/// (`h1`). Nothing reads it while it is pooled: a close (or stray bytes) shows as
-/// readiness, checked without a system call when it is taken out.
+/// timeout.
 pub(super) struct RawConn {
     pub(super) stream: TcpStream,
     /// The proxy thread whose runtime drives the socket (see [`set_thread`]): it is
@@ -106,6 +93,11 @@ impl RawConn {
             idle_since_ms: None,
             broken: Cell::new(false),
         }
+    }
+
+    /// The socket, for a tunnel after an upgrade: it never goes back to a pool.
+    pub(super) fn into_stream(self) -> TcpStream {
+        self.stream
     }
 
     /// Whether it came from the pool after idling for at least `ms` until `at_ms` (on
@@ -173,8 +165,6 @@ pub(super) enum ConnectError {
     Timeout(Duration),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("HTTP/1.1 handshake: {0}")]
-    Handshake(#[from] hyper::Error),
 }
 
 impl ConnectError {
@@ -209,11 +199,6 @@ impl Upstreams {
             max_idle: backends
                 .max_idle_per_backend
                 .unwrap_or(config.max_connections),
-            client: {
-                let mut client = http1::Builder::new();
-                client.max_header_size(super::MAX_HEAD);
-                client
-            },
             ejections: metrics::counter!(super::metrics::BACKEND_EJECTIONS_TOTAL),
             resends: metrics::counter!(super::metrics::BACKEND_RESENDS_TOTAL),
             shed: metrics::counter!(super::metrics::BACKEND_IDLE_SHED_TOTAL),
@@ -322,25 +307,13 @@ impl Upstreams {
         }
     }
 
-    /// Opens a new connection to `upstream` for the hyper path, counting a failure
-    /// towards ejection.
-    pub(super) async fn connect(&self, upstream: &Upstream) -> Result<BackendConn, ConnectError> {
-        // Boxed, as in `connect_raw`.
-        let result = match Box::pin(self.connect_stream(upstream)).await {
-            Ok(stream) => Box::pin(self.handshake(stream)).await,
-            Err(error) => Err(error),
-        };
-        self.count_connect(upstream, &result);
-        result
-    }
-
     /// Counts a request sent again after a pooled connection closed unanswered.
     pub(super) fn resent(&self) {
         self.resends.increment(1);
     }
 
-    /// Opens a new plain connection to `upstream` for the HTTP/1.1 path, counting a
-    /// failure towards ejection.
+    /// Opens a new plain connection to `upstream`, counting a failure towards
+    /// ejection.
     pub(super) async fn connect_raw(&self, upstream: &Upstream) -> Result<RawConn, ConnectError> {
         // Boxed: a connect's state (resolving, the socket's, the timeout's) is large and
         // seldom needed, and every request's future would otherwise carry room for it.
@@ -412,10 +385,9 @@ impl Upstreams {
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
             for upstream in shard.values() {
-                let idle = std::mem::take(&mut *upstream.idle());
-                let idle_raw = std::mem::take(&mut *upstream.idle_raw());
-                shed += idle.len() + idle_raw.iter().map(Vec::len).sum::<usize>();
-                drop((idle, idle_raw));
+                let idle = std::mem::take(&mut *upstream.idle_raw());
+                shed += idle.iter().map(Vec::len).sum::<usize>();
+                drop(idle);
             }
         }
         shed
@@ -429,19 +401,6 @@ impl Upstreams {
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
         stream.set_nodelay(true)?;
         Ok(stream)
-    }
-
-    async fn handshake(&self, stream: TcpStream) -> Result<BackendConn, ConnectError> {
-        let (sender, conn) = self.client.handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.with_upgrades().await {
-                tracing::debug!(%error, "backend connection failed");
-            }
-        });
-        Ok(BackendConn {
-            sender,
-            idle_since_ms: 0,
-        })
     }
 
     /// Closes pooled connections that are closed or idle for the idle timeout, and
@@ -485,7 +444,6 @@ impl Upstream {
             ejected_until_ms: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
-            idle: Mutex::default(),
             idle_raw: Mutex::default(),
             max_idle,
         }
@@ -493,10 +451,6 @@ impl Upstream {
 
     pub(super) fn addr(&self) -> &str {
         &self.addr
-    }
-
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<BackendConn>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn idle_raw(&self) -> std::sync::MutexGuard<'_, Vec<Vec<RawConn>>> {
@@ -530,33 +484,8 @@ impl Upstream {
         }
     }
 
-    /// An idle connection that is not known to be closed, if there is one.
-    pub(super) fn checkout(&self) -> Option<BackendConn> {
-        let mut idle = self.idle();
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    /// Puts a connection whose exchange is complete back in the pool.
-    pub(super) fn checkin(&self, mut conn: BackendConn) {
-        if conn.sender.is_closed() {
-            return;
-        }
-        conn.idle_since_ms = now_ms();
-        let mut idle = self.idle();
-        if idle.len() < self.max_idle {
-            idle.push(conn);
-        }
-    }
-
     /// Drops pooled connections that are closed, or idle since before `idle_since`.
     fn prune(&self, idle_since: u64) {
-        self.idle()
-            .retain(|conn| !conn.sender.is_closed() && conn.idle_since_ms >= idle_since);
         for idle in self.idle_raw().iter_mut() {
             idle.retain(|conn| !conn.is_closed() && conn.idle_since_ms >= Some(idle_since));
         }
@@ -567,7 +496,6 @@ impl Upstream {
     fn is_unused(&self) -> bool {
         self.in_flight.load(Relaxed) == 0
             && !self.is_ejected()
-            && self.idle().is_empty()
             && self.idle_raw().iter().all(Vec::is_empty)
     }
 
@@ -607,16 +535,11 @@ impl Upstream {
             addr: self.addr.to_string(),
             in_flight: self.in_flight.load(Relaxed),
             idle_connections: self
-                .idle()
+                .idle_raw()
                 .iter()
-                .filter(|conn| !conn.sender.is_closed())
-                .count()
-                + self
-                    .idle_raw()
-                    .iter()
-                    .flatten()
-                    .filter(|conn| !conn.is_closed())
-                    .count(),
+                .flatten()
+                .filter(|conn| !conn.is_closed())
+                .count(),
             connects_total: self.connects.load(Relaxed),
             connect_failures_total: self.connect_failures.load(Relaxed),
             ejected: self.is_ejected(),

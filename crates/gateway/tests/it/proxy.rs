@@ -914,6 +914,96 @@ async fn passes_an_upgrade_through_and_copies_bytes_both_ways() {
     echoes_until_closed(&mut stream).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_a_backend_sends_with_its_101_reach_the_client_first() {
+    // A backend that switches and speaks first, in the same write as its 101, then
+    // echoes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let _ = read_head(&mut stream).await;
+        stream
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n\
+                  Connection: Upgrade\r\nX-Kept: yes\r\n\r\nhello first",
+            )
+            .await
+            .unwrap();
+        let (mut from, mut to) = stream.split();
+        let _ = tokio::io::copy(&mut from, &mut to).await;
+    });
+    let gateway = Gateway::start(vec![route("ws", &["app.test"], &[(addr, 1)])]).await;
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(head.contains("\r\nupgrade: echo\r\n"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    assert!(head.contains("\r\nx-kept: yes\r\n"), "{head}");
+    let mut first = [0; 11];
+    within(stream.read_exact(&mut first)).await.unwrap();
+    assert_eq!(&first, b"hello first");
+    echoes_until_closed(&mut stream).await;
+    // The tunnel's socket is the tunnel's: never pooled.
+    let stats = gateway.proxy.backend(&addr.to_string()).unwrap();
+    assert_eq!(stats.idle_connections, 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_the_backend_declines_or_that_has_a_body_is_a_plain_request() {
+    let backend = TestBackend::named("app").await;
+    let gateway = Gateway::start(vec![route("app", &["app.test"], &[(backend.addr, 1)])]).await;
+    let stats = || gateway.proxy.backend(&backend.addr.to_string()).unwrap();
+
+    // Declined: the backend answers as to any request. The answer goes on, and the
+    // socket, which the backend might have meant to switch, is not pooled.
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let mut body = [0; 3];
+    within(stream.read_exact(&mut body)).await.unwrap();
+    assert_eq!(&body, b"app");
+    eventually(|| stats().in_flight == 0).await;
+    assert_eq!(stats().idle_connections, 0, "{:?}", stats());
+
+    // With a body: sent whole, without the `Upgrade` (a client may not switch before
+    // its request is sent whole, and a server may ignore the header).
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /headers HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\n\
+              Upgrade: echo\r\nContent-Length: 4\r\n\r\nbody",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length: "))
+        .expect("a length")
+        .parse()
+        .unwrap();
+    let mut seen = vec![0; length];
+    within(stream.read_exact(&mut seen)).await.unwrap();
+    let seen = String::from_utf8(seen).unwrap();
+    assert!(values(&seen, "upgrade").is_empty(), "{seen}");
+    assert!(values(&seen, "connection").is_empty(), "{seen}");
+    assert_eq!(values(&seen, "content-length"), ["4"], "{seen}");
+}
+
 /// Through a tunnel to the `/ws` echo: bytes come back as sent, and closing our side
 /// closes the backend's, which closes ours.
 pub(crate) async fn echoes_until_closed(

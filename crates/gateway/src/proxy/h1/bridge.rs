@@ -1,13 +1,16 @@
-//! Requests of hyper's path (HTTP/2, HTTP/1.0) that ask for no upgrade, sent to their
-//! backend on the own path's plain pooled sockets instead of hyper's client: the head
-//! written here, the request's body (if any) sent as the client's stream yields it
-//! ([`Upload`]), the answer's head parsed with httparse ([`head::response_parts`]) and
-//! its body read, de-chunked, by the client's stream itself ([`RawBody`]).
+//! The requests of hyper's path (HTTP/2, HTTP/1.0, and the HTTP/1.1 the own path hands
+//! over, upgrades among them), sent to their backend on the own path's plain pooled
+//! sockets: the head written here, the request's body (if any) sent as the client's
+//! stream yields it ([`Upload`]), the answer's head parsed with httparse
+//! ([`head::response_parts`]) and its body read, de-chunked, by the client's stream
+//! itself ([`RawBody`]); after a `101`, the socket goes to the tunnel
+//! ([`RawBody::into_tunnel`]).
 //!
 //! With hyper's client a request crossed the stream's task, the backend connection's
 //! driver task and the body channel between them; on all cores over HTTP/2 that made
 //! the gateway 0.81x nginx's requests/s at 1.31x its CPU per request
-//! (docs/BENCHMARKS.md). Upgrades still go through hyper's client.
+//! (docs/BENCHMARKS.md), and it kept a second pool of backend connections beside the
+//! own path's.
 //!
 //! A body goes on while the answer is awaited and while it is streamed back (a backend
 //! may answer before it has read it all), driven by whoever waits: the exchange until
@@ -66,21 +69,42 @@ pub(in crate::proxy) fn write_request(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Sends `request` (a head, see [`write_request`]) to `upstream`, on a pooled socket
-/// (another if it turns out closed) or a new one; after a failed connect, once to
-/// another backend of the route of `host` if `retry_elsewhere`; then its body, if it
-/// has one (`upload`). Returns the answer's head and its body, once the head is in
-/// (within the first-byte timeout, counted from when the request's body last moved),
-/// and the backend that gave them.
+/// A request for [`exchange`], prepared for its backend.
+pub(in crate::proxy) struct Outgoing<'a> {
+    /// Its head (see [`write_request`]).
+    pub(in crate::proxy) head: &'a [u8],
+    /// The host it was routed by: after a failed connect, another backend of its route
+    /// may take it.
+    pub(in crate::proxy) host: &'a str,
+    /// A `HEAD` request: its answer has no body, whatever its head says.
+    pub(in crate::proxy) to_head: bool,
+    /// It asks for an upgrade: a `101` is its final answer.
+    pub(in crate::proxy) upgrade: bool,
+    /// It may go to another backend after a failed connect (idempotent, no body).
+    pub(in crate::proxy) retry_elsewhere: bool,
+    /// Its body, if it has one.
+    pub(in crate::proxy) upload: Option<Upload>,
+}
+
+/// Sends `outgoing` to `upstream`, on a pooled socket (another if it turns out closed)
+/// or a new one; after a failed connect, once to another backend of its route if it
+/// may go elsewhere; then its body. Returns the answer's head and its body, once the
+/// head is in (within the first-byte timeout, counted from when the request's body
+/// last moved), and the backend that gave them. After a `101` the body holds the
+/// socket for a tunnel ([`RawBody::into_tunnel`]).
 pub(in crate::proxy) async fn exchange(
     proxy: &Proxy,
     upstream: Arc<Upstream>,
-    request: &[u8],
-    host: &str,
-    to_head: bool,
-    mut retry_elsewhere: bool,
-    mut upload: Option<Upload>,
+    outgoing: Outgoing<'_>,
 ) -> Result<(http::response::Parts, RawBody, Arc<Upstream>), Failure> {
+    let Outgoing {
+        head: request,
+        host,
+        to_head,
+        upgrade,
+        mut retry_elsewhere,
+        mut upload,
+    } = outgoing;
     let idempotent = retry_elsewhere;
     let mut lease = Lease::new(upstream);
     let mut conn = 'sent: loop {
@@ -132,8 +156,10 @@ pub(in crate::proxy) async fn exchange(
         idempotent && conn.idled_at_least(RESEND_AFTER_IDLE_MS, ms_of(sent.into_std()));
     let mut answering = false;
     let (answer, parts) = loop {
-        match head::response_parts(&buf, to_head) {
-            Ok(Some((answer, parts))) if answer.status >= 200 => break (answer, parts),
+        match head::response_parts(&buf, to_head, upgrade) {
+            Ok(Some((answer, parts))) if answer.status >= 200 || answer.status == 101 => {
+                break (answer, parts)
+            }
             // An interim answer (100 Continue, 103 Early Hints) is not passed on.
             Ok(Some((interim, _))) => {
                 buf.drain(..interim.len);
@@ -205,11 +231,18 @@ pub(in crate::proxy) async fn exchange(
         conn: Some(conn),
         lease: Some(lease),
         end: BodyEnd::new(answer.framing),
-        keep_alive: answer.keep_alive,
+        // A backend that did not switch may still have meant to: its socket is not
+        // pooled again.
+        keep_alive: answer.keep_alive && !upgrade,
         upload: upload.filter(|sending| !sending.is_done()).map(Box::new),
         pending: BytesMut::new(),
         read: BytesMut::new(),
     };
+    if answer.status == 101 {
+        // What came after the head is the new protocol's, for the tunnel.
+        body.pending.extend_from_slice(&buf[answer.len..]);
+        return Ok((parts, body, answered_by));
+    }
     // What came with the head; broken framing there is the backend's fault, and
     // nothing of the answer has gone out yet.
     body.take(&buf[answer.len..]).map_err(|_| {
@@ -435,6 +468,14 @@ impl RawBody {
                 lease.upstream().checkin_raw(conn);
             }
         }
+    }
+
+    /// After a `101`: the backend's socket, the request's hold on its backend, and the
+    /// bytes of the new protocol that came with the head.
+    pub(in crate::proxy) fn into_tunnel(mut self) -> Option<(RawConn, Lease, BytesMut)> {
+        let conn = self.conn.take()?;
+        let lease = self.lease.take()?;
+        Some((conn, lease, std::mem::take(&mut self.pending)))
     }
 
     /// The next run of the body's data; `None` at its end.

@@ -236,7 +236,7 @@ pub(super) fn response(
     close: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, BadResponse> {
-    checked_response(buf, to_head, |res, len, checked| {
+    checked_response(buf, to_head, false, |res, len, checked| {
         let status = checked.head.status;
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(&[
@@ -261,14 +261,17 @@ pub(super) fn response(
     })
 }
 
-/// [`response`] for a client that hyper serves (HTTP/2, HTTP/1.0): the head's status
-/// and the headers the client may see, as hyper takes them, beside what the proxy
-/// reads of it. hyper frames the body for its client itself.
+/// [`response`] for a client that hyper serves (HTTP/2, HTTP/1.0, upgrades): the
+/// head's status and the headers the client may see, as hyper takes them, beside what
+/// the proxy reads of it. hyper frames the body for its client itself. With `upgrade`
+/// (the request asked for one), a `101` is the final answer, with its `Upgrade` and
+/// `Connection: upgrade`; the bytes after it are the new protocol's.
 pub(super) fn response_parts(
     buf: &[u8],
     to_head: bool,
+    upgrade: bool,
 ) -> Result<Option<(ResponseHead, http::response::Parts)>, BadResponse> {
-    checked_response(buf, to_head, |res, len, checked| {
+    checked_response(buf, to_head, upgrade, |res, len, checked| {
         let mut parts = http::Response::new(()).into_parts().0;
         parts.status =
             http::StatusCode::from_u16(checked.head.status).map_err(|_| BadResponse::Framing)?;
@@ -289,6 +292,12 @@ pub(super) fn response_parts(
                 http::HeaderValue::from_maybe_shared(value).map_err(|_| BadResponse::Framing)?;
             parts.headers.append(name, value);
         }
+        if checked.switching {
+            parts.headers.insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            );
+        }
         Ok((checked.head, parts))
     })
 }
@@ -302,12 +311,18 @@ struct Checked<'b> {
     kinds: [Name; MAX_HEADERS],
     connection: Connection<'b>,
     chunked: bool,
+    /// A `101` to a request that asked for an upgrade: its `Upgrade` goes on.
+    switching: bool,
 }
 
 impl Checked<'_> {
-    /// Whether header `i` goes on to the client: not hop-by-hop, not named by
-    /// `Connection`, not a length beside chunked framing nor a repeated one.
+    /// Whether header `i` goes on to the client: not hop-by-hop (but a switch's
+    /// `Upgrade`), not named by `Connection`, not a length beside chunked framing nor a
+    /// repeated one.
     fn keeps(&self, i: usize, header: &httparse::Header<'_>) -> bool {
+        if self.switching && self.kinds[i] == Name::Upgrade {
+            return true;
+        }
         !(self.kinds[i].is_hop_by_hop()
             || self.connection.names(header.name)
             || (self.kinds[i] == Name::ContentLength
@@ -316,10 +331,12 @@ impl Checked<'_> {
 }
 
 /// Parses and checks the response at the start of `buf`; when it is complete and may
-/// be passed on, `write` makes of it what the caller needs.
+/// be passed on, `write` makes of it what the caller needs. A `101` passes only when
+/// the request asked for an `upgrade`.
 fn checked_response<T>(
     buf: &[u8],
     to_head: bool,
+    upgrade: bool,
     write: impl FnOnce(&httparse::Response<'_, '_>, usize, Checked<'_>) -> Result<T, BadResponse>,
 ) -> Result<Option<T>, BadResponse> {
     if buf.is_empty() {
@@ -338,7 +355,8 @@ fn checked_response<T>(
     let (Some(version), Some(status)) = (res.version, res.code) else {
         return Err(BadResponse::Framing);
     };
-    if status == 101 {
+    let switching = status == 101;
+    if switching && !upgrade {
         return Err(BadResponse::UnaskedUpgrade);
     }
     // httparse takes any three digits: below 100 a status would pass for an interim
@@ -390,7 +408,8 @@ fn checked_response<T>(
         (false, None, Some(n)) => Framing::Length(n),
         (false, None, None) => Framing::UntilClose,
     };
-    let keep_alive = version == 1 && !connection.has(b"close");
+    // After a switch the connection speaks another protocol: never pooled again.
+    let keep_alive = version == 1 && !connection.has(b"close") && !switching;
     let checked = Checked {
         head: ResponseHead {
             len,
@@ -402,6 +421,7 @@ fn checked_response<T>(
         kinds,
         connection,
         chunked: coding.is_some(),
+        switching,
     };
     write(&res, len, checked).map(Some)
 }
