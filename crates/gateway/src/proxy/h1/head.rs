@@ -1160,6 +1160,36 @@ mod tests {
     }
 
     #[test]
+    fn a_101_is_final_only_to_a_request_that_asked_for_an_upgrade() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade, X-Secret\r\nX-Secret: 1\r\nSec-WebSocket-Accept: k\r\n\r\nframe";
+        let (answer, parts) = response_parts(head, false, true).unwrap().unwrap();
+        assert_eq!(answer.status, 101);
+        assert_eq!(answer.framing, Framing::Empty);
+        assert!(!answer.keep_alive, "a switched socket is never pooled");
+        assert_eq!(&head[answer.len..], b"frame");
+        assert_eq!(parts.headers["upgrade"], "websocket");
+        assert_eq!(parts.headers["connection"], "upgrade");
+        assert_eq!(parts.headers["sec-websocket-accept"], "k");
+        assert!(!parts.headers.contains_key("x-secret"));
+        // Unasked, on either path, it cannot be passed on.
+        assert!(matches!(
+            response_parts(head, false, false),
+            Err(BadResponse::UnaskedUpgrade)
+        ));
+        assert!(matches!(
+            response(head, false, false, &mut Vec::new()),
+            Err(BadResponse::UnaskedUpgrade)
+        ));
+        // A request that asked may still get an ordinary answer, without `Upgrade`.
+        let declined = b"HTTP/1.1 200 OK\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nno";
+        let (answer, parts) = response_parts(declined, false, true).unwrap().unwrap();
+        assert_eq!((answer.status, answer.framing), (200, Framing::Length(2)));
+        assert!(!parts.headers.contains_key("upgrade"));
+        assert!(!parts.headers.contains_key("connection"));
+    }
+
+    #[test]
     fn an_empty_response_buffer_is_not_a_head_yet() {
         let mut out = Vec::new();
         assert!(matches!(response(b"", false, false, &mut out), Ok(None)));

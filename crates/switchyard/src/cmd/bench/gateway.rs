@@ -194,6 +194,10 @@ pub struct Args {
     /// With --http2: requests in flight on each connection at once (h2load's -m).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     streams: u32,
+    /// With --http2: every request is a POST with a body of this many bytes (h2load's
+    /// -d), which each proxy passes on to the backend.
+    #[arg(long, requires = "http2", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    upload_bytes: Option<u32>,
     /// Instead of timing the proxies, count the user-space instructions each spends per
     /// request under wrk (h2load with --http2), with callgrind (valgrind), one worker
     /// each: a figure the machine's noise does not move. `gateway-large` and `direct`
@@ -279,6 +283,8 @@ struct Bench<'a> {
     cap: Option<cpu_cap::CpuCap>,
     small_state: PathBuf,
     large_state: Option<PathBuf>,
+    /// With --upload-bytes: the file h2load sends as each request's body.
+    upload: Option<PathBuf>,
     starts: usize,
 }
 
@@ -482,6 +488,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None
     };
 
+    let upload = match args.upload_bytes {
+        Some(bytes) => {
+            let path = dir.path().join("upload.bin");
+            std::fs::write(&path, vec![b'u'; bytes as usize])
+                .with_context(|| format!("writing {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
     let mut bench = Bench {
         args: &args,
         dir: dir.path().to_path_buf(),
@@ -496,6 +511,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cap,
         small_state,
         large_state,
+        upload,
         starts: 0,
     };
     let runnable: Vec<Peer> = peer_list
@@ -605,12 +621,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 1 => "1 stream".to_string(),
                 n => format!("{n} streams"),
             };
+            let upload = match args.upload_bytes {
+                Some(bytes) => format!(", each a POST of {bytes} bytes"),
+                None => String::new(),
+            };
             match (args.http2, args.tls) {
                 (false, _) => String::new(),
                 (true, false) => format!(
-                    " over HTTP/2 with prior knowledge, {streams} in flight per connection (closed loop only)"
+                    " over HTTP/2 with prior knowledge, {streams} in flight per connection{upload} (closed loop only)"
                 ),
-                (true, true) => format!(", HTTP/2 by ALPN, {streams} in flight per connection"),
+                (true, true) => format!(", HTTP/2 by ALPN, {streams} in flight per connection{upload}"),
             }
         },
         args.runs,
@@ -694,6 +714,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "tls": args.tls,
                 "http2": args.http2,
                 "streams": args.streams,
+                "upload_bytes": args.upload_bytes,
                 "new_connections": args.new_connections,
                 "access_log": args.access_log,
                 "peers": peer_list.iter().map(|p| p.name()).collect::<Vec<_>>(),
@@ -1144,6 +1165,7 @@ impl Bench<'_> {
                     tls: self.tls.is_some(),
                     close: self.args.new_connections,
                     streams: self.streams(),
+                    upload: self.upload.as_deref(),
                     cpus: load_cpus.as_deref(),
                 };
                 if !warmup.is_zero() {

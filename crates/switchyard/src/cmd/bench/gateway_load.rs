@@ -46,6 +46,8 @@ pub struct WrkSettings<'a> {
     /// h2load (`-m`), which speaks it with prior knowledge in clear text, or by ALPN
     /// over TLS.
     pub streams: Option<usize>,
+    /// With `streams`: each request is a POST of this file's bytes (h2load's -d).
+    pub upload: Option<&'a Path>,
     pub cpus: Option<&'a [usize]>,
 }
 
@@ -93,6 +95,9 @@ pub fn wrk(settings: &WrkSettings<'_>) -> anyhow::Result<WrkResult> {
                 .arg(format!("--log-file={}", log.path().display()))
                 .arg("-H")
                 .arg(format!(":authority: {HOST}"));
+            if let Some(upload) = settings.upload {
+                command.arg(format!("--data={}", upload.display()));
+            }
             Some(log)
         }
         None => {

@@ -140,6 +140,7 @@ fn count(
             tls: false,
             close: false,
             streams,
+            upload: bench.upload.as_deref(),
             cpus: None,
         })
     };

@@ -180,6 +180,7 @@ impl Bench<'_> {
             tls: self.tls.is_some(),
             close: self.args.new_connections,
             streams: self.streams(),
+            upload: self.upload.as_deref(),
             cpus: mode.one_worker().then_some(self.layout.load.as_slice()),
         })
     }
