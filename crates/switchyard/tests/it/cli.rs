@@ -869,6 +869,8 @@ fn bench_gateway_refuses_settings_out_of_range_before_starting_anything() {
         (&["--slice-ms", "99"], "--slice-ms"),
         (&["--http2", "--streams", "0"], "--streams"),
         (&["--http2", "--streams", "257"], "--streams"),
+        (&["--http2", "--upload-bytes", "0"], "--upload-bytes"),
+        (&["--http2", "--upload-bytes", "16777217"], "--upload-bytes"),
     ] {
         let mut all = vec!["bench", "gateway", "--no-install"];
         all.extend_from_slice(args);
@@ -915,4 +917,19 @@ fn bench_gateway_refuses_settings_out_of_range_before_starting_anything() {
     );
     assert_eq!(out.code, Some(2), "{out}");
     assert!(out.stderr.contains("cannot be used with"), "{out}");
+    // Uploads are sent by the HTTP/2 client only.
+    let out = run(
+        cwd,
+        &[
+            "bench",
+            "gateway",
+            "--no-install",
+            "--upload-bytes",
+            "1024",
+            "--rate-share",
+            "0",
+        ],
+    );
+    assert_eq!(out.code, Some(2), "{out}");
+    assert!(out.stderr.contains("--http2"), "{out}");
 }
