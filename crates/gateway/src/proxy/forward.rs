@@ -18,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::task::Poll;
 
 use http::header::{CONNECTION, CONTENT_LENGTH};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -247,7 +248,7 @@ async fn forward(
     let (mut parts, mut body) = req.into_parts();
     // The body's framing is the one hyper's server holds it to: its exact length, or
     // chunked, whatever `Content-Length` the head had beside a coding.
-    let upload = match body.size_hint().exact() {
+    let mut upload = match body.size_hint().exact() {
         _ if body.is_end_stream() => None,
         Some(0) => {
             // A length of 0 on an HTTP/2 stream that has not ended: the head alone
@@ -274,6 +275,12 @@ async fn forward(
     let chunked = upload.as_ref().is_some_and(bridge::Upload::is_chunked);
     let mut head = Vec::with_capacity(512);
     bridge::write_request(&parts, chunked, &mut head);
+    if let Some(upload) = upload.as_mut() {
+        // What of the body is in already goes with the head.
+        std::future::poll_fn(|cx| Poll::Ready(upload.take_ready(cx, &mut head)))
+            .await
+            .map_err(|_| Failure::BadBody)?;
+    }
     let outgoing = bridge::Outgoing {
         head: &head,
         host: &host,

@@ -257,6 +257,9 @@ pub(in crate::proxy) async fn exchange(
     Ok((parts, body, answered_by))
 }
 
+/// Body bytes that may go in the head's write (see [`Upload::take_ready`]).
+const WITH_HEAD: usize = 16 * 1024;
+
 /// A request's body on its way to a backend socket: the client's stream of it (hyper's
 /// HTTP/2 or HTTP/1.0 server), written as it comes, as it came with a `Content-Length`
 /// (hyper's server holds it to that length) or else chunked. Trailers are not sent.
@@ -298,6 +301,57 @@ impl Upload {
     /// Whether it goes chunked (else as its `Content-Length` says).
     pub(in crate::proxy) fn is_chunked(&self) -> bool {
         self.chunked
+    }
+
+    /// Appends to `out` (the request's head) what of the body is already in, up to
+    /// [`WITH_HEAD`] bytes, framed: one write takes the head and a small body together,
+    /// where two would cost a system call and a segment more for the backend to take.
+    pub(in crate::proxy) fn take_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), UploadError> {
+        let start = out.len();
+        while !self.ended && out.len() - start < WITH_HEAD {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    if self.chunked {
+                        out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if self.chunked {
+                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    }
+                    if out.len() - start + data.len() <= WITH_HEAD {
+                        out.extend_from_slice(&data);
+                        if self.chunked {
+                            out.extend_from_slice(b"\r\n");
+                        }
+                    } else {
+                        // Too large to copy: it goes in the next writes, after the head.
+                        self.queue.push_back(data);
+                        if self.chunked {
+                            self.queue.push_back(Bytes::from_static(b"\r\n"));
+                        }
+                        break;
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::debug!(%error, "the client's request body broke");
+                    return Err(UploadError::Client);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether all of it was written.
