@@ -245,33 +245,8 @@ async fn forward(
         upgrade,
     );
     let retry_elsewhere = is_idempotent(req.method()) && req.body().is_end_stream();
-    let (mut parts, mut body) = req.into_parts();
-    // The body's framing is the one hyper's server holds it to: its exact length, or
-    // chunked, whatever `Content-Length` the head had beside a coding.
-    let mut upload = match body.size_hint().exact() {
-        _ if body.is_end_stream() => None,
-        Some(0) => {
-            // A length of 0 on an HTTP/2 stream that has not ended: the head alone
-            // would be a whole request to the backend, and data may still come that
-            // makes the client's request malformed. Its end is awaited first.
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|_| Failure::BadBody)?;
-                if frame.data_ref().is_some_and(|data| !data.is_empty()) {
-                    return Err(Failure::BadBody);
-                }
-            }
-            None
-        }
-        length => {
-            match length {
-                Some(length) => parts
-                    .headers
-                    .insert(CONTENT_LENGTH, HeaderValue::from(length)),
-                None => parts.headers.remove(CONTENT_LENGTH),
-            };
-            Some(bridge::Upload::new(body, length.is_none()))
-        }
-    };
+    let (mut parts, body) = req.into_parts();
+    let mut upload = upload_of(&mut parts.headers, body).await?;
     let chunked = upload.as_ref().is_some_and(bridge::Upload::is_chunked);
     let mut head = Vec::with_capacity(512);
     bridge::write_request(&parts, chunked, &mut head);
@@ -323,6 +298,40 @@ async fn forward(
         return Ok(Response::from_parts(parts, ResponseBody::empty()));
     }
     Ok(Response::from_parts(parts, ResponseBody::raw(body)))
+}
+
+/// The request's body, if it has one, to go after its head, `headers` set to frame it
+/// as hyper's server holds the client to: its exact length, or else chunked, whatever
+/// `Content-Length` the head had beside a coding.
+async fn upload_of(
+    headers: &mut http::HeaderMap,
+    mut body: Incoming,
+) -> Result<Option<bridge::Upload>, Failure> {
+    if body.is_end_stream() {
+        return Ok(None);
+    }
+    let length = body.size_hint().exact();
+    match length {
+        Some(0) => {
+            // A length of 0 on an HTTP/2 stream that has not ended: the head alone
+            // would be a whole request to the backend, and data may still come that
+            // makes the client's request malformed. Its end is awaited first.
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| Failure::BadBody)?;
+                if frame.data_ref().is_some_and(|data| !data.is_empty()) {
+                    return Err(Failure::BadBody);
+                }
+            }
+            return Ok(None);
+        }
+        Some(length) => {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            headers.remove(CONTENT_LENGTH);
+        }
+    }
+    Ok(Some(bridge::Upload::new(body, length.is_none())))
 }
 
 fn is_idempotent(method: &Method) -> bool {

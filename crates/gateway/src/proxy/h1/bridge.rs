@@ -456,7 +456,8 @@ impl Drop for Spare {
 }
 
 /// A backend's response body, read from its socket by whoever polls it (hyper's
-/// stream for the client), the socket going back to its pool when the body ends.
+/// stream for the client), which also writes the rest of the request's body; the
+/// socket goes back to its pool when both have ended.
 pub(in crate::proxy) struct RawBody {
     /// Until the body ends (or breaks).
     conn: Option<RawConn>,
