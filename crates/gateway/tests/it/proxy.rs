@@ -721,6 +721,33 @@ impl Body for Fed {
     }
 }
 
+type Feed = tokio::sync::mpsc::Sender<Bytes>;
+
+/// Sends a `POST` to `app.test` at `path` on `sender`, its body fed through the sender
+/// returned (after `first`, if any), and the answer on its way.
+async fn fed_post(
+    sender: &mut hyper::client::conn::http2::SendRequest<Fed>,
+    path: &str,
+    first: Option<&'static [u8]>,
+) -> (Feed, JoinHandle<hyper::Result<Response<Incoming>>>) {
+    let (feed, body) = tokio::sync::mpsc::channel(4);
+    if let Some(first) = first {
+        feed.send(Bytes::from_static(first)).await.unwrap();
+    }
+    let req = Request::post(format!("http://app.test{path}"))
+        .body(Fed(body))
+        .unwrap();
+    (feed, tokio::spawn(sender.send_request(req)))
+}
+
+/// The status and the whole body of the answer on its way.
+async fn answer_of(response: JoinHandle<hyper::Result<Response<Incoming>>>) -> (StatusCode, Bytes) {
+    let response = within(response).await.unwrap().unwrap();
+    let status = response.status();
+    let body = within(response.into_body().collect()).await.unwrap();
+    (status, body.to_bytes())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_before_the_end_of_an_http2_upload_reaches_the_client_and_ends_its_socket() {
     let backend = TestBackend::named("app").await;
@@ -729,20 +756,9 @@ async fn an_answer_before_the_end_of_an_http2_upload_reaches_the_client_and_ends
     let mut sender = http2_client::<Fed>(gateway.addr).await;
 
     // An upload that has not ended, refused by the backend without reading it.
-    let (feed, body) = tokio::sync::mpsc::channel(4);
-    feed.send(Bytes::from_static(b"the start of a long upload"))
-        .await
-        .unwrap();
-    let req = Request::post("http://app.test/refuse")
-        .body(Fed(body))
-        .unwrap();
-    let response = within(sender.send_request(req)).await.unwrap();
-    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let answer = within(response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    assert_eq!(answer, "refused\n");
+    let (feed, response) = fed_post(&mut sender, "/refuse", Some(b"the start of an upload")).await;
+    let refused = answer_of(response).await;
+    assert_eq!(refused, (StatusCode::PAYLOAD_TOO_LARGE, "refused\n".into()));
     eventually(|| stats().in_flight == 0).await;
     // The backend was left a request cut short: its socket is not pooled.
     assert_eq!(stats().idle_connections, 0, "{:?}", stats());
@@ -750,29 +766,17 @@ async fn an_answer_before_the_end_of_an_http2_upload_reaches_the_client_and_ends
 
     // A body that ends with no data (its stream ended by an empty frame), then one
     // fed in pieces and counted once all of it is in: each on the pooled socket.
-    let (feed, body) = tokio::sync::mpsc::channel(4);
+    let (feed, response) = fed_post(&mut sender, "/count", None).await;
     drop(feed);
-    let req = Request::post("http://app.test/count")
-        .body(Fed(body))
-        .unwrap();
-    let response = within(sender.send_request(req)).await.unwrap();
-    let answer = within(response.into_body().collect()).await.unwrap();
-    assert_eq!(answer.to_bytes(), "0");
-    let (feed, body) = tokio::sync::mpsc::channel(4);
-    let req = Request::post("http://app.test/count")
-        .body(Fed(body))
-        .unwrap();
-    let response = tokio::spawn(sender.send_request(req));
+    assert_eq!(answer_of(response).await, (StatusCode::OK, "0".into()));
+    let (feed, response) = fed_post(&mut sender, "/count", None).await;
     for piece in ["one ", "two ", "three"] {
         feed.send(Bytes::from_static(piece.as_bytes()))
             .await
             .unwrap();
     }
     drop(feed);
-    let response = within(response).await.unwrap().unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let answer = within(response.into_body().collect()).await.unwrap();
-    assert_eq!(answer.to_bytes(), "13");
+    assert_eq!(answer_of(response).await, (StatusCode::OK, "13".into()));
     eventually(|| stats().idle_connections == 1 && stats().in_flight == 0).await;
     assert_eq!(stats().connects_total, 2, "{:?}", stats());
 }
@@ -788,31 +792,18 @@ async fn the_first_byte_timeout_counts_from_the_last_bytes_of_an_http2_upload() 
     let mut sender = http2_client::<Fed>(gateway.addr).await;
     // An upload that takes longer than the timeout, its pieces well within it of each
     // other; the backend answers once it has all of it.
-    let (feed, body) = tokio::sync::mpsc::channel(4);
-    let req = Request::post("http://app.test/count")
-        .body(Fed(body))
-        .unwrap();
-    let response = tokio::spawn(sender.send_request(req));
+    let (feed, response) = fed_post(&mut sender, "/count", None).await;
     for _ in 0..6 {
         feed.send(Bytes::from_static(b"0123456789")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     drop(feed);
-    let response = within(response).await.unwrap().unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let answer = within(response.into_body().collect()).await.unwrap();
-    assert_eq!(answer.to_bytes(), "60");
+    assert_eq!(answer_of(response).await, (StatusCode::OK, "60".into()));
 
     // And one that stops mid-way is the backend's wait, timed out.
-    let (feed, body) = tokio::sync::mpsc::channel(4);
-    feed.send(Bytes::from_static(b"and then nothing"))
-        .await
-        .unwrap();
-    let req = Request::post("http://app.test/count")
-        .body(Fed(body))
-        .unwrap();
-    let response = within(sender.send_request(req)).await.unwrap();
-    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let (feed, response) = fed_post(&mut sender, "/count", Some(b"and then nothing")).await;
+    let (status, _) = answer_of(response).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     drop(feed);
 }
 
