@@ -303,6 +303,64 @@ async fn request_bodies_of_either_framing_arrive_whole_however_they_are_cut() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_hyper_serves_reaches_the_backend_with_its_length_or_chunked() {
+    let backend = TestBackend::named("app").await;
+    let gateway = gateway_for(backend.addr).await;
+
+    // HTTP/1.0, with a length: passed on with it, and echoed.
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (head, body) = ask(
+        &mut stream,
+        b"POST /echo HTTP/1.0\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nten bytes!",
+    )
+    .await;
+    assert_eq!(
+        (status_of(&head), &body[..]),
+        (200, &b"ten bytes!"[..]),
+        "{head}"
+    );
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (head, body) = ask(
+        &mut stream,
+        b"POST /headers HTTP/1.0\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nten bytes!",
+    )
+    .await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let seen = String::from_utf8(body).unwrap();
+    assert_eq!(values(&seen, "content-length"), ["10"], "{seen}");
+    assert!(values(&seen, "transfer-encoding").is_empty(), "{seen}");
+
+    // HTTP/1.1 that the own path hands over (a length beside chunked framing): the
+    // chunked body goes on chunked, the length dropped, whatever it said.
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (head, body) = ask(
+        &mut stream,
+        b"POST /headers HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\
+          Content-Length: 99\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let seen = String::from_utf8(body).unwrap();
+    assert_eq!(values(&seen, "transfer-encoding"), ["chunked"], "{seen}");
+    assert!(values(&seen, "content-length").is_empty(), "{seen}");
+    let mut stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (head, body) = ask(
+        &mut stream,
+        b"POST /echo HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\
+          Content-Length: 99\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (status_of(&head), &body[..]),
+        (200, &b"hello world"[..]),
+        "{head}"
+    );
+    // Every one of them went on the one pooled socket.
+    let stats = gateway.proxy.backend(&backend.addr.to_string()).unwrap();
+    assert_eq!(stats.connects_total, 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_is_answered_once_the_request_is_on_its_way() {
     let backend = TestBackend::named("app").await;
     let gateway = gateway_for(backend.addr).await;
