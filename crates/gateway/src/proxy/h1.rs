@@ -82,7 +82,7 @@ async fn resend(proxy: &Proxy, lease: &mut Lease, head: &[u8]) -> Result<RawConn
         "a pooled connection closed without an answer; sending the request again on a new one"
     );
     proxy.upstreams.resent();
-    match proxy.upstreams.connect_raw(lease.upstream()).await {
+    match proxy.upstreams.connect(lease.upstream()).await {
         Ok(mut conn) => match conn.stream.write_all(head).await {
             Ok(()) => Ok(conn),
             Err(error) => {
@@ -624,7 +624,7 @@ impl Exchange<'_> {
         match answered {
             Ok(ended) => {
                 if ended.backend_reusable && uploaded {
-                    lease.upstream().checkin_raw(backend);
+                    lease.upstream().checkin(backend);
                 }
                 drop((lease, request));
                 uploaded && !ended.client_close
@@ -694,7 +694,7 @@ async fn send_head(
     let mut lease = Lease::new(upstream);
     let mut set_aside: Option<SetAside> = None;
     let sent = 'send: loop {
-        while let Some(mut conn) = lease.upstream().checkout_raw() {
+        while let Some(mut conn) = lease.upstream().checkout() {
             let head = set_aside.as_ref().map_or(&out[..], |aside| &aside.head);
             // A first write that fails wrote nothing: the socket was closed under us,
             // and the request can go on another. Once any byte is written, it cannot.
@@ -735,7 +735,7 @@ async fn send_head(
             }
         }
         let aside = set_aside.as_ref().expect("set aside above");
-        match proxy.upstreams.connect_raw(lease.upstream()).await {
+        match proxy.upstreams.connect(lease.upstream()).await {
             Ok(mut conn) => {
                 break match conn.stream.write_all(&aside.head).await {
                     Ok(()) => Ok((conn, lease)),

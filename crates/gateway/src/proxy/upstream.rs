@@ -62,7 +62,7 @@ pub(super) struct Upstream {
     /// A checkout and a checkin are a pop and a push; one shared list took a scan past
     /// the other threads' sockets, and its cap, reached by one thread, made the others
     /// close theirs after every request.
-    idle_raw: Mutex<Vec<Vec<RawConn>>>,
+    idle: Mutex<Vec<Vec<RawConn>>>,
     max_idle: usize,
 }
 
@@ -314,7 +314,7 @@ impl Upstreams {
 
     /// Opens a new plain connection to `upstream`, counting a failure towards
     /// ejection.
-    pub(super) async fn connect_raw(&self, upstream: &Upstream) -> Result<RawConn, ConnectError> {
+    pub(super) async fn connect(&self, upstream: &Upstream) -> Result<RawConn, ConnectError> {
         // Boxed: a connect's state (resolving, the socket's, the timeout's) is large and
         // seldom needed, and every request's future would otherwise carry room for it.
         // Over HTTP/2 that future is moved into a task of its own per request.
@@ -385,7 +385,7 @@ impl Upstreams {
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
             for upstream in shard.values() {
-                let idle = std::mem::take(&mut *upstream.idle_raw());
+                let idle = std::mem::take(&mut *upstream.idle());
                 shed += idle.iter().map(Vec::len).sum::<usize>();
                 drop(idle);
             }
@@ -444,7 +444,7 @@ impl Upstream {
             ejected_until_ms: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
-            idle_raw: Mutex::default(),
+            idle: Mutex::default(),
             max_idle,
         }
     }
@@ -453,14 +453,14 @@ impl Upstream {
         &self.addr
     }
 
-    fn idle_raw(&self) -> std::sync::MutexGuard<'_, Vec<Vec<RawConn>>> {
-        self.idle_raw.lock().unwrap_or_else(PoisonError::into_inner)
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Vec<RawConn>>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// An idle plain connection of this thread's that is not known to be closed, if
     /// there is one.
-    pub(super) fn checkout_raw(&self) -> Option<RawConn> {
-        let mut idle = self.idle_raw();
+    pub(super) fn checkout(&self) -> Option<RawConn> {
+        let mut idle = self.idle();
         let mine = idle.get_mut(this_thread())?;
         while let Some(conn) = mine.pop() {
             if !conn.is_closed() {
@@ -472,9 +472,9 @@ impl Upstream {
 
     /// Puts a plain connection whose exchange is complete back in its thread's pool
     /// (which keeps at most `max_idle`).
-    pub(super) fn checkin_raw(&self, mut conn: RawConn) {
+    pub(super) fn checkin(&self, mut conn: RawConn) {
         conn.idle_since_ms = Some(now_ms());
-        let mut idle = self.idle_raw();
+        let mut idle = self.idle();
         if idle.len() <= conn.thread {
             idle.resize_with(conn.thread + 1, Vec::new);
         }
@@ -486,7 +486,7 @@ impl Upstream {
 
     /// Drops pooled connections that are closed, or idle since before `idle_since`.
     fn prune(&self, idle_since: u64) {
-        for idle in self.idle_raw().iter_mut() {
+        for idle in self.idle().iter_mut() {
             idle.retain(|conn| !conn.is_closed() && conn.idle_since_ms >= Some(idle_since));
         }
     }
@@ -496,7 +496,7 @@ impl Upstream {
     fn is_unused(&self) -> bool {
         self.in_flight.load(Relaxed) == 0
             && !self.is_ejected()
-            && self.idle_raw().iter().all(Vec::is_empty)
+            && self.idle().iter().all(Vec::is_empty)
     }
 
     fn is_ejected(&self) -> bool {
@@ -535,7 +535,7 @@ impl Upstream {
             addr: self.addr.to_string(),
             in_flight: self.in_flight.load(Relaxed),
             idle_connections: self
-                .idle_raw()
+                .idle()
                 .iter()
                 .flatten()
                 .filter(|conn| !conn.is_closed())

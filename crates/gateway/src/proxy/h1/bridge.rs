@@ -108,7 +108,7 @@ pub(in crate::proxy) async fn exchange(
     let idempotent = retry_elsewhere;
     let mut lease = Lease::new(upstream);
     let mut conn = 'sent: loop {
-        while let Some(mut conn) = lease.upstream().checkout_raw() {
+        while let Some(mut conn) = lease.upstream().checkout() {
             // A first write that fails wrote nothing: the socket was closed under us,
             // and the request can go on another. Once any byte is written, it cannot.
             let first = match conn.stream.try_write(request) {
@@ -128,7 +128,7 @@ pub(in crate::proxy) async fn exchange(
                 },
             }
         }
-        match proxy.upstreams.connect_raw(lease.upstream()).await {
+        match proxy.upstreams.connect(lease.upstream()).await {
             Ok(mut conn) => match conn.stream.write_all(request).await {
                 Ok(()) => break 'sent conn,
                 Err(error) => {
@@ -520,7 +520,7 @@ impl RawBody {
         let uploaded = self.upload.take().is_none_or(|upload| upload.is_done());
         if let (Some(conn), Some(lease)) = (self.conn.take(), self.lease.take()) {
             if self.keep_alive && uploaded {
-                lease.upstream().checkin_raw(conn);
+                lease.upstream().checkin(conn);
             }
         }
     }
